@@ -1,0 +1,131 @@
+//! The seccomp filter: named syscalls return USER_NOTIF, everything else runs.
+
+use std::io::{Read, Seek};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use anyhow::{bail, Context, Result};
+use libseccomp::{ScmpAction, ScmpArch, ScmpFilterContext, ScmpSyscall};
+
+/// Not in libc yet; the value is from <linux/seccomp.h> (Linux 5.19).
+const WAIT_KILLABLE_RECV: libc::c_ulong = libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+
+/// The ABIs the kernel will run for a process of the native ABI. A filter
+/// that covers only the native one would let `int 0x80` (i386) or an x32
+/// syscall close a file unseen; libseccomp kills the caller on an ABI the
+/// filter does not list, which is worse.
+fn abis() -> Vec<ScmpArch> {
+    let native = ScmpArch::native();
+    let compat: &[ScmpArch] = match native {
+        ScmpArch::X8664 => &[ScmpArch::X86, ScmpArch::X32],
+        ScmpArch::Aarch64 => &[ScmpArch::Arm],
+        ScmpArch::Ppc64 | ScmpArch::Ppc64Le => &[ScmpArch::Ppc],
+        ScmpArch::S390X => &[ScmpArch::S390],
+        ScmpArch::Mips64 => &[ScmpArch::Mips, ScmpArch::Mips64N32],
+        ScmpArch::Mipsel64 => &[ScmpArch::Mipsel, ScmpArch::Mipsel64N32],
+        _ => &[],
+    };
+    std::iter::once(native)
+        .chain(compat.iter().copied())
+        .collect()
+}
+
+/// Compiles the filter to classic BPF: a `sock_filter` array as bytes.
+pub fn compile(syscalls: &[String]) -> Result<Vec<u8>> {
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).context("libseccomp: new filter")?;
+    // no_new_privs is the launcher's decision (it depends on CAP_SYS_ADMIN),
+    // not libseccomp's; we load the program ourselves anyway.
+    ctx.set_ctl_nnp(false)
+        .context("libseccomp: clear NNP attribute")?;
+    for arch in abis() {
+        if arch != ScmpArch::native() {
+            ctx.add_arch(arch)
+                .with_context(|| format!("libseccomp: add ABI {arch:?}"))?;
+        }
+    }
+    for name in syscalls {
+        let syscall = ScmpSyscall::from_name(name)
+            .with_context(|| format!("--syscall {name}: not a syscall name libseccomp knows"))?;
+        ctx.add_rule(ScmpAction::Notify, syscall)
+            .with_context(|| format!("libseccomp: add notify rule for {name}"))?;
+    }
+    // libseccomp 2.5 exports only to an fd; a memfd keeps it off the disk.
+    // SAFETY: the name is a NUL-terminated literal; the result is checked.
+    let raw = unsafe { libc::memfd_create(c"sigvisor-bpf".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("memfd_create");
+    }
+    // SAFETY: memfd_create just returned this fd and nothing else owns it.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    ctx.export_bpf(&file).context("libseccomp: export BPF")?;
+    let mut program = Vec::new();
+    file.rewind()?;
+    file.read_to_end(&mut program)?;
+    if program.is_empty() || program.len() % std::mem::size_of::<libc::sock_filter>() != 0 {
+        bail!(
+            "libseccomp exported {} bytes, not a BPF program",
+            program.len()
+        );
+    }
+    Ok(program)
+}
+
+/// A loaded filter's listener, and whether the kernel took WAIT_KILLABLE_RECV.
+pub struct Loaded {
+    pub listener: OwnedFd,
+    pub wait_killable: bool,
+}
+
+/// Loads `program` with `NEW_LISTENER | WAIT_KILLABLE_RECV`, or with
+/// `NEW_LISTENER` alone on a kernel older than 5.19 (EINVAL for the flag).
+///
+/// From the moment this returns Ok, the caller must make no syscall the
+/// filter traps until the listener is with the supervisor.
+pub fn load(program: &[u8]) -> std::io::Result<Loaded> {
+    let prog = libc::sock_fprog {
+        len: (program.len() / std::mem::size_of::<libc::sock_filter>()) as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    let attempt = |flags: libc::c_ulong| {
+        // SAFETY: prog points at `program`, a whole number of sock_filter
+        // entries that outlives the call; the kernel copies it.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            // SAFETY: NEW_LISTENER returns a fresh fd (O_CLOEXEC) that we own.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        }
+    };
+    let listener_only = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    match attempt(listener_only | WAIT_KILLABLE_RECV) {
+        Ok(listener) => Ok(Loaded {
+            listener,
+            wait_killable: true,
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Loaded {
+            listener: attempt(listener_only)?,
+            wait_killable: false,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiles_for_every_abi() {
+        let one = compile(&["close".into()]).unwrap();
+        let two = compile(&["close".into(), "openat".into()]).unwrap();
+        assert!(two.len() > one.len());
+        assert!(compile(&["no_such_syscall".into()]).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! `sigvisor-launch`: the first step of the data path.
+//!
+//! Loads a seccomp filter that turns the named syscalls into user
+//! notifications, hands the listener to a supervisor over the OCI seccomp
+//! agent protocol, and execs CMD. Small and tokio-free on purpose: it also
+//! runs inside containers as a static binary in front of an entrypoint.
+
+mod exec;
+mod filter;
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sigvisor_proto::{Metadata, NEVER_TRAPPED};
+
+/// Exit status for the launcher's own failures, as `env` and `timeout` use.
+const FAILED: u8 = 125;
+
+/// What an error message on stderr may call (formatting can allocate).
+const PRINTING_NEEDS: &[&str] = &[
+    "write", "writev", "brk", "mmap", "munmap", "mremap", "futex",
+];
+
+/// Run CMD with syscalls trapped by seccomp and supervised by sigvisor.
+///
+/// The listener fd goes to the supervisor as an OCI ContainerProcessState
+/// message (the protocol runc and crun use for `linux.seccomp.listenerPath`).
+/// CMD and every process it starts inherit the filter. Exit status: CMD's
+/// own once it runs; 125 if the launcher fails; 126 if CMD cannot be
+/// executed; 127 if CMD is not found.
+#[derive(Parser)]
+#[command(version, max_term_width = 100)]
+#[command(group = clap::ArgGroup::new("to").required(true).args(["socket", "socket_fd"]))]
+struct Args {
+    /// Supervisor socket to connect to (e.g. `sigvisor serve`'s).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// An already connected socket inherited as this fd (`sigvisor run` uses this).
+    #[arg(long, value_name = "N")]
+    socket_fd: Option<i32>,
+    /// A syscall to trap; repeat for several. Default: close.
+    #[arg(long = "syscall", value_name = "NAME")]
+    syscalls: Vec<String>,
+    /// Free text passed to the supervisor with the listener.
+    #[arg(long, value_name = "TEXT")]
+    metadata: Option<String>,
+    /// The program to run, and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<OsString>,
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sigvisor-launch: {message}");
+    ExitCode::from(FAILED)
+}
+
+fn connect(args: &Args) -> Result<OwnedFd, String> {
+    if let Some(path) = &args.socket {
+        return UnixStream::connect(path).map(OwnedFd::from).map_err(|e| {
+            format!(
+                "cannot reach the supervisor at {}: {e}; is `sigvisor serve` running there? \
+                 CMD was not started",
+                path.display()
+            )
+        });
+    }
+    let n = args.socket_fd.unwrap_or(-1);
+    // SAFETY: fstat writes into the zeroed stat buffer only.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if n < 0
+        || unsafe { libc::fstat(n, &mut st) } != 0
+        || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+    {
+        return Err(format!("--socket-fd {n}: not an open socket"));
+    }
+    // SAFETY: fd n is open (fstat succeeded) and was handed to us to own.
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
+    // CLOEXEC, so the exec closes it and CMD never needs to call close().
+    // SAFETY: plain fcntl on an fd we own.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if args.syscalls.is_empty() {
+        args.syscalls.push("close".into());
+    }
+    if let Some(bad) = args
+        .syscalls
+        .iter()
+        .find(|s| NEVER_TRAPPED.contains(&s.as_str()))
+    {
+        return fail(format_args!(
+            "--syscall {bad}: cannot be trapped (the launcher itself needs {} to start CMD)",
+            NEVER_TRAPPED.join(", ")
+        ));
+    }
+    let program = match filter::compile(&args.syscalls) {
+        Ok(p) => p,
+        Err(e) => return fail(format_args!("{e:#}")),
+    };
+    let target = match exec::prepare(&args.cmd) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sigvisor-launch: {}", e.message);
+            return ExitCode::from(e.status as u8);
+        }
+    };
+    let socket = match connect(&args) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    // Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored
+    // across execve: give CMD the default disposition it expects.
+    // SAFETY: restoring a default disposition has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Without CAP_SYS_ADMIN the kernel requires no_new_privs for a filter;
+    // with it, leave setuid programs in CMD working.
+    let admin = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    );
+    if !admin.unwrap_or(false) {
+        // SAFETY: prctl with constant arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return fail(format_args!(
+                "prctl(NO_NEW_PRIVS): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    // Both possible messages are encoded now: after the load nothing may
+    // allocate (a trapped brk or mmap would wait for an absent supervisor).
+    let pid = std::process::id() as i32;
+    let message = |wait_killable| {
+        let metadata = Metadata {
+            wait_killable,
+            user: args.metadata.clone(),
+        };
+        sigvisor_proto::encode(pid, &metadata)
+    };
+    let (killable_message, plain_message) = (message(true), message(false));
+
+    let loaded = match filter::load(&program) {
+        Ok(l) => l,
+        Err(e) => return fail(format_args!("seccomp(SET_MODE_FILTER): {e}")),
+    };
+    let chosen = if loaded.wait_killable {
+        &killable_message
+    } else {
+        &plain_message
+    };
+    if let Err(e) = sigvisor_proto::send_with_fd(socket.as_fd(), chosen, loaded.listener.as_fd()) {
+        // The listener is still ours alone, so a trapped syscall now would
+        // wait forever: speak only if printing needs nothing trapped, and
+        // leave with _exit, since destructors would close() the fds.
+        if !args
+            .syscalls
+            .iter()
+            .any(|s| PRINTING_NEEDS.contains(&s.as_str()))
+        {
+            eprintln!("sigvisor-launch: handing the listener to the supervisor failed: {e}");
+        }
+        // SAFETY: ends the process without running anything else.
+        unsafe { libc::_exit(FAILED.into()) };
+    }
+    // The supervisor holds the listener now; CLOEXEC drops both fds at exec.
+    let err = target.exec();
+    eprintln!("sigvisor-launch: {}", err.message);
+    ExitCode::from(err.status as u8)
+}

@@ -1,0 +1,257 @@
+//! What the launcher and the supervisor agree on.
+//!
+//! A seccomp listener fd reaches the supervisor the way OCI runtimes hand it
+//! to a seccomp agent at `linux.seccomp.listenerPath`: one connection on an
+//! AF_UNIX stream socket carrying one `ContainerProcessState` JSON document,
+//! with the fds as SCM_RIGHTS on the first message. The index of
+//! `"seccompFd"` in `fds` is the index of the listener among those fds.
+//! `sigvisor-launch` speaks the same protocol as runc and crun, so the
+//! supervisor has a single way in.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+pub use oci_spec::runtime::{ContainerProcessState, ContainerState, State};
+use serde::{Deserialize, Serialize};
+
+/// The name of the listener in `ContainerProcessState::fds`.
+pub const SECCOMP_FD_NAME: &str = "seccompFd";
+
+/// Upper bound on one handoff document. runc and crun send well under 4 KiB
+/// (the state plus annotations); anything past this is not a seccomp agent
+/// client.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Upper bound on fds accepted with one handoff (the OCI protocol sends one).
+pub const MAX_FDS: usize = 16;
+
+/// Syscalls that must never be trapped: the launcher calls them after its
+/// filter is loaded and before the supervisor holds the listener, so a
+/// notification for them would never be answered.
+pub const NEVER_TRAPPED: &[&str] = &["sendmsg", "execve", "execveat", "exit", "exit_group"];
+
+/// `listenerMetadata` as written by sigvisor (the launcher, or an OCI config
+/// that sigvisor patched). Runtimes pass the configured string through
+/// untouched; any string that is not this JSON object is treated as opaque
+/// user text about a filter whose flags are unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// The filter was loaded with `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`.
+    /// Only then may a signal be sent before CONTINUE (design.md §4).
+    pub wait_killable: bool,
+    /// Free text the user attached (`sigvisor-launch --metadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl Metadata {
+    /// Reads `listenerMetadata`. Anything that is not sigvisor's JSON is
+    /// user text with `wait_killable: false`, the assumption that never makes
+    /// the supervisor interrupt a syscall.
+    pub fn parse(raw: Option<&str>) -> Metadata {
+        match raw {
+            None => Metadata::default(),
+            Some(s) => serde_json::from_str(s).unwrap_or_else(|_| Metadata {
+                wait_killable: false,
+                user: (!s.is_empty()).then(|| s.to_owned()),
+            }),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of a bool and a string cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A handoff as it arrived: the state document and the listener it names.
+#[derive(Debug)]
+pub struct Handoff {
+    pub state: ContainerProcessState,
+    pub metadata: Metadata,
+    pub listener: OwnedFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("reading the connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("empty connection: no message and no fds (a runtime that aborted its start?)")]
+    Empty,
+    #[error("message is not a ContainerProcessState JSON document: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("message longer than {MAX_MESSAGE_BYTES} bytes")]
+    TooLong,
+    #[error("`fds` does not name \"{SECCOMP_FD_NAME}\" (names: {0:?})")]
+    NoSeccompFd(Vec<String>),
+    #[error("`fds` names \"{SECCOMP_FD_NAME}\" at index {index} but only {received} fds came with the message")]
+    MissingFd { index: usize, received: usize },
+}
+
+/// Decodes one complete handoff. Fds not named `seccompFd` are dropped
+/// (closed) here, so a sloppy client cannot make the supervisor leak.
+pub fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Handoff, HandoffError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) && fds.is_empty() {
+        return Err(HandoffError::Empty);
+    }
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(HandoffError::TooLong);
+    }
+    let state: ContainerProcessState = serde_json::from_slice(bytes)?;
+    let index = state
+        .fds()
+        .iter()
+        .position(|name| name == SECCOMP_FD_NAME)
+        .ok_or_else(|| HandoffError::NoSeccompFd(state.fds().clone()))?;
+    if index >= fds.len() {
+        return Err(HandoffError::MissingFd {
+            index,
+            received: fds.len(),
+        });
+    }
+    let listener = fds.swap_remove(index);
+    let metadata = Metadata::parse(state.metadata().as_deref());
+    Ok(Handoff {
+        state,
+        metadata,
+        listener,
+    })
+}
+
+/// Encodes the launcher's handoff: its own pid, the listener as `seccompFd`,
+/// and the metadata. The container part of the state describes the launched
+/// process itself (there is no bundle).
+pub fn encode(pid: i32, metadata: &Metadata) -> Vec<u8> {
+    let state = State::default();
+    let mut message = ContainerProcessState::default();
+    *message.version_mut() = oci_spec::runtime::VERSION.to_owned();
+    *message.fds_mut() = vec![SECCOMP_FD_NAME.to_owned()];
+    *message.pid_mut() = pid;
+    *message.metadata_mut() = Some(metadata.to_json());
+    let mut state = state;
+    *state.version_mut() = oci_spec::runtime::VERSION.to_owned();
+    *state.status_mut() = ContainerState::Creating;
+    *state.pid_mut() = Some(pid);
+    *message.state_mut() = state;
+    // Serializing plain strings and integers cannot fail.
+    serde_json::to_vec(&message).unwrap_or_default()
+}
+
+/// Sends `message` with `fd` attached as SCM_RIGHTS, in one `sendmsg(2)`.
+///
+/// Allocation-free and a single syscall on purpose: the launcher calls this
+/// after its filter is loaded, when any other syscall (a `brk` from malloc
+/// included) might be one the profile traps, with nobody yet to answer it.
+pub fn send_with_fd(socket: BorrowedFd<'_>, message: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    const SPACE: usize = unsafe { libc::CMSG_SPACE(INT_LEN) } as usize;
+    const INT_LEN: u32 = std::mem::size_of::<libc::c_int>() as u32;
+    #[repr(C)]
+    union ControlBuffer {
+        bytes: [u8; SPACE],
+        _align: libc::cmsghdr,
+    }
+    let mut control = ControlBuffer { bytes: [0; SPACE] };
+    let mut sent = 0;
+    while sent < message.len() {
+        let rest = &message[sent..];
+        let mut iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is its empty value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // The fd travels with the first byte only.
+        if sent == 0 {
+            msg.msg_control = &mut control as *mut ControlBuffer as *mut libc::c_void;
+            msg.msg_controllen = SPACE as _;
+            // SAFETY: msg_control points at SPACE bytes, room for one cmsghdr
+            // carrying one int, so CMSG_FIRSTHDR is non-null and its data in bounds.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(INT_LEN) as _;
+                std::ptr::write_unaligned(
+                    libc::CMSG_DATA(cmsg) as *mut libc::c_int,
+                    fd.as_raw_fd(),
+                );
+            }
+        }
+        // SAFETY: msg points at the live iov and control buffers above.
+        let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        } else {
+            sent += n as usize;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trip_and_foreign_text() {
+        let m = Metadata {
+            wait_killable: true,
+            user: Some("x".into()),
+        };
+        assert_eq!(Metadata::parse(Some(&m.to_json())), m);
+        let foreign = Metadata::parse(Some("set by an operator"));
+        assert!(!foreign.wait_killable);
+        assert_eq!(foreign.user.as_deref(), Some("set by an operator"));
+        assert_eq!(Metadata::parse(None), Metadata::default());
+    }
+
+    #[test]
+    fn decode_accepts_runc_and_crun_shapes() {
+        let runc = br#"{"ociVersion":"1.0.2-dev","fds":["seccompFd"],"pid":42,"metadata":"m","state":{"ociVersion":"1.0.2-dev","id":"c1","status":"creating","pid":42,"bundle":"/b"}}"#;
+        let crun = b"{\n  \"ociVersion\": \"0.2.0\",\n  \"fds\": [\n    \"seccompFd\"\n  ],\n  \"pid\": 7,\n  \"metadata\": \"\",\n  \"state\": {\n    \"ociVersion\": \"0.2.0\",\n    \"id\": \"c2\",\n    \"status\": \"creating\",\n    \"pid\": 7,\n    \"bundle\": \"/b\",\n    \"annotations\": {}\n  }\n}\n";
+        for raw in [&runc[..], &crun[..]] {
+            let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+            let h = decode(raw, vec![fd]).unwrap();
+            assert!(!h.metadata.wait_killable);
+        }
+    }
+
+    #[test]
+    fn decode_refuses_bad_messages() {
+        assert!(matches!(decode(b"", vec![]), Err(HandoffError::Empty)));
+        assert!(matches!(
+            decode(b"garbage", vec![]),
+            Err(HandoffError::Json(_))
+        ));
+        let no_fd = br#"{"ociVersion":"1","fds":["other"],"pid":1,"state":{"ociVersion":"1","id":"","status":"creating","bundle":""}}"#;
+        assert!(matches!(
+            decode(no_fd, vec![]),
+            Err(HandoffError::NoSeccompFd(_))
+        ));
+        let missing = br#"{"ociVersion":"1","fds":["seccompFd"],"pid":1,"state":{"ociVersion":"1","id":"","status":"creating","bundle":""}}"#;
+        assert!(matches!(
+            decode(missing, vec![]),
+            Err(HandoffError::MissingFd { .. })
+        ));
+    }
+
+    #[test]
+    fn encode_decodes() {
+        let m = Metadata {
+            wait_killable: true,
+            user: None,
+        };
+        let bytes = encode(1234, &m);
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let h = decode(&bytes, vec![fd]).unwrap();
+        assert_eq!(*h.state.pid(), 1234);
+        assert_eq!(h.metadata, m);
+    }
+}

@@ -1,0 +1,222 @@
+//! The notification loop: one per listener.
+//!
+//! Per notification: RECV → decide → signal the calling thread → SEND
+//! CONTINUE. The order is forced by the kernel (design.md §4): with
+//! WAIT_KILLABLE_RECV, a received notification's caller waits killable
+//! only, so a signal sent before CONTINUE stays pending, the syscall runs,
+//! and the handler runs at the syscall's return site. Sent after CONTINUE it
+//! lands late, possibly in the thread's next trapped syscall; without the
+//! flag it interrupts the syscall. `decision` refuses the latter case.
+//!
+//! Two ways to wait, because they cost differently (design.md §7):
+//! - **async**: tokio's `AsyncFd` (epoll). Thousands of idle listeners cost
+//!   one task each and no thread, but epoll loses the synchronous wake-up:
+//!   ~4x slower per notification.
+//! - **hot**: a dedicated thread waiting in `poll(2)` on this listener
+//!   alone, which keeps `SYNC_WAKE_UP`'s same-CPU hand-off. A listener
+//!   that bursts moves here (bounded by a semaphore: at most a few threads),
+//!   and returns to async after a quiet spell.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Semaphore;
+
+use crate::decision::{self, Decision, ProcReader, Skip};
+use crate::profile::Policy;
+use crate::response::{self, Answered};
+use crate::seccomp::{Listener, Readiness};
+use crate::signal::{self, SignalError};
+use crate::stats::Stats;
+
+/// How a listener waits for notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoopMode {
+    /// Async, moving to a dedicated thread while hot (the default).
+    Adaptive,
+    /// Always async (epoll), never a thread of its own.
+    Async,
+    /// Always on a dedicated thread.
+    Hot,
+}
+
+/// A listener is hot after this many notifications within `HOT_WINDOW`.
+const HOT_BURST: u32 = 64;
+const HOT_WINDOW: Duration = Duration::from_millis(50);
+/// A hot listener this long without a notification goes back to async.
+const HOT_IDLE_MS: i32 = 250;
+
+/// Shared by all listeners of a supervisor.
+pub struct Context {
+    pub mode: LoopMode,
+    /// Permits for dedicated hot-listener threads.
+    pub hot_threads: Arc<Semaphore>,
+}
+
+/// Everything one listener needs to answer a notification; moves between
+/// the async task and a hot thread together with the listener.
+pub struct Handler {
+    pub policy: Arc<Policy>,
+    pub wait_killable: bool,
+    pub stats: Stats,
+    proc: ProcReader,
+}
+
+impl Handler {
+    pub fn new(policy: Arc<Policy>, wait_killable: bool) -> Handler {
+        Handler {
+            policy,
+            wait_killable,
+            stats: Stats::default(),
+            proc: ProcReader::new(),
+        }
+    }
+
+    /// One notification, from RECV to CONTINUE. Call only when `poll` said a
+    /// notification waits. Err only if the listener itself is unusable.
+    fn serve_one(&mut self, listener: &Listener) -> io::Result<()> {
+        let notif = match listener.recv() {
+            Ok(n) => n,
+            // The caller was killed or interrupted between poll and RECV.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.stats.withdrawn += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.stats.notified(notif.pid as i32);
+        match decision::decide(&self.policy, self.wait_killable, &notif, &mut self.proc) {
+            Decision::Signal(caller) => {
+                match signal::signal_caller(listener, notif.id, &caller, self.policy.signal) {
+                    Ok(()) => self.stats.signalled(&caller),
+                    Err(SignalError::CallerGone) => {
+                        self.stats.skipped(Skip::CallerGone, Some(&caller))
+                    }
+                    Err(SignalError::Os(e)) => self
+                        .stats
+                        .error(format_args!("signalling tid {}: {e}", caller.tid)),
+                }
+            }
+            Decision::Skip(why, caller) => self.stats.skipped(why, caller.as_ref()),
+        }
+        match response::answer(listener, notif.id) {
+            Ok(Answered::Continued) => {}
+            Ok(Answered::CallerGone) => self.stats.withdrawn += 1,
+            Err(e) => self
+                .stats
+                .error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid)),
+        }
+        Ok(())
+    }
+}
+
+enum HotEnd {
+    Idle,
+    Hangup,
+}
+
+/// Serves one listener until no task uses its filter any more, and returns
+/// what it counted. The listener is closed when this returns.
+pub async fn supervise(mut listener: Listener, mut handler: Handler, ctx: Arc<Context>) -> Stats {
+    if let Err(e) = listener.enable_sync_wake_up() {
+        tracing::debug!("SYNC_WAKE_UP not available (Linux < 6.6?): {e}");
+    }
+    loop {
+        let forced = match ctx.mode {
+            LoopMode::Hot => Arc::clone(&ctx.hot_threads).acquire_owned().await.ok(),
+            _ => None,
+        };
+        let permit = match forced {
+            Some(permit) => permit,
+            None => match run_async(listener, &mut handler, &ctx).await {
+                Ok(Some((back, permit))) => {
+                    listener = back;
+                    permit
+                }
+                Ok(None) => return handler.stats,
+                Err(e) => {
+                    handler.stats.error(format_args!("listener failed: {e}"));
+                    return handler.stats;
+                }
+            },
+        };
+        let ran = tokio::task::spawn_blocking(move || {
+            let end = run_hot(&listener, &mut handler);
+            drop(permit);
+            (listener, handler, end)
+        })
+        .await;
+        let (back, h, end) = match ran {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("hot listener thread failed: {e}");
+                return Stats::default();
+            }
+        };
+        handler = h;
+        match end {
+            Ok(HotEnd::Idle) => listener = back,
+            Ok(HotEnd::Hangup) => return handler.stats,
+            Err(e) => {
+                handler.stats.error(format_args!("listener failed: {e}"));
+                return handler.stats;
+            }
+        }
+    }
+}
+
+/// Waits through tokio until the listener hangs up (`Ok(None)`), or until it
+/// is hot and a thread is free for it (`Ok(Some(..))`).
+async fn run_async(
+    listener: Listener,
+    handler: &mut Handler,
+    ctx: &Context,
+) -> io::Result<Option<(Listener, tokio::sync::OwnedSemaphorePermit)>> {
+    // SAFETY: the AsyncFd owns the fd (an OwnedFd inside), so it stays open
+    // and the same until the AsyncFd is dropped or into_inner'd.
+    let fd = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }?;
+    let mut window = Instant::now();
+    let mut burst = 0u32;
+    loop {
+        let mut guard = fd.readable().await?;
+        // Readiness can be stale (a caller interrupted since), and RECV
+        // would then block the worker: ask the listener itself first.
+        match fd.get_ref().poll(0)? {
+            Readiness::Notification => {
+                handler.serve_one(fd.get_ref())?;
+                burst += 1;
+            }
+            Readiness::Hangup => return Ok(None),
+            Readiness::Idle => {
+                guard.clear_ready();
+                continue;
+            }
+        }
+        drop(guard);
+        if window.elapsed() > HOT_WINDOW {
+            window = Instant::now();
+            burst = 0;
+        } else if burst >= HOT_BURST && ctx.mode == LoopMode::Adaptive {
+            burst = 0;
+            if let Ok(permit) = Arc::clone(&ctx.hot_threads).try_acquire_owned() {
+                tracing::debug!("listener is hot: moving it to a dedicated thread");
+                return Ok(Some((fd.into_inner(), permit)));
+            }
+        }
+    }
+}
+
+/// The hot loop, on a thread of its own: `poll(2)` on this one listener
+/// keeps the kernel's same-CPU wake-up that epoll loses.
+fn run_hot(listener: &Listener, handler: &mut Handler) -> io::Result<HotEnd> {
+    loop {
+        match listener.poll(HOT_IDLE_MS)? {
+            Readiness::Notification => handler.serve_one(listener)?,
+            Readiness::Hangup => return Ok(HotEnd::Hangup),
+            Readiness::Idle => return Ok(HotEnd::Idle),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The end of the data path: a Trace's `status`, filled from its counters.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::profile::{self, Policy, Trace, TraceStatus};
+use crate::stats::Stats;
+
+/// Threads listed in `status.output`, busiest first.
+const TOP_THREADS: usize = 20;
+
+/// `status.output`: a YAML document as a string (the CRD's field is a
+/// string), readable by people and by `yaml.safe_load` alike.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary<'a> {
+    signal: String,
+    syscalls: &'a [String],
+    notifications: u64,
+    signals_sent: u64,
+    skipped: BTreeMap<String, u64>,
+    /// Callers that went away before their answer.
+    withdrawn: u64,
+    errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<&'a str>,
+    threads: Vec<ThreadLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct ThreadLine<'a> {
+    tid: i32,
+    pid: i32,
+    comm: &'a str,
+    notifications: u64,
+    signals: u64,
+}
+
+pub fn summary(policy: &Policy, stats: &Stats) -> String {
+    let mut threads: Vec<ThreadLine> = stats
+        .threads
+        .iter()
+        .map(|(&tid, t)| ThreadLine {
+            tid,
+            pid: t.pid,
+            comm: &t.name,
+            notifications: t.notifications,
+            signals: t.signals,
+        })
+        .collect();
+    threads.sort_by(|a, b| {
+        b.notifications
+            .cmp(&a.notifications)
+            .then(a.tid.cmp(&b.tid))
+    });
+    threads.truncate(TOP_THREADS);
+    let summary = Summary {
+        signal: profile::signal_name(policy.signal),
+        syscalls: &policy.syscalls,
+        notifications: stats.notifications,
+        signals_sent: stats.signals,
+        skipped: stats
+            .skipped
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        withdrawn: stats.withdrawn,
+        errors: stats.errors,
+        last_error: stats.last_error.as_deref(),
+        threads,
+    };
+    serde_yaml::to_string(&summary).unwrap_or_else(|e| format!("unrenderable summary: {e}\n"))
+}
+
+/// The warning a trace carries when its filter cannot wait killable.
+pub const NOT_KILLABLE_WARNING: &str = "the seccomp filter does not wait killable \
+    (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV is missing: Linux < 5.19, or a runtime that cannot set it); \
+    a signal would interrupt the trapped syscall (EINTR, a leaked fd, or a restart loop), \
+    so notifications are answered without a signal";
+
+/// The Trace as it ends: `status` filled with state, warning and summary.
+pub fn with_status(
+    trace: &Trace,
+    state: &str,
+    warning: Option<&str>,
+    policy: &Policy,
+    stats: &Stats,
+) -> Trace {
+    let mut trace = trace.clone();
+    trace.status = Some(TraceStatus {
+        state: state.to_owned(),
+        output: summary(policy, stats),
+        operation_error: String::new(),
+        operation_warning: warning.unwrap_or_default().to_owned(),
+    });
+    trace
+}

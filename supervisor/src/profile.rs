@@ -1,0 +1,365 @@
+//! Profiles: Inspektor Gadget `Trace` resources (gadget.kinvolk.io/v1alpha1).
+//!
+//! Enum-like fields are read as strings and checked here rather than by
+//! serde, so that every refusal names the file, the field, the bad value
+//! and what is accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "gadget.kinvolk.io/v1alpha1";
+pub const KIND: &str = "Trace";
+pub const GADGETS: &[&str] = &["signal"];
+pub const RUN_MODES: &[&str] = &["Auto", "Manual"];
+pub const OUTPUT_MODES: &[&str] = &["Status"];
+/// Accepted keys of `spec.parameters`, documented in docs/profiles.md.
+pub const PARAMETERS: &[&str] = &["signal", "syscalls"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trace {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: TraceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TraceStatus>,
+}
+
+/// The parts of Kubernetes' ObjectMeta a Trace carries; what a cluster adds
+/// on its own (uid, resourceVersion, …) is accepted and kept as is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_fields: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    pub gadget: String,
+    #[serde(default = "default_run_mode")]
+    pub run_mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<ContainerFilter>,
+    #[serde(default = "default_output_mode")]
+    pub output_mode: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, serde_yaml::Value>,
+}
+
+fn default_run_mode() -> String {
+    "Manual".into()
+}
+
+fn default_output_mode() -> String {
+    "Status".into()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerFilter {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub podname: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceStatus {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation_error: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation_warning: String,
+}
+
+/// What a validated Trace asks the supervisor to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Signal sent to the calling thread.
+    pub signal: i32,
+    /// Syscall names the filter traps.
+    pub syscalls: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ProfileError {
+    pub file: PathBuf,
+    pub field: String,
+    pub message: String,
+}
+
+struct Check<'a> {
+    file: &'a Path,
+}
+
+impl Check<'_> {
+    fn err(&self, field: &str, message: impl fmt::Display) -> ProfileError {
+        ProfileError {
+            file: self.file.to_owned(),
+            field: field.to_owned(),
+            message: message.to_string(),
+        }
+    }
+
+    fn one_of(&self, field: &str, value: &str, accepted: &[&str]) -> Result<(), ProfileError> {
+        if accepted.contains(&value) {
+            return Ok(());
+        }
+        Err(self.err(
+            field,
+            format_args!("invalid value {value:?}; accepted: {}", accepted.join(", ")),
+        ))
+    }
+}
+
+/// Reads and validates a profile file.
+pub fn load(file: &Path) -> Result<(Trace, Policy), ProfileError> {
+    let check = Check { file };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| check.err("(file)", format_args!("cannot read: {e}")))?;
+    parse(&text, file)
+}
+
+pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
+    let check = Check { file };
+    let trace: Trace = serde_yaml::from_str(text).map_err(|e| {
+        // serde_yaml puts the field path first ("spec.runMode: ..."); keep
+        // it as the field so every error reads the same way.
+        let text = e.to_string();
+        match text.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') => check.err(path, rest),
+            _ => check.err("(document)", text),
+        }
+    })?;
+    check.one_of("apiVersion", &trace.api_version, &[API_VERSION])?;
+    check.one_of("kind", &trace.kind, &[KIND])?;
+    if trace.metadata.name.is_empty() {
+        return Err(check.err("metadata.name", "must not be empty"));
+    }
+    check.one_of("spec.gadget", &trace.spec.gadget, GADGETS)?;
+    check.one_of("spec.runMode", &trace.spec.run_mode, RUN_MODES)?;
+    check.one_of("spec.outputMode", &trace.spec.output_mode, OUTPUT_MODES)?;
+    let policy = policy(&check, &trace.spec.parameters)?;
+    Ok((trace, policy))
+}
+
+fn policy(
+    check: &Check,
+    parameters: &BTreeMap<String, serde_yaml::Value>,
+) -> Result<Policy, ProfileError> {
+    let mut policy = Policy {
+        signal: libc::SIGILL,
+        syscalls: vec!["close".into()],
+    };
+    for (key, value) in parameters {
+        let field = format!("spec.parameters.{key}");
+        let value = match value {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(check.err(
+                    &field,
+                    "must be a string (parameters are a map of string to string)",
+                ))
+            }
+        };
+        match key.as_str() {
+            "signal" => policy.signal = parse_signal(&value).map_err(|m| check.err(&field, m))?,
+            "syscalls" => {
+                policy.syscalls = parse_syscalls(&value).map_err(|m| check.err(&field, m))?
+            }
+            _ => {
+                return Err(check.err(
+                    &field,
+                    format_args!("unknown parameter; accepted: {}", PARAMETERS.join(", ")),
+                ))
+            }
+        }
+    }
+    Ok(policy)
+}
+
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+/// The name sigvisor prints for a signal number.
+pub fn signal_name(signal: i32) -> String {
+    match SIGNALS.iter().find(|(_, n)| *n == signal) {
+        Some((name, _)) => format!("SIG{name}"),
+        None => format!("signal {signal}"),
+    }
+}
+
+/// `SIGILL`, `ILL` (any case) or a number; SIGKILL and SIGSTOP cannot be
+/// caught, so they could only ever kill or stop the target.
+pub fn parse_signal(value: &str) -> Result<i32, String> {
+    let accepted = "accepted: a signal name such as SIGILL or ILL, or a number from 1 to 64 \
+                    other than 9 (SIGKILL) and 19 (SIGSTOP)";
+    let upper = value.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let number = match SIGNALS.iter().find(|(name, _)| *name == bare) {
+        Some((_, n)) => *n,
+        None => match value.trim().parse::<i32>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => return Err(format!("invalid value {value:?}; {accepted}")),
+        },
+    };
+    if number == libc::SIGKILL || number == libc::SIGSTOP || bare == "KILL" || bare == "STOP" {
+        return Err(format!("invalid value {value:?}: it cannot be caught, so it could only kill or stop the target; {accepted}"));
+    }
+    Ok(number)
+}
+
+/// Comma-separated syscall names known to libseccomp, minus those the
+/// launcher itself must call after loading the filter.
+pub fn parse_syscalls(value: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Err(format!(
+            "invalid value {value:?}; accepted: comma-separated syscall names, e.g. close,openat"
+        ));
+    }
+    for name in &names {
+        if sigvisor_proto::NEVER_TRAPPED.contains(&name.as_str()) {
+            return Err(format!(
+                "invalid value {name:?}: the launcher needs it to start the target; it cannot be trapped \
+                 (never trapped: {})",
+                sigvisor_proto::NEVER_TRAPPED.join(", ")
+            ));
+        }
+        if libseccomp::ScmpSyscall::from_name(name).is_err() {
+            return Err(format!("invalid value {name:?}: not a syscall name on this system; accepted: names such as close, openat, read"));
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "apiVersion: gadget.kinvolk.io/v1alpha1
+kind: Trace
+metadata:
+  name: seccomp
+  namespace: gadget
+spec:
+  node: minikube
+  gadget: signal
+  runMode: Manual
+  outputMode: Status
+";
+
+    fn err(text: &str) -> ProfileError {
+        parse(text, Path::new("p.yaml")).unwrap_err()
+    }
+
+    #[test]
+    fn seed_loads_with_defaults() {
+        let (trace, policy) = parse(SEED, Path::new("seed.yaml")).unwrap();
+        assert_eq!(trace.metadata.name, "seccomp");
+        assert_eq!(trace.spec.node, "minikube");
+        assert_eq!(policy.signal, libc::SIGILL);
+        assert_eq!(policy.syscalls, vec!["close"]);
+    }
+
+    #[test]
+    fn signal_forms() {
+        assert_eq!(parse_signal("SIGUSR1"), Ok(libc::SIGUSR1));
+        assert_eq!(parse_signal("ill"), Ok(libc::SIGILL));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert!(parse_signal("SIGKILL").is_err());
+        assert!(parse_signal("9").is_err());
+        assert!(parse_signal("SIGFOO").is_err());
+        assert!(parse_signal("65").is_err());
+    }
+
+    #[test]
+    fn errors_name_field_value_and_accepted() {
+        let e = err(&SEED.replace("Manual", "Sometimes"));
+        assert_eq!(e.field, "spec.runMode");
+        assert!(
+            e.message.contains("\"Sometimes\"") && e.message.contains("Auto, Manual"),
+            "{e}"
+        );
+        let e = err(&SEED.replace("  node: minikube\n", "  node: minikube\n  colour: red\n"));
+        assert_eq!(e.field, "spec");
+        assert!(e.message.contains("colour"), "{e}");
+        let e = err(&format!(
+            "{SEED}  parameters:\n    syscalls: close,nosuch\n"
+        ));
+        assert_eq!(e.field, "spec.parameters.syscalls");
+        let e = err(&format!("{SEED}  parameters:\n    syscalls: execve\n"));
+        assert!(e.message.contains("cannot be trapped"), "{e}");
+        let e = err(&format!("{SEED}  parameters:\n    colour: red\n"));
+        assert!(e.message.contains("accepted: signal, syscalls"), "{e}");
+    }
+}

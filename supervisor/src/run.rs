@@ -1,0 +1,180 @@
+//! `sigvisor run`: a local launch. The supervisor runs in this process and
+//! `sigvisor-launch` starts CMD over a socketpair, speaking the same
+//! handoff protocol as every other client.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+
+use crate::notify::{self, Context, Handler, LoopMode};
+use crate::output;
+use crate::profile::{Policy, Trace};
+use crate::stats::Stats;
+
+/// Exit status for sigvisor's own failures (as `env` and `timeout` use).
+pub const FAILED: i32 = 125;
+
+pub struct RunOptions {
+    pub trace: Trace,
+    pub policy: Policy,
+    pub cmd: Vec<OsString>,
+    pub status_file: Option<PathBuf>,
+    pub launcher: Option<PathBuf>,
+    pub loop_mode: LoopMode,
+}
+
+/// Runs CMD under supervision; returns the exit status sigvisor should
+/// exit with: CMD's own, or 128+N if a signal N killed it.
+pub async fn run(opts: RunOptions) -> Result<i32> {
+    let launcher = find_launcher(opts.launcher.as_deref())?;
+    let (ours, theirs) = socketpair()?;
+    let mut command = tokio::process::Command::new(&launcher);
+    command
+        .arg("--socket-fd")
+        .arg(theirs.as_raw_fd().to_string());
+    for syscall in &opts.policy.syscalls {
+        command.arg("--syscall").arg(syscall);
+    }
+    command.arg("--").args(&opts.cmd);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start the launcher {}", launcher.display()))?;
+    drop(theirs);
+    let pid = child.id().context("the launcher exited at once")? as i32;
+    tokio::spawn(forward_signals(pid));
+
+    let policy = Arc::new(opts.policy.clone());
+    let ctx = Arc::new(Context {
+        mode: opts.loop_mode,
+        hot_threads: Arc::new(Semaphore::new(hot_thread_budget())),
+    });
+    // EOF comes when the launcher execs CMD (CLOEXEC) or exits.
+    let supervision = match crate::handoff::receive(ours).await {
+        Ok(handoff) => {
+            let wait_killable = handoff.metadata.wait_killable;
+            let handler = Handler::new(Arc::clone(&policy), wait_killable);
+            let listener = crate::seccomp::Listener::new(handoff.listener);
+            Some((
+                wait_killable,
+                tokio::spawn(notify::supervise(listener, handler, ctx)),
+            ))
+        }
+        Err(e) => {
+            // The launcher failed before the handoff and said why itself.
+            tracing::debug!("no handoff from the launcher: {e}");
+            None
+        }
+    };
+    let status = child.wait().await.context("waiting for CMD")?;
+    let code = exit_code(status);
+    let Some((wait_killable, task)) = supervision else {
+        return Ok(code);
+    };
+    // CMD is gone; its descendants still hold the filter until they exit.
+    let stats = task.await.unwrap_or_else(|e| {
+        tracing::error!("the notification loop failed: {e}");
+        Stats::default()
+    });
+    let warning = (!wait_killable).then_some(output::NOT_KILLABLE_WARNING);
+    let trace = output::with_status(&opts.trace, "Completed", warning, &opts.policy, &stats);
+    write_status(&trace, opts.status_file.as_deref())?;
+    Ok(code)
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(FAILED)
+}
+
+/// Dedicated threads for hot listeners: one per CPU, less the one tokio
+/// and the targets need, at least one.
+fn hot_thread_budget() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
+fn write_status(trace: &Trace, file: Option<&Path>) -> Result<()> {
+    let yaml = serde_yaml::to_string(trace).context("rendering the Trace status")?;
+    match file {
+        Some(path) => std::fs::write(path, yaml)
+            .with_context(|| format!("writing the status to {}", path.display())),
+        None => {
+            eprint!("---\n{yaml}");
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT and SIGTERM sent to sigvisor go to CMD, which decides.
+async fn forward_signals(pid: i32) {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot catch SIGINT/SIGTERM; they will not be forwarded to CMD");
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            Some(()) = int.recv() => libc::SIGINT,
+            Some(()) = term.recv() => libc::SIGTERM,
+            else => return,
+        };
+        // SAFETY: kill takes plain integers; pid is our own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// A connected pair: ours CLOEXEC, theirs inherited by the launcher.
+fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        bail!("socketpair: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nobody else.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on an fd we own.
+    if unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+        bail!("fcntl: {}", std::io::Error::last_os_error());
+    }
+    Ok((ours, theirs))
+}
+
+/// `--launcher`, else `$SIGVISOR_LAUNCH`, else `sigvisor-launch` beside this
+/// binary, else on `$PATH`.
+fn find_launcher(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given
+        .map(Path::to_owned)
+        .or_else(|| std::env::var_os("SIGVISOR_LAUNCH").map(PathBuf::from))
+    {
+        return Ok(p);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("sigvisor-launch")));
+    if let Some(p) = beside.filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("sigvisor-launch"))
+        .find(|p| p.is_file())
+        .context("cannot find sigvisor-launch: install it beside sigvisor or on PATH, or give --launcher")
+}

@@ -1,0 +1,75 @@
+//! What happened to the notifications of one trace, counted on the hot path
+//! by the listener that owns it and merged when listeners end.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::decision::{Caller, Skip};
+
+/// Per-thread entries kept at most; past that, threads are counted in
+/// aggregate only, so a long-lived supervisor's memory stays bounded.
+const MAX_THREADS: usize = 4096;
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub notifications: u64,
+    pub signals: u64,
+    pub skipped: BTreeMap<Skip, u64>,
+    /// Callers that went away before their answer (killed, or interrupted
+    /// before we received the notification). Their syscall never ran.
+    pub withdrawn: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub threads: HashMap<i32, ThreadStats>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ThreadStats {
+    pub pid: i32,
+    pub name: String,
+    pub notifications: u64,
+    pub signals: u64,
+}
+
+impl Stats {
+    fn thread(&mut self, tid: i32, caller: Option<&Caller>) -> Option<&mut ThreadStats> {
+        if tid == 0 || (self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&tid)) {
+            return None;
+        }
+        let entry = self.threads.entry(tid).or_default();
+        if let Some(c) = caller {
+            if entry.pid != c.tgid || entry.name != c.name {
+                entry.pid = c.tgid;
+                entry.name.clone_from(&c.name);
+            }
+        }
+        Some(entry)
+    }
+
+    pub fn notified(&mut self, tid: i32) {
+        self.notifications += 1;
+        if let Some(t) = self.thread(tid, None) {
+            t.notifications += 1;
+        }
+    }
+
+    pub fn signalled(&mut self, caller: &Caller) {
+        self.signals += 1;
+        if let Some(t) = self.thread(caller.tid, Some(caller)) {
+            t.signals += 1;
+        }
+    }
+
+    pub fn skipped(&mut self, why: Skip, caller: Option<&Caller>) {
+        *self.skipped.entry(why).or_default() += 1;
+        if let Some(c) = caller {
+            self.thread(c.tid, Some(c));
+        }
+    }
+
+    pub fn error(&mut self, what: impl std::fmt::Display) {
+        self.errors += 1;
+        let message = what.to_string();
+        tracing::warn!("{message}");
+        self.last_error = Some(message);
+    }
+}
