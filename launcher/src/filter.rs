@@ -6,7 +6,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use anyhow::{bail, Context, Result};
 use libseccomp::{ScmpAction, ScmpArch, ScmpFilterContext, ScmpSyscall};
 
-/// Not in libc yet; the value is from <linux/seccomp.h> (Linux 5.19).
 const WAIT_KILLABLE_RECV: libc::c_ulong = libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
 
 /// The ABIs the kernel will run for a process of the native ABI. A filter
@@ -80,7 +79,7 @@ pub struct Loaded {
 ///
 /// From the moment this returns Ok, the caller must make no syscall the
 /// filter traps until the listener is with the supervisor.
-pub fn load(program: &[u8]) -> std::io::Result<Loaded> {
+pub fn load(program: &[u8], wait_killable: bool) -> std::io::Result<Loaded> {
     let prog = libc::sock_fprog {
         len: (program.len() / std::mem::size_of::<libc::sock_filter>()) as u16,
         filter: program.as_ptr() as *mut libc::sock_filter,
@@ -104,6 +103,12 @@ pub fn load(program: &[u8]) -> std::io::Result<Loaded> {
         }
     };
     let listener_only = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    if !wait_killable {
+        return Ok(Loaded {
+            listener: attempt(listener_only)?,
+            wait_killable: false,
+        });
+    }
     match attempt(listener_only | WAIT_KILLABLE_RECV) {
         Ok(listener) => Ok(Loaded {
             listener,

@@ -48,6 +48,10 @@ struct Args {
     /// Free text passed to the supervisor with the listener.
     #[arg(long, value_name = "TEXT")]
     metadata: Option<String>,
+    /// Load the filter without WAIT_KILLABLE_RECV, as runc does (for tests
+    /// of the supervisor's policy for such filters).
+    #[arg(long, hide = true)]
+    no_wait_killable: bool,
     /// The program to run, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<OsString>,
@@ -147,7 +151,7 @@ fn main() -> ExitCode {
     };
     let (killable_message, plain_message) = (message(true), message(false));
 
-    let loaded = match filter::load(&program) {
+    let loaded = match filter::load(&program, !args.no_wait_killable) {
         Ok(l) => l,
         Err(e) => return fail(format_args!("seccomp(SET_MODE_FILTER): {e}")),
     };

@@ -223,6 +223,7 @@ const SIGNALS: &[(&str, i32)] = &[
     ("ABRT", libc::SIGABRT),
     ("BUS", libc::SIGBUS),
     ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
     ("USR1", libc::SIGUSR1),
     ("SEGV", libc::SIGSEGV),
     ("USR2", libc::SIGUSR2),
@@ -232,6 +233,7 @@ const SIGNALS: &[(&str, i32)] = &[
     ("STKFLT", libc::SIGSTKFLT),
     ("CHLD", libc::SIGCHLD),
     ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
     ("TSTP", libc::SIGTSTP),
     ("TTIN", libc::SIGTTIN),
     ("TTOU", libc::SIGTTOU),
@@ -268,7 +270,7 @@ pub fn parse_signal(value: &str) -> Result<i32, String> {
             _ => return Err(format!("invalid value {value:?}; {accepted}")),
         },
     };
-    if number == libc::SIGKILL || number == libc::SIGSTOP || bare == "KILL" || bare == "STOP" {
+    if number == libc::SIGKILL || number == libc::SIGSTOP {
         return Err(format!("invalid value {value:?}: it cannot be caught, so it could only kill or stop the target; {accepted}"));
     }
     Ok(number)

@@ -1,1 +1,245 @@
+//! Harness for the end-to-end tests: runs the real binaries against the
+//! real kernel and parses what they print.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// No single run in these tests takes more than a few seconds; a run that
+/// reaches this has hung, and the test fails instead of CI timing out.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// `target/<profile>/`, where cargo put the workspace binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+pub fn sigvisor() -> Command {
+    Command::new(bin("sigvisor"))
+}
+
+/// The C fixture target (tests/fixtures/closer.c).
+pub fn closer() -> &'static str {
+    env!("SIGVISOR_FIXTURE_CLOSER")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned()
+}
+
+/// A scratch directory unique to this test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sigvisor-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Waits for a child, killing it and failing the test if it hangs.
+pub fn wait_bounded(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + HANG;
+    loop {
+        match child.try_wait().expect("try_wait") {
+            Some(_) => return child.wait_with_output().expect("collect output"),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect output");
+                panic!(
+                    "{what} hung for {HANG:?}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+pub fn output_bounded(cmd: &mut Command, what: &str) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_bounded(child, what)
+}
+
+/// What one `sigvisor run` printed.
+pub struct Run {
+    pub code: i32,
+    /// The fixture's `"event":"done"` lines, one per process.
+    pub reports: Vec<Value>,
+    /// The fixture's `"event":"started"` lines.
+    pub started: Vec<Value>,
+    /// The Trace printed at the end, if any.
+    pub trace: Option<serde_yaml::Value>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn from_output(out: Output, status_file: &Path) -> Run {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<Value> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let event = |name: &str| {
+            lines
+                .iter()
+                .filter(|v| v["event"] == name)
+                .cloned()
+                .collect()
+        };
+        let trace = std::fs::read_to_string(status_file)
+            .ok()
+            .map(|t| serde_yaml::from_str(&t).expect("status is YAML"));
+        Run {
+            code: exit_code(&out),
+            reports: event("done"),
+            started: event("started"),
+            trace,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `status.output`, itself a YAML document.
+    pub fn summary(&self) -> serde_yaml::Value {
+        let trace = self
+            .trace
+            .as_ref()
+            .unwrap_or_else(|| panic!("no status printed; stderr:\n{}", self.stderr));
+        let output = trace["status"]["output"]
+            .as_str()
+            .expect("status.output is a string");
+        serde_yaml::from_str(output).expect("status.output is YAML")
+    }
+
+    pub fn count(&self, key: &str) -> u64 {
+        self.summary()[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary has no {key}"))
+    }
+
+    pub fn skipped(&self, why: &str) -> u64 {
+        self.summary()["skipped"][why].as_u64().unwrap_or(0)
+    }
+}
+
+pub fn exit_code(out: &Output) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    out.status
+        .code()
+        .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0))
+}
+
+/// `sigvisor run --status-file STATUS [extra] PROFILE --`, ready for CMD.
+pub fn run_command(status: &Path, profile: &Path, extra: &[&str]) -> Command {
+    let mut cmd = sigvisor();
+    cmd.arg("run")
+        .arg("--status-file")
+        .arg(status)
+        .args(extra)
+        .arg(profile)
+        .arg("--");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// `sigvisor run [extra] PROFILE -- closer ARGS`, bounded.
+pub fn run_closer(name: &str, profile: &Path, extra: &[&str], args: &[&str]) -> Run {
+    let status = scratch(name).join("status.yaml");
+    let child = run_command(&status, profile, extra)
+        .arg(closer())
+        .args(args)
+        .spawn()
+        .expect("spawn sigvisor");
+    Run::from_output(wait_bounded(child, name), &status)
+}
+
+fn field(report: &Value, key: &str) -> i64 {
+    report[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("report has no {key}: {report}"))
+}
+
+/// Asserts the fixture's report shows sigvisor's promise kept: one signal
+/// per close, each after the close completed and at its return site, every
+/// close returned 0, no fd leaked.
+pub fn assert_precise(report: &Value) {
+    let n = |k: &str| field(report, k);
+    assert!(n("closes") > 0, "no closes: {report}");
+    assert_eq!(n("signals"), n("closes"), "one signal per close: {report}");
+    assert_eq!(
+        n("precise"),
+        n("closes"),
+        "every signal after its close, at the syscall's return: {report}"
+    );
+    for bad in [
+        "early",
+        "outside",
+        "bad_pc",
+        "close_errors",
+        "eintr",
+        "mismatched_threads",
+        "leaked",
+    ] {
+        assert_eq!(n(bad), 0, "{bad}: {report}");
+    }
+}
+
+/// Asserts closes were left alone: no signal, every close returned 0, no leak.
+pub fn assert_untouched(report: &Value) {
+    let n = |k: &str| field(report, k);
+    assert!(n("closes") > 0, "no closes: {report}");
+    for zero in ["signals", "close_errors", "eintr", "leaked"] {
+        assert_eq!(n(zero), 0, "{zero}: {report}");
+    }
+}
+
+pub fn seed_profile() -> PathBuf {
+    repo().join("profiles/signal.yaml")
+}
+
+/// Pids whose parent is `pid`, from /proc/*/stat.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            if let Some(child) = head.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                children.push(child);
+            }
+        }
+    }
+    children
+}
