@@ -25,5 +25,9 @@ test: build
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 
+# µs per close under each supervision mode, side by side (docs/benchmarks.md).
+bench: deps
+	bench/run.sh
+
 clean:
 	$(CARGO) clean

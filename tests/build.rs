@@ -6,8 +6,7 @@ use std::process::Command;
 fn main() {
     let src = "fixtures/closer.c";
     println!("cargo:rerun-if-changed={src}");
-    let out =
-        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("closer");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("closer");
     let compiler = cc::Build::new().get_compiler();
     let status = Command::new(compiler.path())
         .args(["-O2", "-Wall", "-Wextra", "-pthread", "-o"])

@@ -44,10 +44,9 @@ fn resolve(cmd: &OsStr) -> Result<PathBuf, ExecError> {
                 status: 126,
                 message: format!("{name}: permission denied or not a regular file"),
             }),
-            (false, _) => Err(ExecError {
-                status: 127,
-                message: format!("{name}: no such file or directory"),
-            }),
+            (false, _) => {
+                Err(ExecError { status: 127, message: format!("{name}: no such file or directory") })
+            }
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -62,14 +61,8 @@ fn resolve(cmd: &OsStr) -> Result<PathBuf, ExecError> {
         }
     }
     Err(match denied {
-        Some(p) => ExecError {
-            status: 126,
-            message: format!("{name}: permission denied ({})", p.display()),
-        },
-        None => ExecError {
-            status: 127,
-            message: format!("{name}: command not found in PATH"),
-        },
+        Some(p) => ExecError { status: 126, message: format!("{name}: permission denied ({})", p.display()) },
+        None => ExecError { status: 127, message: format!("{name}: command not found in PATH") },
     })
 }
 
@@ -87,11 +80,7 @@ pub fn prepare(cmd: &[OsString]) -> Result<Prepared, ExecError> {
         strings.push(cstring(OsStr::from_bytes(&kv), "an environment variable")?);
     }
     let pointers = |range: &[CString]| {
-        range
-            .iter()
-            .map(|s| s.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect()
+        range.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
     };
     Ok(Prepared {
         path,
@@ -109,11 +98,7 @@ impl Prepared {
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
         let err = std::io::Error::last_os_error();
         ExecError {
-            status: if err.raw_os_error() == Some(libc::ENOENT) {
-                127
-            } else {
-                126
-            },
+            status: if err.raw_os_error() == Some(libc::ENOENT) { 127 } else { 126 },
             message: format!("{}: {err}", self.path.to_string_lossy()),
         }
     }

@@ -23,9 +23,7 @@ fn abis() -> Vec<ScmpArch> {
         ScmpArch::Mipsel64 => &[ScmpArch::Mipsel, ScmpArch::Mipsel64N32],
         _ => &[],
     };
-    std::iter::once(native)
-        .chain(compat.iter().copied())
-        .collect()
+    std::iter::once(native).chain(compat.iter().copied()).collect()
 }
 
 /// Compiles the filter to classic BPF: a `sock_filter` array as bytes.
@@ -33,12 +31,10 @@ pub fn compile(syscalls: &[String]) -> Result<Vec<u8>> {
     let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).context("libseccomp: new filter")?;
     // no_new_privs is the launcher's decision (it depends on CAP_SYS_ADMIN),
     // not libseccomp's; we load the program ourselves anyway.
-    ctx.set_ctl_nnp(false)
-        .context("libseccomp: clear NNP attribute")?;
+    ctx.set_ctl_nnp(false).context("libseccomp: clear NNP attribute")?;
     for arch in abis() {
         if arch != ScmpArch::native() {
-            ctx.add_arch(arch)
-                .with_context(|| format!("libseccomp: add ABI {arch:?}"))?;
+            ctx.add_arch(arch).with_context(|| format!("libseccomp: add ABI {arch:?}"))?;
         }
     }
     for name in syscalls {
@@ -60,10 +56,7 @@ pub fn compile(syscalls: &[String]) -> Result<Vec<u8>> {
     file.rewind()?;
     file.read_to_end(&mut program)?;
     if program.is_empty() || program.len() % std::mem::size_of::<libc::sock_filter>() != 0 {
-        bail!(
-            "libseccomp exported {} bytes, not a BPF program",
-            program.len()
-        );
+        bail!("libseccomp exported {} bytes, not a BPF program", program.len());
     }
     Ok(program)
 }
@@ -104,20 +97,13 @@ pub fn load(program: &[u8], wait_killable: bool) -> std::io::Result<Loaded> {
     };
     let listener_only = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
     if !wait_killable {
-        return Ok(Loaded {
-            listener: attempt(listener_only)?,
-            wait_killable: false,
-        });
+        return Ok(Loaded { listener: attempt(listener_only)?, wait_killable: false });
     }
     match attempt(listener_only | WAIT_KILLABLE_RECV) {
-        Ok(listener) => Ok(Loaded {
-            listener,
-            wait_killable: true,
-        }),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Loaded {
-            listener: attempt(listener_only)?,
-            wait_killable: false,
-        }),
+        Ok(listener) => Ok(Loaded { listener, wait_killable: true }),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(Loaded { listener: attempt(listener_only)?, wait_killable: false })
+        }
         Err(e) => Err(e),
     }
 }

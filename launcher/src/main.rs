@@ -21,9 +21,7 @@ use sigvisor_proto::{Metadata, NEVER_TRAPPED};
 const FAILED: u8 = 125;
 
 /// What an error message on stderr may call (formatting can allocate).
-const PRINTING_NEEDS: &[&str] = &[
-    "write", "writev", "brk", "mmap", "munmap", "mremap", "futex",
-];
+const PRINTING_NEEDS: &[&str] = &["write", "writev", "brk", "mmap", "munmap", "mremap", "futex"];
 
 /// Run CMD with syscalls trapped by seccomp and supervised by sigvisor.
 ///
@@ -75,10 +73,7 @@ fn connect(args: &Args) -> Result<OwnedFd, String> {
     let n = args.socket_fd.unwrap_or(-1);
     // SAFETY: fstat writes into the zeroed stat buffer only.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if n < 0
-        || unsafe { libc::fstat(n, &mut st) } != 0
-        || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
-    {
+    if n < 0 || unsafe { libc::fstat(n, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("--socket-fd {n}: not an open socket"));
     }
     // SAFETY: fd n is open (fstat succeeded) and was handed to us to own.
@@ -94,11 +89,7 @@ fn main() -> ExitCode {
     if args.syscalls.is_empty() {
         args.syscalls.push("close".into());
     }
-    if let Some(bad) = args
-        .syscalls
-        .iter()
-        .find(|s| NEVER_TRAPPED.contains(&s.as_str()))
-    {
+    if let Some(bad) = args.syscalls.iter().find(|s| NEVER_TRAPPED.contains(&s.as_str())) {
         return fail(format_args!(
             "--syscall {bad}: cannot be trapped (the launcher itself needs {} to start CMD)",
             NEVER_TRAPPED.join(", ")
@@ -125,28 +116,18 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // Without CAP_SYS_ADMIN the kernel requires no_new_privs for a filter;
     // with it, leave setuid programs in CMD working.
-    let admin = caps::has_cap(
-        None,
-        caps::CapSet::Effective,
-        caps::Capability::CAP_SYS_ADMIN,
-    );
+    let admin = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_ADMIN);
     if !admin.unwrap_or(false) {
         // SAFETY: prctl with constant arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return fail(format_args!(
-                "prctl(NO_NEW_PRIVS): {}",
-                std::io::Error::last_os_error()
-            ));
+            return fail(format_args!("prctl(NO_NEW_PRIVS): {}", std::io::Error::last_os_error()));
         }
     }
     // Both possible messages are encoded now: after the load nothing may
     // allocate (a trapped brk or mmap would wait for an absent supervisor).
     let pid = std::process::id() as i32;
     let message = |wait_killable| {
-        let metadata = Metadata {
-            wait_killable,
-            user: args.metadata.clone(),
-        };
+        let metadata = Metadata { wait_killable, user: args.metadata.clone() };
         sigvisor_proto::encode(pid, &metadata)
     };
     let (killable_message, plain_message) = (message(true), message(false));
@@ -155,20 +136,12 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(format_args!("seccomp(SET_MODE_FILTER): {e}")),
     };
-    let chosen = if loaded.wait_killable {
-        &killable_message
-    } else {
-        &plain_message
-    };
+    let chosen = if loaded.wait_killable { &killable_message } else { &plain_message };
     if let Err(e) = sigvisor_proto::send_with_fd(socket.as_fd(), chosen, loaded.listener.as_fd()) {
         // The listener is still ours alone, so a trapped syscall now would
         // wait forever: speak only if printing needs nothing trapped, and
         // leave with _exit, since destructors would close() the fds.
-        if !args
-            .syscalls
-            .iter()
-            .any(|s| PRINTING_NEEDS.contains(&s.as_str()))
-        {
+        if !args.syscalls.iter().any(|s| PRINTING_NEEDS.contains(&s.as_str())) {
             eprintln!("sigvisor-launch: handing the listener to the supervisor failed: {e}");
         }
         // SAFETY: ends the process without running anything else.

@@ -85,7 +85,9 @@ pub enum HandoffError {
     TooLong,
     #[error("`fds` does not name \"{SECCOMP_FD_NAME}\" (names: {0:?})")]
     NoSeccompFd(Vec<String>),
-    #[error("`fds` names \"{SECCOMP_FD_NAME}\" at index {index} but only {received} fds came with the message")]
+    #[error(
+        "`fds` names \"{SECCOMP_FD_NAME}\" at index {index} but only {received} fds came with the message"
+    )]
     MissingFd { index: usize, received: usize },
 }
 
@@ -105,18 +107,11 @@ pub fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Handoff, HandoffErr
         .position(|name| name == SECCOMP_FD_NAME)
         .ok_or_else(|| HandoffError::NoSeccompFd(state.fds().clone()))?;
     if index >= fds.len() {
-        return Err(HandoffError::MissingFd {
-            index,
-            received: fds.len(),
-        });
+        return Err(HandoffError::MissingFd { index, received: fds.len() });
     }
     let listener = fds.swap_remove(index);
     let metadata = Metadata::parse(state.metadata().as_deref());
-    Ok(Handoff {
-        state,
-        metadata,
-        listener,
-    })
+    Ok(Handoff { state, metadata, listener })
 }
 
 /// Encodes the launcher's handoff: its own pid, the listener as `seccompFd`,
@@ -156,10 +151,7 @@ pub fn send_with_fd(socket: BorrowedFd<'_>, message: &[u8], fd: BorrowedFd<'_>) 
     let mut sent = 0;
     while sent < message.len() {
         let rest = &message[sent..];
-        let mut iov = libc::iovec {
-            iov_base: rest.as_ptr() as *mut libc::c_void,
-            iov_len: rest.len(),
-        };
+        let mut iov = libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() };
         // SAFETY: msghdr is plain old data; all-zero is its empty value.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
@@ -175,10 +167,7 @@ pub fn send_with_fd(socket: BorrowedFd<'_>, message: &[u8], fd: BorrowedFd<'_>) 
                 (*cmsg).cmsg_level = libc::SOL_SOCKET;
                 (*cmsg).cmsg_type = libc::SCM_RIGHTS;
                 (*cmsg).cmsg_len = libc::CMSG_LEN(INT_LEN) as _;
-                std::ptr::write_unaligned(
-                    libc::CMSG_DATA(cmsg) as *mut libc::c_int,
-                    fd.as_raw_fd(),
-                );
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, fd.as_raw_fd());
             }
         }
         // SAFETY: msg points at the live iov and control buffers above.
@@ -201,10 +190,7 @@ mod tests {
 
     #[test]
     fn metadata_round_trip_and_foreign_text() {
-        let m = Metadata {
-            wait_killable: true,
-            user: Some("x".into()),
-        };
+        let m = Metadata { wait_killable: true, user: Some("x".into()) };
         assert_eq!(Metadata::parse(Some(&m.to_json())), m);
         let foreign = Metadata::parse(Some("set by an operator"));
         assert!(!foreign.wait_killable);
@@ -226,28 +212,16 @@ mod tests {
     #[test]
     fn decode_refuses_bad_messages() {
         assert!(matches!(decode(b"", vec![]), Err(HandoffError::Empty)));
-        assert!(matches!(
-            decode(b"garbage", vec![]),
-            Err(HandoffError::Json(_))
-        ));
+        assert!(matches!(decode(b"garbage", vec![]), Err(HandoffError::Json(_))));
         let no_fd = br#"{"ociVersion":"1","fds":["other"],"pid":1,"state":{"ociVersion":"1","id":"","status":"creating","bundle":""}}"#;
-        assert!(matches!(
-            decode(no_fd, vec![]),
-            Err(HandoffError::NoSeccompFd(_))
-        ));
+        assert!(matches!(decode(no_fd, vec![]), Err(HandoffError::NoSeccompFd(_))));
         let missing = br#"{"ociVersion":"1","fds":["seccompFd"],"pid":1,"state":{"ociVersion":"1","id":"","status":"creating","bundle":""}}"#;
-        assert!(matches!(
-            decode(missing, vec![]),
-            Err(HandoffError::MissingFd { .. })
-        ));
+        assert!(matches!(decode(missing, vec![]), Err(HandoffError::MissingFd { .. })));
     }
 
     #[test]
     fn encode_decodes() {
-        let m = Metadata {
-            wait_killable: true,
-            user: None,
-        };
+        let m = Metadata { wait_killable: true, user: None };
         let bytes = encode(1234, &m);
         let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let h = decode(&bytes, vec![fd]).unwrap();

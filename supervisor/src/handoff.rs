@@ -14,8 +14,8 @@ pub async fn receive(socket: OwnedFd) -> Result<Handoff, HandoffError> {
     set_nonblocking(&socket)?;
     // SAFETY: the AsyncFd owns the fd (an OwnedFd inside), so it stays open
     // and the same until the AsyncFd is dropped or into_inner'd.
-    let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
-        .map_err(io::Error::from)?;
+    let socket =
+        unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(io::Error::from)?;
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
     loop {
@@ -36,9 +36,7 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd we own.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -58,10 +56,7 @@ fn recv_chunk(socket: RawFd, bytes: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io:
     }
     let mut control = ControlBuffer { bytes: [0; SPACE] };
     let mut chunk = [0u8; 8192];
-    let mut iov = libc::iovec {
-        iov_base: chunk.as_mut_ptr() as *mut libc::c_void,
-        iov_len: chunk.len(),
-    };
+    let mut iov = libc::iovec { iov_base: chunk.as_mut_ptr() as *mut libc::c_void, iov_len: chunk.len() };
     // SAFETY: msghdr is plain old data; all-zero is its empty value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -69,13 +64,7 @@ fn recv_chunk(socket: RawFd, bytes: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io:
     msg.msg_control = &mut control as *mut ControlBuffer as *mut libc::c_void;
     msg.msg_controllen = SPACE as _;
     // SAFETY: msg points at live buffers for the duration of the call.
-    let n = unsafe {
-        libc::recvmsg(
-            socket,
-            &mut msg,
-            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -86,8 +75,8 @@ fn recv_chunk(socket: RawFd, bytes: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io:
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg) as *const RawFd;
-                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<RawFd>();
+                let count =
+                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..count {
                     // Each fd is new in this process and owned by nobody else.
                     fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));

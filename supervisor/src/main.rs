@@ -5,6 +5,7 @@
 //! notification loop → `decision` → `signal` → `response` (CONTINUE) →
 //! `stats` and `output` (the Trace status).
 
+mod caller;
 mod decision;
 mod handoff;
 mod notify;
@@ -51,9 +52,7 @@ enum Command {
     /// if sigvisor itself fails; 126/127 if CMD cannot be run or found.
     /// With outputMode Status, prints the Trace with its status to stderr
     /// (or --status-file) at the end.
-    #[command(
-        after_help = "Example:\n  sigvisor run profiles/signal.yaml -- ./my-program --its --args"
-    )]
+    #[command(after_help = "Example:\n  sigvisor run profiles/signal.yaml -- ./my-program --its --args")]
     Run {
         /// The Trace profile (YAML).
         profile: PathBuf,
@@ -96,13 +95,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run {
-            profile,
-            status_file,
-            launcher,
-            loop_mode,
-            cmd,
-        } => {
+        Command::Run { profile, status_file, launcher, loop_mode, cmd } => {
             let (trace, policy) = match profile::load(&profile) {
                 Ok(loaded) => loaded,
                 Err(e) => {
@@ -110,24 +103,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(USAGE);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("sigvisor: cannot start the async runtime: {e}");
                     return ExitCode::from(run::FAILED as u8);
                 }
             };
-            let opts = run::RunOptions {
-                trace,
-                policy,
-                cmd,
-                status_file,
-                launcher,
-                loop_mode,
-            };
+            let opts = run::RunOptions { trace, policy, cmd, status_file, launcher, loop_mode };
             match runtime.block_on(run::run(opts)) {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {

@@ -25,7 +25,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Semaphore;
 
-use crate::decision::{self, Decision, ProcReader, Skip};
+use crate::caller::Callers;
+use crate::decision::{self, Decision, Skip};
 use crate::profile::Policy;
 use crate::response::{self, Answered};
 use crate::seccomp::{Listener, Readiness};
@@ -62,17 +63,12 @@ pub struct Handler {
     pub policy: Arc<Policy>,
     pub wait_killable: bool,
     pub stats: Stats,
-    proc: ProcReader,
+    callers: Callers,
 }
 
 impl Handler {
     pub fn new(policy: Arc<Policy>, wait_killable: bool) -> Handler {
-        Handler {
-            policy,
-            wait_killable,
-            stats: Stats::default(),
-            proc: ProcReader::new(),
-        }
+        Handler { policy, wait_killable, stats: Stats::default(), callers: Callers::new() }
     }
 
     /// One notification, from RECV to CONTINUE. Call only when `poll` said a
@@ -88,16 +84,20 @@ impl Handler {
             Err(e) => return Err(e),
         };
         self.stats.notified(notif.pid as i32);
-        match decision::decide(&self.policy, self.wait_killable, &notif, &mut self.proc) {
+        match decision::decide(&self.policy, self.wait_killable, &notif, &mut self.callers) {
             Decision::Signal(caller) => {
-                match signal::signal_caller(listener, notif.id, &caller, self.policy.signal) {
+                match signal::signal_caller(
+                    listener,
+                    notif.id,
+                    &mut self.callers,
+                    &caller,
+                    self.policy.signal,
+                ) {
                     Ok(()) => self.stats.signalled(&caller),
-                    Err(SignalError::CallerGone) => {
-                        self.stats.skipped(Skip::CallerGone, Some(&caller))
+                    Err(SignalError::CallerGone) => self.stats.skipped(Skip::CallerGone, Some(&caller)),
+                    Err(SignalError::Os(e)) => {
+                        self.stats.error(format_args!("signalling tid {}: {e}", caller.tid))
                     }
-                    Err(SignalError::Os(e)) => self
-                        .stats
-                        .error(format_args!("signalling tid {}: {e}", caller.tid)),
                 }
             }
             Decision::Skip(why, caller) => self.stats.skipped(why, caller.as_ref()),
@@ -105,9 +105,7 @@ impl Handler {
         match response::answer(listener, notif.id) {
             Ok(Answered::Continued) => {}
             Ok(Answered::CallerGone) => self.stats.withdrawn += 1,
-            Err(e) => self
-                .stats
-                .error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid)),
+            Err(e) => self.stats.error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid)),
         }
         Ok(())
     }

@@ -49,22 +49,14 @@ pub fn summary(policy: &Policy, stats: &Stats) -> String {
             signals: t.signals,
         })
         .collect();
-    threads.sort_by(|a, b| {
-        b.notifications
-            .cmp(&a.notifications)
-            .then(a.tid.cmp(&b.tid))
-    });
+    threads.sort_by(|a, b| b.notifications.cmp(&a.notifications).then(a.tid.cmp(&b.tid)));
     threads.truncate(TOP_THREADS);
     let summary = Summary {
         signal: profile::signal_name(policy.signal),
         syscalls: &policy.syscalls,
         notifications: stats.notifications,
         signals_sent: stats.signals,
-        skipped: stats
-            .skipped
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect(),
+        skipped: stats.skipped.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         withdrawn: stats.withdrawn,
         errors: stats.errors,
         last_error: stats.last_error.as_deref(),

@@ -128,29 +128,22 @@ struct Check<'a> {
 
 impl Check<'_> {
     fn err(&self, field: &str, message: impl fmt::Display) -> ProfileError {
-        ProfileError {
-            file: self.file.to_owned(),
-            field: field.to_owned(),
-            message: message.to_string(),
-        }
+        ProfileError { file: self.file.to_owned(), field: field.to_owned(), message: message.to_string() }
     }
 
     fn one_of(&self, field: &str, value: &str, accepted: &[&str]) -> Result<(), ProfileError> {
         if accepted.contains(&value) {
             return Ok(());
         }
-        Err(self.err(
-            field,
-            format_args!("invalid value {value:?}; accepted: {}", accepted.join(", ")),
-        ))
+        Err(self.err(field, format_args!("invalid value {value:?}; accepted: {}", accepted.join(", "))))
     }
 }
 
 /// Reads and validates a profile file.
 pub fn load(file: &Path) -> Result<(Trace, Policy), ProfileError> {
     let check = Check { file };
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| check.err("(file)", format_args!("cannot read: {e}")))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| check.err("(file)", format_args!("cannot read: {e}")))?;
     parse(&text, file)
 }
 
@@ -177,37 +170,23 @@ pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
     Ok((trace, policy))
 }
 
-fn policy(
-    check: &Check,
-    parameters: &BTreeMap<String, serde_yaml::Value>,
-) -> Result<Policy, ProfileError> {
-    let mut policy = Policy {
-        signal: libc::SIGILL,
-        syscalls: vec!["close".into()],
-    };
+fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Result<Policy, ProfileError> {
+    let mut policy = Policy { signal: libc::SIGILL, syscalls: vec!["close".into()] };
     for (key, value) in parameters {
         let field = format!("spec.parameters.{key}");
         let value = match value {
             serde_yaml::Value::String(s) => s.clone(),
             serde_yaml::Value::Number(n) => n.to_string(),
             serde_yaml::Value::Bool(b) => b.to_string(),
-            _ => {
-                return Err(check.err(
-                    &field,
-                    "must be a string (parameters are a map of string to string)",
-                ))
-            }
+            _ => return Err(check.err(&field, "must be a string (parameters are a map of string to string)")),
         };
         match key.as_str() {
             "signal" => policy.signal = parse_signal(&value).map_err(|m| check.err(&field, m))?,
-            "syscalls" => {
-                policy.syscalls = parse_syscalls(&value).map_err(|m| check.err(&field, m))?
-            }
+            "syscalls" => policy.syscalls = parse_syscalls(&value).map_err(|m| check.err(&field, m))?,
             _ => {
-                return Err(check.err(
-                    &field,
-                    format_args!("unknown parameter; accepted: {}", PARAMETERS.join(", ")),
-                ))
+                return Err(
+                    check.err(&field, format_args!("unknown parameter; accepted: {}", PARAMETERS.join(", ")))
+                )
             }
         }
     }
@@ -279,11 +258,8 @@ pub fn parse_signal(value: &str) -> Result<i32, String> {
 /// Comma-separated syscall names known to libseccomp, minus those the
 /// launcher itself must call after loading the filter.
 pub fn parse_syscalls(value: &str) -> Result<Vec<String>, String> {
-    let names: Vec<String> = value
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let names: Vec<String> =
+        value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
     if names.is_empty() {
         return Err(format!(
             "invalid value {value:?}; accepted: comma-separated syscall names, e.g. close,openat"
@@ -348,16 +324,11 @@ spec:
     fn errors_name_field_value_and_accepted() {
         let e = err(&SEED.replace("Manual", "Sometimes"));
         assert_eq!(e.field, "spec.runMode");
-        assert!(
-            e.message.contains("\"Sometimes\"") && e.message.contains("Auto, Manual"),
-            "{e}"
-        );
+        assert!(e.message.contains("\"Sometimes\"") && e.message.contains("Auto, Manual"), "{e}");
         let e = err(&SEED.replace("  node: minikube\n", "  node: minikube\n  colour: red\n"));
         assert_eq!(e.field, "spec");
         assert!(e.message.contains("colour"), "{e}");
-        let e = err(&format!(
-            "{SEED}  parameters:\n    syscalls: close,nosuch\n"
-        ));
+        let e = err(&format!("{SEED}  parameters:\n    syscalls: close,nosuch\n"));
         assert_eq!(e.field, "spec.parameters.syscalls");
         let e = err(&format!("{SEED}  parameters:\n    syscalls: execve\n"));
         assert!(e.message.contains("cannot be trapped"), "{e}");

@@ -35,16 +35,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let launcher = find_launcher(opts.launcher.as_deref())?;
     let (ours, theirs) = socketpair()?;
     let mut command = tokio::process::Command::new(&launcher);
-    command
-        .arg("--socket-fd")
-        .arg(theirs.as_raw_fd().to_string());
+    command.arg("--socket-fd").arg(theirs.as_raw_fd().to_string());
     for syscall in &opts.policy.syscalls {
         command.arg("--syscall").arg(syscall);
     }
     command.arg("--").args(&opts.cmd);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start the launcher {}", launcher.display()))?;
+    let mut child =
+        command.spawn().with_context(|| format!("cannot start the launcher {}", launcher.display()))?;
     drop(theirs);
     let pid = child.id().context("the launcher exited at once")? as i32;
     tokio::spawn(forward_signals(pid));
@@ -60,10 +57,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             let wait_killable = handoff.metadata.wait_killable;
             let handler = Handler::new(Arc::clone(&policy), wait_killable);
             let listener = crate::seccomp::Listener::new(handoff.listener);
-            Some((
-                wait_killable,
-                tokio::spawn(notify::supervise(listener, handler, ctx)),
-            ))
+            Some((wait_killable, tokio::spawn(notify::supervise(listener, handler, ctx))))
         }
         Err(e) => {
             // The launcher failed before the handoff and said why itself.
@@ -89,10 +83,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
 
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(FAILED)
+    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(FAILED)
 }
 
 /// Dedicated threads for hot listeners: one per CPU, less the one tokio
@@ -104,8 +95,9 @@ fn hot_thread_budget() -> usize {
 fn write_status(trace: &Trace, file: Option<&Path>) -> Result<()> {
     let yaml = serde_yaml::to_string(trace).context("rendering the Trace status")?;
     match file {
-        Some(path) => std::fs::write(path, yaml)
-            .with_context(|| format!("writing the status to {}", path.display())),
+        Some(path) => {
+            std::fs::write(path, yaml).with_context(|| format!("writing the status to {}", path.display()))
+        }
         None => {
             eprint!("---\n{yaml}");
             Ok(())
@@ -115,10 +107,8 @@ fn write_status(trace: &Trace, file: Option<&Path>) -> Result<()> {
 
 /// SIGINT and SIGTERM sent to sigvisor go to CMD, which decides.
 async fn forward_signals(pid: i32) {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
         tracing::warn!("cannot catch SIGINT/SIGTERM; they will not be forwarded to CMD");
         return;
     };
@@ -137,14 +127,8 @@ async fn forward_signals(pid: i32) {
 fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two fds into the array.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
+        != 0
     {
         bail!("socketpair: {}", std::io::Error::last_os_error());
     }
@@ -160,15 +144,12 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 /// `--launcher`, else `$SIGVISOR_LAUNCH`, else `sigvisor-launch` beside this
 /// binary, else on `$PATH`.
 fn find_launcher(given: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = given
-        .map(Path::to_owned)
-        .or_else(|| std::env::var_os("SIGVISOR_LAUNCH").map(PathBuf::from))
+    if let Some(p) =
+        given.map(Path::to_owned).or_else(|| std::env::var_os("SIGVISOR_LAUNCH").map(PathBuf::from))
     {
         return Ok(p);
     }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("sigvisor-launch")));
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("sigvisor-launch")));
     if let Some(p) = beside.filter(|p| p.is_file()) {
         return Ok(p);
     }

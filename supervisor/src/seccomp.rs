@@ -44,8 +44,7 @@ impl Listener {
         let mut notif: Notification = unsafe { std::mem::zeroed() };
         loop {
             // SAFETY: RECV writes one seccomp_notif into the buffer we own.
-            let ret =
-                unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) };
+            let ret = unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) };
             match check(ret) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other.map(|()| notif),
@@ -78,22 +77,12 @@ impl Listener {
     /// trip ~4x for a receiver blocked in RECV or poll (design.md §7).
     pub fn enable_sync_wake_up(&self) -> io::Result<()> {
         // SAFETY: SET_FLAGS reads one u64 flag word.
-        check(unsafe {
-            libc::ioctl(
-                self.raw(),
-                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
-                FD_SYNC_WAKE_UP,
-            )
-        })
+        check(unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, FD_SYNC_WAKE_UP) })
     }
 
     /// `poll(2)` on the listener alone; `timeout_ms` < 0 waits forever.
     pub fn poll(&self, timeout_ms: i32) -> io::Result<Readiness> {
-        let mut pfd = libc::pollfd {
-            fd: self.raw(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.raw(), events: libc::POLLIN, revents: 0 };
         loop {
             // SAFETY: one pollfd, owned, for the duration of the call.
             let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };

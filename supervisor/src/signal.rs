@@ -9,14 +9,13 @@
 //! a window of a few instructions.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::decision::Caller;
+use crate::caller::{Caller, Callers};
 use crate::seccomp::Listener;
 
-/// `PIDFD_THREAD` (= O_EXCL) and `PIDFD_SIGNAL_THREAD`, Linux 6.9; not in libc yet.
-const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+/// `PIDFD_SIGNAL_THREAD` (Linux 6.9); not in libc yet.
 const PIDFD_SIGNAL_THREAD: libc::c_uint = 1;
 
 /// Cleared on the first EINVAL from `pidfd_open(.., PIDFD_THREAD)`.
@@ -32,19 +31,23 @@ pub enum SignalError {
 pub fn signal_caller(
     listener: &Listener,
     id: u64,
+    callers: &mut Callers,
     caller: &Caller,
     signal: i32,
 ) -> Result<(), SignalError> {
     if THREAD_PIDFDS.load(Ordering::Relaxed) {
-        match thread_pidfd(caller.tid) {
-            Ok(pidfd) => {
-                if !listener.id_valid(id) {
-                    return Err(SignalError::CallerGone);
-                }
-                return send_via_pidfd(&pidfd, signal);
+        match callers.pidfd(caller.tid) {
+            // ID_VALID after the pidfd exists: the call is still pending, so
+            // its caller lived when the pidfd was opened; the pidfd is it.
+            Ok(pidfd) if listener.id_valid(id) => return send_via_pidfd(pidfd, signal),
+            Ok(_) => {
+                callers.forget(caller.tid);
+                return Err(SignalError::CallerGone);
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::info!("kernel has no PIDFD_THREAD (Linux < 6.9): signalling with tgkill after ID_VALID");
+                tracing::info!(
+                    "kernel has no PIDFD_THREAD (Linux < 6.9): signalling with tgkill after ID_VALID"
+                );
                 THREAD_PIDFDS.store(false, Ordering::Relaxed);
             }
             Err(e) => return Err(gone_or(e)),
@@ -69,18 +72,7 @@ fn gone_or(e: io::Error) -> SignalError {
     }
 }
 
-fn thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd (O_CLOEXEC) and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-fn send_via_pidfd(pidfd: &OwnedFd, signal: i32) -> Result<(), SignalError> {
-    use std::os::fd::AsRawFd;
+fn send_via_pidfd(pidfd: BorrowedFd<'_>, signal: i32) -> Result<(), SignalError> {
     // SAFETY: a null siginfo makes the kernel fill in SI_USER itself.
     let ret = unsafe {
         libc::syscall(

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::decision::{Caller, Skip};
+use crate::caller::Caller;
+use crate::decision::Skip;
 
 /// Per-thread entries kept at most; past that, threads are counted in
 /// aggregate only, so a long-lived supervisor's memory stays bounded.

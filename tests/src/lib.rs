@@ -15,10 +15,7 @@ pub const HANG: Duration = Duration::from_secs(60);
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned()
+    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -41,10 +38,7 @@ pub fn closer() -> &'static str {
 }
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
 }
 
 /// A scratch directory unique to this test.
@@ -76,11 +70,7 @@ pub fn wait_bounded(mut child: Child, what: &str) -> Output {
 }
 
 pub fn output_bounded(cmd: &mut Command, what: &str) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     wait_bounded(child, what)
 }
 
@@ -99,17 +89,8 @@ pub struct Run {
 impl Run {
     pub fn from_output(out: Output, status_file: &Path) -> Run {
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<Value> = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let event = |name: &str| {
-            lines
-                .iter()
-                .filter(|v| v["event"] == name)
-                .cloned()
-                .collect()
-        };
+        let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let event = |name: &str| lines.iter().filter(|v| v["event"] == name).cloned().collect();
         let trace = std::fs::read_to_string(status_file)
             .ok()
             .map(|t| serde_yaml::from_str(&t).expect("status is YAML"));
@@ -124,20 +105,14 @@ impl Run {
 
     /// `status.output`, itself a YAML document.
     pub fn summary(&self) -> serde_yaml::Value {
-        let trace = self
-            .trace
-            .as_ref()
-            .unwrap_or_else(|| panic!("no status printed; stderr:\n{}", self.stderr));
-        let output = trace["status"]["output"]
-            .as_str()
-            .expect("status.output is a string");
+        let trace =
+            self.trace.as_ref().unwrap_or_else(|| panic!("no status printed; stderr:\n{}", self.stderr));
+        let output = trace["status"]["output"].as_str().expect("status.output is a string");
         serde_yaml::from_str(output).expect("status.output is YAML")
     }
 
     pub fn count(&self, key: &str) -> u64 {
-        self.summary()[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("summary has no {key}"))
+        self.summary()[key].as_u64().unwrap_or_else(|| panic!("summary has no {key}"))
     }
 
     pub fn skipped(&self, why: &str) -> u64 {
@@ -147,20 +122,13 @@ impl Run {
 
 pub fn exit_code(out: &Output) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    out.status
-        .code()
-        .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0))
+    out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0))
 }
 
 /// `sigvisor run --status-file STATUS [extra] PROFILE --`, ready for CMD.
 pub fn run_command(status: &Path, profile: &Path, extra: &[&str]) -> Command {
     let mut cmd = sigvisor();
-    cmd.arg("run")
-        .arg("--status-file")
-        .arg(status)
-        .args(extra)
-        .arg(profile)
-        .arg("--");
+    cmd.arg("run").arg("--status-file").arg(status).args(extra).arg(profile).arg("--");
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
@@ -168,18 +136,13 @@ pub fn run_command(status: &Path, profile: &Path, extra: &[&str]) -> Command {
 /// `sigvisor run [extra] PROFILE -- closer ARGS`, bounded.
 pub fn run_closer(name: &str, profile: &Path, extra: &[&str], args: &[&str]) -> Run {
     let status = scratch(name).join("status.yaml");
-    let child = run_command(&status, profile, extra)
-        .arg(closer())
-        .args(args)
-        .spawn()
-        .expect("spawn sigvisor");
+    let child =
+        run_command(&status, profile, extra).arg(closer()).args(args).spawn().expect("spawn sigvisor");
     Run::from_output(wait_bounded(child, name), &status)
 }
 
 fn field(report: &Value, key: &str) -> i64 {
-    report[key]
-        .as_i64()
-        .unwrap_or_else(|| panic!("report has no {key}: {report}"))
+    report[key].as_i64().unwrap_or_else(|| panic!("report has no {key}: {report}"))
 }
 
 /// Asserts the fixture's report shows sigvisor's promise kept: one signal
@@ -189,20 +152,8 @@ pub fn assert_precise(report: &Value) {
     let n = |k: &str| field(report, k);
     assert!(n("closes") > 0, "no closes: {report}");
     assert_eq!(n("signals"), n("closes"), "one signal per close: {report}");
-    assert_eq!(
-        n("precise"),
-        n("closes"),
-        "every signal after its close, at the syscall's return: {report}"
-    );
-    for bad in [
-        "early",
-        "outside",
-        "bad_pc",
-        "close_errors",
-        "eintr",
-        "mismatched_threads",
-        "leaked",
-    ] {
+    assert_eq!(n("precise"), n("closes"), "every signal after its close, at the syscall's return: {report}");
+    for bad in ["early", "outside", "bad_pc", "close_errors", "eintr", "mismatched_threads", "leaked"] {
         assert_eq!(n(bad), 0, "{bad}: {report}");
     }
 }
@@ -231,10 +182,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         let Some((head, rest)) = stat.rsplit_once(") ") else {
             continue;
         };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok());
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok());
         if ppid == Some(pid) {
             if let Some(child) = head.split_whitespace().next().and_then(|p| p.parse().ok()) {
                 children.push(child);

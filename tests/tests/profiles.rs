@@ -16,12 +16,7 @@ fn seed_profile_is_the_example_verbatim_and_loads() {
          spec:\n  node: minikube\n  gadget: signal\n  runMode: Manual\n  outputMode: Status\n"
     );
     let out = output_bounded(sigvisor().arg("check").arg(seed_profile()), "check");
-    assert_eq!(
-        exit_code(&out),
-        0,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn write(name: &str, text: &str) -> PathBuf {
@@ -34,27 +29,13 @@ fn write(name: &str, text: &str) -> PathBuf {
 fn refused(name: &str, text: &str, must_say: &[&str]) {
     let path = write(name, text);
     let marker = path.with_extension("ran");
-    let out = output_bounded(
-        sigvisor()
-            .arg("run")
-            .arg(&path)
-            .arg("--")
-            .arg("touch")
-            .arg(&marker),
-        name,
-    );
+    let out = output_bounded(sigvisor().arg("run").arg(&path).arg("--").arg("touch").arg(&marker), name);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(exit_code(&out), 2, "{name}: {stderr}");
     assert!(!marker.exists(), "{name}: CMD ran despite a bad profile");
-    assert!(
-        stderr.contains(path.to_str().unwrap()),
-        "{name}: message names the file: {stderr}"
-    );
+    assert!(stderr.contains(path.to_str().unwrap()), "{name}: message names the file: {stderr}");
     for s in must_say {
-        assert!(
-            stderr.contains(s),
-            "{name}: message should contain {s:?}: {stderr}"
-        );
+        assert!(stderr.contains(s), "{name}: message should contain {s:?}: {stderr}");
     }
 }
 
@@ -67,17 +48,9 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
     refused(
         "api-version",
         &SEED.replace("gadget.kinvolk.io/v1alpha1", "gadget.kinvolk.io/v2"),
-        &[
-            "apiVersion",
-            "\"gadget.kinvolk.io/v2\"",
-            "accepted: gadget.kinvolk.io/v1alpha1",
-        ],
+        &["apiVersion", "\"gadget.kinvolk.io/v2\"", "accepted: gadget.kinvolk.io/v1alpha1"],
     );
-    refused(
-        "kind",
-        &SEED.replace("kind: Trace", "kind: Pod"),
-        &["kind", "\"Pod\"", "accepted: Trace"],
-    );
+    refused("kind", &SEED.replace("kind: Trace", "kind: Pod"), &["kind", "\"Pod\"", "accepted: Trace"]);
     refused(
         "gadget",
         &SEED.replace("gadget: signal", "gadget: trace-exec"),
@@ -96,11 +69,7 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
     refused(
         "signal",
         &with_parameter("signal", "SIGFOO"),
-        &[
-            "spec.parameters.signal",
-            "\"SIGFOO\"",
-            "accepted: a signal name",
-        ],
+        &["spec.parameters.signal", "\"SIGFOO\"", "accepted: a signal name"],
     );
     refused(
         "signal-kill",
@@ -110,20 +79,12 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
     refused(
         "syscall",
         &with_parameter("syscalls", "close,clsoe"),
-        &[
-            "spec.parameters.syscalls",
-            "\"clsoe\"",
-            "accepted: names such as close",
-        ],
+        &["spec.parameters.syscalls", "\"clsoe\"", "accepted: names such as close"],
     );
     refused(
         "unknown-parameter",
         &with_parameter("colour", "red"),
-        &[
-            "spec.parameters.colour",
-            "unknown parameter",
-            "accepted: signal, syscalls",
-        ],
+        &["spec.parameters.colour", "unknown parameter", "accepted: signal, syscalls"],
     );
     refused(
         "unknown-field",
@@ -135,16 +96,10 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
 
 #[test]
 fn missing_profile_file_is_refused() {
-    let out = output_bounded(
-        sigvisor().args(["run", "/nonexistent/p.yaml", "--", "true"]),
-        "missing",
-    );
+    let out = output_bounded(sigvisor().args(["run", "/nonexistent/p.yaml", "--", "true"]), "missing");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(exit_code(&out), 2);
-    assert!(
-        stderr.contains("/nonexistent/p.yaml") && stderr.contains("cannot read"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/nonexistent/p.yaml") && stderr.contains("cannot read"), "{stderr}");
 }
 
 #[test]

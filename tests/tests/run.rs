@@ -7,12 +7,7 @@ use sigvisor_tests::*;
 
 #[test]
 fn one_thread_every_close_signalled_after_it_completed() {
-    let run = run_closer(
-        "one-thread",
-        &seed_profile(),
-        &[],
-        &["--threads", "1", "--closes", "2000"],
-    );
+    let run = run_closer("one-thread", &seed_profile(), &[], &["--threads", "1", "--closes", "2000"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.reports.len(), 1);
     assert_precise(&run.reports[0]);
@@ -25,24 +20,13 @@ fn one_thread_every_close_signalled_after_it_completed() {
 
 #[test]
 fn eight_threads_concurrently() {
-    let run = run_closer(
-        "eight-threads",
-        &seed_profile(),
-        &[],
-        &["--threads", "8", "--closes", "2000"],
-    );
+    let run = run_closer("eight-threads", &seed_profile(), &[], &["--threads", "8", "--closes", "2000"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_precise(&run.reports[0]);
     assert_eq!(run.count("signalsSent"), 16000);
     // Per-thread counts: eight closing threads with 2000 signals each.
-    let threads = run.summary()["threads"]
-        .as_sequence()
-        .expect("threads")
-        .clone();
-    let busy = threads
-        .iter()
-        .filter(|t| t["signals"].as_u64() == Some(2000))
-        .count();
+    let threads = run.summary()["threads"].as_sequence().expect("threads").clone();
+    let busy = threads.iter().filter(|t| t["signals"].as_u64() == Some(2000)).count();
     assert_eq!(busy, 8, "{threads:?}");
 }
 
@@ -77,8 +61,7 @@ fn forked_and_execed_children_are_supervised() {
     let run = run_closer("children", &seed_profile(), &[], &args);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.reports.len(), 4, "parent and three children report");
-    let pids: std::collections::BTreeSet<_> =
-        run.reports.iter().map(|r| r["pid"].as_i64()).collect();
+    let pids: std::collections::BTreeSet<_> = run.reports.iter().map(|r| r["pid"].as_i64()).collect();
     assert_eq!(pids.len(), 4);
     for report in &run.reports {
         assert_precise(report);
@@ -104,20 +87,10 @@ fn target_without_handler_is_not_killed_and_its_closes_work() {
 
 #[test]
 fn exit_status_is_the_targets() {
-    let run = run_closer(
-        "exit-3",
-        &seed_profile(),
-        &[],
-        &["--closes", "5", "--exit", "3"],
-    );
+    let run = run_closer("exit-3", &seed_profile(), &[], &["--closes", "5", "--exit", "3"]);
     assert_eq!(run.code, 3);
     assert!(run.trace.is_some(), "status printed after a failing target");
-    let run = run_closer(
-        "kill-self",
-        &seed_profile(),
-        &[],
-        &["--closes", "5", "--kill-self"],
-    );
+    let run = run_closer("kill-self", &seed_profile(), &[], &["--closes", "5", "--kill-self"]);
     assert_eq!(run.code, 137, "128 + SIGKILL");
 }
 
@@ -127,14 +100,10 @@ fn launcher_failures_keep_envs_statuses() {
     let not_exec = dir.join("not-executable");
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
-    for (cmd, code, says) in [
-        ("no-such-command-here", 127, "not found"),
-        (not_exec.to_str().unwrap(), 126, "permission denied"),
-    ] {
-        let out = output_bounded(
-            sigvisor().arg("run").arg(seed_profile()).arg("--").arg(cmd),
-            cmd,
-        );
+    for (cmd, code, says) in
+        [("no-such-command-here", 127, "not found"), (not_exec.to_str().unwrap(), 126, "permission denied")]
+    {
+        let out = output_bounded(sigvisor().arg("run").arg(seed_profile()).arg("--").arg(cmd), cmd);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(exit_code(&out), code, "{stderr}");
         assert!(stderr.contains(cmd) && stderr.contains(says), "{stderr}");
@@ -177,10 +146,7 @@ fn launcher_refuses_syscalls_it_needs_itself() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(exit_code(&out), 125);
-    assert!(
-        stderr.contains("--syscall execve") && stderr.contains("cannot be trapped"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--syscall execve") && stderr.contains("cannot be trapped"), "{stderr}");
 }
 
 /// A filter without WAIT_KILLABLE_RECV (what runc installs): no order of
@@ -191,10 +157,7 @@ fn filter_that_cannot_wait_killable_is_observed_without_signals() {
     let wrapper = dir.join("launch-like-runc");
     std::fs::write(
         &wrapper,
-        format!(
-            "#!/bin/sh\nexec '{}' --no-wait-killable \"$@\"\n",
-            bin("sigvisor-launch").display()
-        ),
+        format!("#!/bin/sh\nexec '{}' --no-wait-killable \"$@\"\n", bin("sigvisor-launch").display()),
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -208,18 +171,10 @@ fn filter_that_cannot_wait_killable_is_observed_without_signals() {
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert_untouched(&run.reports[0]);
         assert_eq!(run.count("signalsSent"), 0);
-        assert_eq!(
-            run.skipped("filter-not-killable"),
-            run.count("notifications")
-        );
-        let warning = run.trace.as_ref().unwrap()["status"]["operationWarning"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        assert!(
-            warning.contains("WAIT_KILLABLE_RECV"),
-            "operationWarning: {warning:?}"
-        );
+        assert_eq!(run.skipped("filter-not-killable"), run.count("notifications"));
+        let warning =
+            run.trace.as_ref().unwrap()["status"]["operationWarning"].as_str().unwrap_or("").to_owned();
+        assert!(warning.contains("WAIT_KILLABLE_RECV"), "operationWarning: {warning:?}");
     }
 }
 
@@ -232,14 +187,7 @@ fn target_killed_mid_syscall_leaves_the_supervisor_serving() {
     let child = run_command(&status, &seed_profile(), &[])
         .arg(closer())
         .args(["--threads", "4", "--duration-ms", "0"])
-        .args([
-            "--spawn",
-            "1",
-            "--child-threads",
-            "2",
-            "--child-duration-ms",
-            "1500",
-        ])
+        .args(["--spawn", "1", "--child-threads", "2", "--child-duration-ms", "1500"])
         .spawn()
         .expect("spawn sigvisor");
     std::thread::sleep(Duration::from_millis(500));
@@ -249,17 +197,9 @@ fn target_killed_mid_syscall_leaves_the_supervisor_serving() {
     assert_eq!(unsafe { libc::kill(target_pid, libc::SIGKILL) }, 0);
     let run = Run::from_output(wait_bounded(child, "sigvisor run"), &status);
     assert_eq!(run.code, 137, "{}", run.stderr);
-    let child_reports: Vec<_> = run
-        .reports
-        .iter()
-        .filter(|r| r["pid"].as_i64() != Some(target_pid.into()))
-        .collect();
-    assert_eq!(
-        child_reports.len(),
-        1,
-        "the grandchild finished: {:?}",
-        run.reports
-    );
+    let child_reports: Vec<_> =
+        run.reports.iter().filter(|r| r["pid"].as_i64() != Some(target_pid.into())).collect();
+    assert_eq!(child_reports.len(), 1, "the grandchild finished: {:?}", run.reports);
     assert_precise(child_reports[0]);
     assert_eq!(run.count("errors"), 0, "{}", run.stderr);
     assert!(run.count("signalsSent") > 0);
@@ -269,10 +209,8 @@ fn target_killed_mid_syscall_leaves_the_supervisor_serving() {
 fn sigterm_is_forwarded_to_the_target() {
     let dir = scratch("sigterm");
     let status = dir.join("status.yaml");
-    let child = run_command(&status, &seed_profile(), &[])
-        .args(["sleep", "30"])
-        .spawn()
-        .expect("spawn sigvisor");
+    let child =
+        run_command(&status, &seed_profile(), &[]).args(["sleep", "30"]).spawn().expect("spawn sigvisor");
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill takes plain integers.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);

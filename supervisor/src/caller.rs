@@ -1,0 +1,177 @@
+//! The calling threads of one listener, and the handles kept open on each.
+//!
+//! Looking at a caller costs a procfs read per notification, the biggest
+//! single cost on the notification path (open+read+close of
+//! `/proc/<tid>/status` is ~15 µs here; `pread` of a kept-open
+//! `/proc/<tid>/stat` ~4 µs, docs/benchmarks.md). So each tid gets two
+//! handles, opened once: its `stat` file and (when it is to be signalled) a
+//! `PIDFD_THREAD` pidfd.
+//!
+//! Both pin the thread they were opened for (its `struct pid`), never a later
+//! thread that reuses the tid. That makes the cache safe: a successful
+//! `pread` proves the pinned thread is alive now, so it is the one thread
+//! that holds this tid, the caller. A dead one reads ESRCH, and its entry is
+//! reopened. What the handles show is read fresh every time: handlers change
+//! with `sigaction` and `execve`, so "catches the signal" is never cached.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+
+/// Entries kept at most; when full, all are dropped and reopened on demand,
+/// which bounds the fds held for threads that exited unseen.
+const MAX_ENTRIES: usize = 1024;
+
+/// `PIDFD_THREAD` (= O_EXCL, Linux 6.9); not in libc yet.
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+
+/// A calling thread, as its handles show it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tid: i32,
+    pub tgid: i32,
+    /// The thread's name (`comm`).
+    pub name: String,
+    /// Threads in its process.
+    pub threads: u32,
+    /// Whether its process has a handler for the signal asked about.
+    pub catches: bool,
+}
+
+struct Entry {
+    stat: File,
+    tgid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+pub struct Callers {
+    entries: HashMap<i32, Entry>,
+    buf: Vec<u8>,
+}
+
+impl Callers {
+    pub fn new() -> Self {
+        Callers { entries: HashMap::new(), buf: vec![0; 1024] }
+    }
+
+    /// Thread `tid` now, and whether it catches `signal`; None if it is gone.
+    pub fn look(&mut self, tid: i32, signal: i32) -> Option<Caller> {
+        let stat = self.read_stat(tid).or_else(|| {
+            self.entries.remove(&tid);
+            self.open(tid)?;
+            self.read_stat(tid)
+        })?;
+        // stat's sigcatch holds signals 1-31 only: real-time ones need status.
+        let caught = if signal < 32 {
+            stat.catches_bits
+        } else {
+            u64::from_str_radix(&status_field(tid, "SigCgt")?, 16).ok()?
+        };
+        let mut caller = stat.caller;
+        caller.catches = caught & (1 << (signal - 1)) != 0;
+        Some(caller)
+    }
+
+    /// The thread's pidfd, opened on first use. Err(EINVAL) on kernels
+    /// without PIDFD_THREAD. The caller must check ID_VALID *after* this
+    /// returns, which proves a new pidfd names the notification's caller.
+    pub fn pidfd(&mut self, tid: i32) -> io::Result<BorrowedFd<'_>> {
+        let entry = self.entries.get_mut(&tid).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let pidfd = match entry.pidfd {
+            Some(ref fd) => fd,
+            None => entry.pidfd.insert(open_thread_pidfd(tid)?),
+        };
+        Ok(pidfd.as_fd())
+    }
+
+    /// Drops what is kept for `tid` (its caller left before being signalled,
+    /// so a pidfd opened since may name another thread).
+    pub fn forget(&mut self, tid: i32) {
+        self.entries.remove(&tid);
+    }
+
+    fn open(&mut self, tid: i32) -> Option<()> {
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.clear();
+        }
+        let stat = File::open(format!("/proc/{tid}/stat")).ok()?;
+        // The tgid is not in stat; it never changes for a thread, so once.
+        let tgid = status_field(tid, "Tgid")?.parse().ok()?;
+        self.entries.insert(tid, Entry { stat, tgid, pidfd: None });
+        Some(())
+    }
+
+    fn read_stat(&mut self, tid: i32) -> Option<Stat> {
+        let entry = self.entries.get(&tid)?;
+        let n = entry.stat.read_at(&mut self.buf, 0).ok()?;
+        parse_stat(tid, entry.tgid, self.buf.get(..n)?)
+    }
+}
+
+struct Stat {
+    caller: Caller,
+    catches_bits: u64,
+}
+
+/// `pid (comm) state ppid … num_threads(20) … sigcatch(34) …`; comm may
+/// contain spaces and parentheses, so fields are counted after the last ')'.
+fn parse_stat(tid: i32, tgid: i32, text: &[u8]) -> Option<Stat> {
+    let text = std::str::from_utf8(text).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text.get(open + 1..close)?.to_owned();
+    let mut fields = text.get(close + 2..)?.split_ascii_whitespace();
+    // After ')': field 3 is the first; num_threads is 20, sigcatch 34.
+    let threads = fields.nth(20 - 3)?.parse().ok()?;
+    let catches_bits = fields.nth(34 - 20 - 1)?.parse().ok()?;
+    Some(Stat { caller: Caller { tid, tgid, name, threads, catches: false }, catches_bits })
+}
+
+fn open_thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd (O_CLOEXEC); nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One field of `/proc/<tid>/status` (open, read, close: the slow path).
+fn status_field(tid: i32, key: &str) -> Option<String> {
+    let mut text = String::new();
+    File::open(format!("/proc/{tid}/status")).ok()?.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(':')).map(|v| v.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_at_own_threads() {
+        let mut callers = Callers::new();
+        let me = std::process::id() as i32;
+        let caller = callers.look(me, libc::SIGUSR1).expect("self is alive");
+        assert_eq!(caller.tgid, me);
+        assert!(caller.threads >= 1);
+        assert!(!caller.name.is_empty());
+        // Twice: the second read goes through the kept-open handle.
+        assert_eq!(callers.look(me, libc::SIGUSR1), Some(caller));
+        assert!(callers.look(i32::MAX, libc::SIGUSR1).is_none());
+    }
+
+    #[test]
+    fn stat_with_awkward_comm() {
+        let mut text = String::from("42 (a) b (c)) S");
+        for n in 4..=40 {
+            text.push_str(&format!(" {n}"));
+        }
+        let stat = parse_stat(42, 40, text.as_bytes()).unwrap();
+        assert_eq!(stat.caller.name, "a) b (c)");
+        assert_eq!(stat.caller.threads, 20);
+        assert_eq!(stat.catches_bits, 34);
+    }
+}
