@@ -2,23 +2,26 @@
 # Each installs the Debian packages it needs when they are missing.
 
 CARGO ?= cargo
-BUILD_PACKAGES := libseccomp-dev pkg-config gcc
+PACKAGES := libseccomp-dev pkg-config gcc golang-go
 BIN := target/debug
+GO_DEMO := examples/gosignal/gosignal
+# Debian's Go 1.19, stdlib and cgo only: nothing is downloaded.
+GO_ENV := CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS=-mod=mod GOCACHE=$(CURDIR)/target/go-build
 
 .PHONY: demo test build deps bench clean
 
 deps:
-	@scripts/need-packages $(BUILD_PACKAGES)
+	@scripts/need-packages $(PACKAGES)
 
 build: deps
 	$(CARGO) build --workspace
 
-# The bundled C target: 2 threads, 3 closes each, with a SIGILL handler.
-$(BIN)/closer: tests/fixtures/closer.c | build
-	cc -O2 -Wall -pthread -o $@ $<
+$(GO_DEMO): examples/gosignal/main.go examples/gosignal/go.mod | deps
+	cd examples/gosignal && $(GO_ENV) go build -o gosignal .
 
-demo: build $(BIN)/closer
-	$(BIN)/sigvisor run profiles/signal.yaml -- $(BIN)/closer --threads 2 --closes 3
+# Who closes this file? Two goroutine dumps, then the Trace status.
+demo: build $(GO_DEMO)
+	$(BIN)/sigvisor run profiles/gosignal.yaml -- $(GO_DEMO)
 
 test: build
 	$(CARGO) fmt --all -- --check
@@ -31,3 +34,4 @@ bench: deps
 
 clean:
 	$(CARGO) clean
+	rm -f $(GO_DEMO)

@@ -44,16 +44,25 @@ struct Entry {
     stat: File,
     tgid: i32,
     pidfd: Option<OwnedFd>,
+    /// `/proc/<tgid>/comm`, opened when a profile selects by name.
+    comm: Option<File>,
+    /// The process's start time, read when a profile counts calls.
+    process_start: Option<u64>,
 }
+
+/// A process across pid reuse: its tgid and its start time.
+type ProcessKey = (i32, u64);
 
 pub struct Callers {
     entries: HashMap<i32, Entry>,
+    /// Signallable calls seen per process, for `when`.
+    counts: HashMap<ProcessKey, u64>,
     buf: Vec<u8>,
 }
 
 impl Callers {
     pub fn new() -> Self {
-        Callers { entries: HashMap::new(), buf: vec![0; 1024] }
+        Callers { entries: HashMap::new(), counts: HashMap::new(), buf: vec![0; 1024] }
     }
 
     /// Thread `tid` now, and whether it catches `signal`; None if it is gone.
@@ -86,6 +95,36 @@ impl Callers {
         Ok(pidfd.as_fd())
     }
 
+    /// The name of the caller's process (its main thread's comm), read now:
+    /// `execve` and `prctl(PR_SET_NAME)` change it. Call after `look`.
+    pub fn process_name(&mut self, tid: i32) -> Option<String> {
+        let entry = self.entries.get_mut(&tid)?;
+        let comm = match entry.comm {
+            Some(ref file) => file,
+            None => entry.comm.insert(File::open(format!("/proc/{}/comm", entry.tgid)).ok()?),
+        };
+        let n = comm.read_at(&mut self.buf, 0).ok()?;
+        let name = std::str::from_utf8(self.buf.get(..n)?).ok()?;
+        Some(name.trim_end_matches('\n').to_owned())
+    }
+
+    /// Counts one more signallable call of the caller's process and returns
+    /// the count (1 for its first). Processes are told apart by start time,
+    /// so a reused pid starts again from 1. Call after `look`.
+    pub fn count_call(&mut self, tid: i32) -> Option<u64> {
+        let entry = self.entries.get_mut(&tid)?;
+        let start = match entry.process_start {
+            Some(start) => start,
+            None => *entry.process_start.insert(process_start(entry.tgid)?),
+        };
+        if self.counts.len() >= MAX_ENTRIES && !self.counts.contains_key(&(entry.tgid, start)) {
+            self.counts.clear();
+        }
+        let count = self.counts.entry((entry.tgid, start)).or_default();
+        *count += 1;
+        Some(*count)
+    }
+
     /// Drops what is kept for `tid` (its caller left before being signalled,
     /// so a pidfd opened since may name another thread).
     pub fn forget(&mut self, tid: i32) {
@@ -99,7 +138,7 @@ impl Callers {
         let stat = File::open(format!("/proc/{tid}/stat")).ok()?;
         // The tgid is not in stat; it never changes for a thread, so once.
         let tgid = status_field(tid, "Tgid")?.parse().ok()?;
-        self.entries.insert(tid, Entry { stat, tgid, pidfd: None });
+        self.entries.insert(tid, Entry { stat, tgid, pidfd: None, comm: None, process_start: None });
         Some(())
     }
 
@@ -139,6 +178,14 @@ fn open_thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Field 22 (starttime) of `/proc/<tgid>/stat`: fixed for a process's life,
+/// across `execve` too.
+fn process_start(tgid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    let (_, after_comm) = text.rsplit_once(") ")?;
+    after_comm.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// One field of `/proc/<tid>/status` (open, read, close: the slow path).
 fn status_field(tid: i32, key: &str) -> Option<String> {
     let mut text = String::new();
@@ -161,6 +208,10 @@ mod tests {
         // Twice: the second read goes through the kept-open handle.
         assert_eq!(callers.look(me, libc::SIGUSR1), Some(caller));
         assert!(callers.look(i32::MAX, libc::SIGUSR1).is_none());
+        let name = callers.process_name(me).expect("own comm");
+        assert!(!name.is_empty() && !name.ends_with('\n'));
+        assert_eq!(callers.count_call(me), Some(1));
+        assert_eq!(callers.count_call(me), Some(2));
     }
 
     #[test]

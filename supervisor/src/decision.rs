@@ -18,6 +18,12 @@ pub enum Skip {
     NoHandler,
     /// The caller died before it could be signalled.
     CallerGone,
+    /// Its process has fewer threads than `min-threads`.
+    MinThreads,
+    /// Its process name does not match `comm`.
+    Comm,
+    /// Not a call that `when` selects.
+    When,
 }
 
 impl fmt::Display for Skip {
@@ -27,6 +33,9 @@ impl fmt::Display for Skip {
             Skip::CallerNotVisible => "caller-not-visible",
             Skip::NoHandler => "no-handler",
             Skip::CallerGone => "caller-gone",
+            Skip::MinThreads => "min-threads",
+            Skip::Comm => "comm",
+            Skip::When => "when",
         })
     }
 }
@@ -51,6 +60,20 @@ pub fn decide(policy: &Policy, wait_killable: bool, notif: &Notification, caller
     };
     if !caller.catches {
         return Decision::Skip(Skip::NoHandler, Some(caller));
+    }
+    if caller.threads < policy.min_threads {
+        return Decision::Skip(Skip::MinThreads, Some(caller));
+    }
+    if let Some(pattern) = &policy.comm {
+        if !callers.process_name(tid).is_some_and(|name| pattern.matches(&name)) {
+            return Decision::Skip(Skip::Comm, Some(caller));
+        }
+    }
+    // Counted last, so `when` numbers the calls every other check let through.
+    if let Some(when) = &policy.when {
+        if !callers.count_call(tid).is_some_and(|n| when.selects(n)) {
+            return Decision::Skip(Skip::When, Some(caller));
+        }
     }
     Decision::Signal(caller)
 }

@@ -16,7 +16,7 @@ pub const GADGETS: &[&str] = &["signal"];
 pub const RUN_MODES: &[&str] = &["Auto", "Manual"];
 pub const OUTPUT_MODES: &[&str] = &["Status"];
 /// Accepted keys of `spec.parameters`, documented in docs/profiles.md.
-pub const PARAMETERS: &[&str] = &["signal", "syscalls"];
+pub const PARAMETERS: &[&str] = &["signal", "syscalls", "min-threads", "comm", "when"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -112,6 +112,28 @@ pub struct Policy {
     pub signal: i32,
     /// Syscall names the filter traps.
     pub syscalls: Vec<String>,
+    /// Only processes with at least this many threads are signalled.
+    pub min_threads: u32,
+    /// Only processes whose name (comm) matches this glob are signalled.
+    pub comm: Option<glob::Pattern>,
+    /// Which of a process's signallable calls are signalled.
+    pub when: Option<When>,
+}
+
+/// strace's `first[..last][+step]`: calls first, first+step, … up to last
+/// (1-based, inclusive). `N` alone is the N-th call only; `N..` or `N+S`
+/// without a last goes on for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct When {
+    pub first: u64,
+    pub last: Option<u64>,
+    pub step: u64,
+}
+
+impl When {
+    pub fn selects(&self, n: u64) -> bool {
+        n >= self.first && self.last.is_none_or(|last| n <= last) && (n - self.first) % self.step == 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +193,13 @@ pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
 }
 
 fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Result<Policy, ProfileError> {
-    let mut policy = Policy { signal: libc::SIGILL, syscalls: vec!["close".into()] };
+    let mut policy = Policy {
+        signal: libc::SIGILL,
+        syscalls: vec!["close".into()],
+        min_threads: 1,
+        comm: None,
+        when: None,
+    };
     for (key, value) in parameters {
         let field = format!("spec.parameters.{key}");
         let value = match value {
@@ -183,6 +211,11 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
         match key.as_str() {
             "signal" => policy.signal = parse_signal(&value).map_err(|m| check.err(&field, m))?,
             "syscalls" => policy.syscalls = parse_syscalls(&value).map_err(|m| check.err(&field, m))?,
+            "min-threads" => {
+                policy.min_threads = parse_min_threads(&value).map_err(|m| check.err(&field, m))?
+            }
+            "comm" => policy.comm = Some(parse_comm(&value).map_err(|m| check.err(&field, m))?),
+            "when" => policy.when = Some(parse_when(&value).map_err(|m| check.err(&field, m))?),
             _ => {
                 return Err(
                     check.err(&field, format_args!("unknown parameter; accepted: {}", PARAMETERS.join(", ")))
@@ -280,6 +313,51 @@ pub fn parse_syscalls(value: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+pub fn parse_min_threads(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("invalid value {value:?}; accepted: a whole number of threads, 1 or more")),
+    }
+}
+
+/// A glob (`*`, `?`, `[...]`) matched against the whole process name; the
+/// kernel keeps at most 15 bytes of it.
+pub fn parse_comm(value: &str) -> Result<glob::Pattern, String> {
+    let accepted = "accepted: a glob matched against the whole process name (comm, at most 15 bytes), \
+                    e.g. gosignal or gosi*";
+    if value.is_empty() {
+        return Err(format!("invalid value {value:?}; {accepted}"));
+    }
+    glob::Pattern::new(value).map_err(|e| format!("invalid value {value:?}: {e}; {accepted}"))
+}
+
+pub fn parse_when(value: &str) -> Result<When, String> {
+    let bad = || {
+        format!(
+            "invalid value {value:?}; accepted: first[..last][+step] as in strace, counting from 1, \
+             e.g. 3 (the 3rd only), 2..5, 10.. (10th on), 1+10 (every 10th), 5..50+5"
+        )
+    };
+    let number = |s: &str| s.parse::<u64>().ok().filter(|n| *n >= 1);
+    let (range, step) = match value.trim().split_once('+') {
+        Some((range, step)) => (range, Some(number(step).ok_or_else(bad)?)),
+        None => (value.trim(), None),
+    };
+    let (first, last) = match range.split_once("..") {
+        Some((first, "")) => (number(first).ok_or_else(bad)?, None),
+        Some((first, last)) => (number(first).ok_or_else(bad)?, Some(number(last).ok_or_else(bad)?)),
+        // `N` alone is the N-th only; `N+S` runs on.
+        None => {
+            let first = number(range).ok_or_else(bad)?;
+            (first, if step.is_some() { None } else { Some(first) })
+        }
+    };
+    if last.is_some_and(|last| last < first) {
+        return Err(bad());
+    }
+    Ok(When { first, last, step: step.unwrap_or(1) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +388,19 @@ spec:
     }
 
     #[test]
+    fn when_forms() {
+        let picks = |w: &str| (1..=30).filter(|n| parse_when(w).unwrap().selects(*n)).collect::<Vec<_>>();
+        assert_eq!(picks("3"), vec![3]);
+        assert_eq!(picks("2..4"), vec![2, 3, 4]);
+        assert_eq!(picks("28.."), vec![28, 29, 30]);
+        assert_eq!(picks("1+10"), vec![1, 11, 21]);
+        assert_eq!(picks("5..20+5"), vec![5, 10, 15, 20]);
+        for bad in ["", "0", "x", "3..2", "1+0", "..3", "1..2..3"] {
+            assert!(parse_when(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn signal_forms() {
         assert_eq!(parse_signal("SIGUSR1"), Ok(libc::SIGUSR1));
         assert_eq!(parse_signal("ill"), Ok(libc::SIGILL));
@@ -333,6 +424,6 @@ spec:
         let e = err(&format!("{SEED}  parameters:\n    syscalls: execve\n"));
         assert!(e.message.contains("cannot be trapped"), "{e}");
         let e = err(&format!("{SEED}  parameters:\n    colour: red\n"));
-        assert!(e.message.contains("accepted: signal, syscalls"), "{e}");
+        assert!(e.message.contains("accepted: signal, syscalls, min-threads, comm, when"), "{e}");
     }
 }

@@ -149,12 +149,21 @@ fn field(report: &Value, key: &str) -> i64 {
 /// per close, each after the close completed and at its return site, every
 /// close returned 0, no fd leaked.
 pub fn assert_precise(report: &Value) {
-    let n = |k: &str| field(report, k);
-    assert!(n("closes") > 0, "no closes: {report}");
-    assert_eq!(n("signals"), n("closes"), "one signal per close: {report}");
-    assert_eq!(n("precise"), n("closes"), "every signal after its close, at the syscall's return: {report}");
-    for bad in ["early", "outside", "bad_pc", "close_errors", "eintr", "mismatched_threads", "leaked"] {
-        assert_eq!(n(bad), 0, "{bad}: {report}");
+    assert!(field(report, "closes") > 0, "no closes: {report}");
+    assert_signalled(report, field(report, "closes"));
+    assert_eq!(field(report, "mismatched_threads"), 0, "one signal per close in every thread: {report}");
+}
+
+/// Asserts exactly `n` signals arrived, each precise, and no close suffered.
+pub fn assert_signalled(report: &Value, n: i64) {
+    assert_eq!(field(report, "signals"), n, "signals: {report}");
+    assert_eq!(
+        field(report, "precise"),
+        n,
+        "every signal after its close, at the syscall's return: {report}"
+    );
+    for bad in ["early", "outside", "bad_pc", "close_errors", "eintr", "leaked"] {
+        assert_eq!(field(report, bad), 0, "{bad}: {report}");
     }
 }
 
@@ -190,4 +199,16 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     children
+}
+
+/// Writes the seed profile with `parameters` added, for one test.
+pub fn profile_with(name: &str, parameters: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(seed_profile()).expect("seed profile");
+    text.push_str("  parameters:\n");
+    for (key, value) in parameters {
+        text.push_str(&format!("    {key}: \"{value}\"\n"));
+    }
+    let path = scratch(&format!("{name}-profile")).join("profile.yaml");
+    std::fs::write(&path, text).expect("write profile");
+    path
 }

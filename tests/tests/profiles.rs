@@ -84,7 +84,11 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
     refused(
         "unknown-parameter",
         &with_parameter("colour", "red"),
-        &["spec.parameters.colour", "unknown parameter", "accepted: signal, syscalls"],
+        &[
+            "spec.parameters.colour",
+            "unknown parameter",
+            "accepted: signal, syscalls, min-threads, comm, when",
+        ],
     );
     refused(
         "unknown-field",

@@ -1,0 +1,3 @@
+module gosignal
+
+go 1.19
