@@ -132,7 +132,7 @@ pub struct When {
 
 impl When {
     pub fn selects(&self, n: u64) -> bool {
-        n >= self.first && self.last.is_none_or(|last| n <= last) && (n - self.first) % self.step == 0
+        n >= self.first && self.last.is_none_or(|last| n <= last) && (n - self.first).is_multiple_of(self.step)
     }
 }
 
