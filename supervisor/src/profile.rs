@@ -132,7 +132,9 @@ pub struct When {
 
 impl When {
     pub fn selects(&self, n: u64) -> bool {
-        n >= self.first && self.last.is_none_or(|last| n <= last) && (n - self.first).is_multiple_of(self.step)
+        n >= self.first
+            && self.last.is_none_or(|last| n <= last)
+            && (n - self.first).is_multiple_of(self.step)
     }
 }
 
