@@ -2,19 +2,31 @@
 # Each installs the Debian packages it needs when they are missing.
 
 CARGO ?= cargo
-PACKAGES := libseccomp-dev pkg-config gcc golang-go
+PACKAGES := libseccomp-dev pkg-config gcc golang-go runc crun busybox-static
 BIN := target/debug
 GO_DEMO := examples/gosignal/gosignal
 # Debian's Go 1.19, stdlib and cgo only: nothing is downloaded.
 GO_ENV := CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS=-mod=mod GOCACHE=$(CURDIR)/target/go-build
 
-.PHONY: demo test build deps bench clean
+ARCH := $(shell uname -m)
+MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
+
+.PHONY: demo test build deps bench clean static-launcher
 
 deps:
 	@scripts/need-packages $(PACKAGES)
 
 build: deps
 	$(CARGO) build --workspace
+
+# sigvisor-launch linked statically (glibc and libseccomp), to run inside any
+# image, e.g. a busybox-only one: target/debug/sigvisor-launch-static.
+static-launcher: deps
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/$(MULTIARCH) \
+	RUSTFLAGS="-C target-feature=+crt-static" \
+	$(CARGO) build --release -p sigvisor-launch --target $(ARCH)-unknown-linux-gnu
+	mkdir -p $(BIN)
+	cp target/$(ARCH)-unknown-linux-gnu/release/sigvisor-launch $(BIN)/sigvisor-launch-static
 
 $(GO_DEMO): examples/gosignal/main.go examples/gosignal/go.mod | deps
 	cd examples/gosignal && $(GO_ENV) go build -o gosignal .
@@ -23,7 +35,7 @@ $(GO_DEMO): examples/gosignal/main.go examples/gosignal/go.mod | deps
 demo: build $(GO_DEMO)
 	$(BIN)/sigvisor run profiles/gosignal.yaml -- $(GO_DEMO)
 
-test: build
+test: build static-launcher
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace

@@ -6,14 +6,23 @@ use std::process::Command;
 fn main() {
     let src = "fixtures/closer.c";
     println!("cargo:rerun-if-changed={src}");
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("closer");
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let compiler = cc::Build::new().get_compiler();
-    let status = Command::new(compiler.path())
-        .args(["-O2", "-Wall", "-Wextra", "-pthread", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .expect("running the C compiler");
-    assert!(status.success(), "compiling {src} failed");
-    println!("cargo:rustc-env=SIGVISOR_FIXTURE_CLOSER={}", out.display());
+    // A dynamic build for the host, a static one for busybox container rootfs.
+    for (name, env, extra) in [
+        ("closer", "SIGVISOR_FIXTURE_CLOSER", None),
+        ("closer-static", "SIGVISOR_FIXTURE_CLOSER_STATIC", Some("-static")),
+    ] {
+        let out = out_dir.join(name);
+        let status = Command::new(compiler.path())
+            .args(["-O2", "-Wall", "-Wextra", "-pthread"])
+            .args(extra)
+            .arg("-o")
+            .arg(&out)
+            .arg(src)
+            .status()
+            .expect("running the C compiler");
+        assert!(status.success(), "compiling {src} ({name}) failed");
+        println!("cargo:rustc-env={env}={}", out.display());
+    }
 }

@@ -46,6 +46,13 @@ struct Args {
     /// Free text passed to the supervisor with the listener.
     #[arg(long, value_name = "TEXT")]
     metadata: Option<String>,
+    /// The container this runs in, for the supervisor's attribution
+    /// (`sigvisor oci patch` sets it when it wraps an entrypoint).
+    #[arg(long, value_name = "ID", default_value = "")]
+    container_id: String,
+    /// The container's bundle, likewise.
+    #[arg(long, value_name = "PATH", default_value = "")]
+    bundle: String,
     /// Load the filter without WAIT_KILLABLE_RECV, as runc does (for tests
     /// of the supervisor's policy for such filters).
     #[arg(long, hide = true)]
@@ -127,8 +134,8 @@ fn main() -> ExitCode {
     // allocate (a trapped brk or mmap would wait for an absent supervisor).
     let pid = std::process::id() as i32;
     let message = |wait_killable| {
-        let metadata = Metadata { wait_killable, user: args.metadata.clone() };
-        sigvisor_proto::encode(pid, &metadata)
+        let metadata = Metadata { wait_killable, launcher: true, user: args.metadata.clone() };
+        sigvisor_proto::encode(pid, &metadata, &args.container_id, &args.bundle)
     };
     let (killable_message, plain_message) = (message(true), message(false));
 

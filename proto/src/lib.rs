@@ -40,6 +40,10 @@ pub struct Metadata {
     /// The filter was loaded with `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`.
     /// Only then may a signal be sent before CONTINUE (design.md §4).
     pub wait_killable: bool,
+    /// Sent by `sigvisor-launch` (not by an OCI runtime, whose init would
+    /// run under the filter until it execs the container's process).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub launcher: bool,
     /// Free text the user attached (`sigvisor-launch --metadata`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -53,8 +57,8 @@ impl Metadata {
         match raw {
             None => Metadata::default(),
             Some(s) => serde_json::from_str(s).unwrap_or_else(|_| Metadata {
-                wait_killable: false,
                 user: (!s.is_empty()).then(|| s.to_owned()),
+                ..Metadata::default()
             }),
         }
     }
@@ -115,19 +119,20 @@ pub fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Handoff, HandoffErr
 }
 
 /// Encodes the launcher's handoff: its own pid, the listener as `seccompFd`,
-/// and the metadata. The container part of the state describes the launched
-/// process itself (there is no bundle).
-pub fn encode(pid: i32, metadata: &Metadata) -> Vec<u8> {
-    let state = State::default();
+/// the metadata, and the container it runs in when it was told
+/// (`sigvisor oci patch` wraps entrypoints with `--container-id`).
+pub fn encode(pid: i32, metadata: &Metadata, container_id: &str, bundle: &str) -> Vec<u8> {
+    let mut state = State::default();
+    *state.version_mut() = oci_spec::runtime::VERSION.to_owned();
+    *state.id_mut() = container_id.to_owned();
+    *state.status_mut() = ContainerState::Creating;
+    *state.pid_mut() = Some(pid);
+    *state.bundle_mut() = bundle.into();
     let mut message = ContainerProcessState::default();
     *message.version_mut() = oci_spec::runtime::VERSION.to_owned();
     *message.fds_mut() = vec![SECCOMP_FD_NAME.to_owned()];
     *message.pid_mut() = pid;
     *message.metadata_mut() = Some(metadata.to_json());
-    let mut state = state;
-    *state.version_mut() = oci_spec::runtime::VERSION.to_owned();
-    *state.status_mut() = ContainerState::Creating;
-    *state.pid_mut() = Some(pid);
     *message.state_mut() = state;
     // Serializing plain strings and integers cannot fail.
     serde_json::to_vec(&message).unwrap_or_default()
@@ -190,7 +195,7 @@ mod tests {
 
     #[test]
     fn metadata_round_trip_and_foreign_text() {
-        let m = Metadata { wait_killable: true, user: Some("x".into()) };
+        let m = Metadata { wait_killable: true, launcher: true, user: Some("x".into()) };
         assert_eq!(Metadata::parse(Some(&m.to_json())), m);
         let foreign = Metadata::parse(Some("set by an operator"));
         assert!(!foreign.wait_killable);
@@ -221,8 +226,8 @@ mod tests {
 
     #[test]
     fn encode_decodes() {
-        let m = Metadata { wait_killable: true, user: None };
-        let bytes = encode(1234, &m);
+        let m = Metadata { wait_killable: true, launcher: true, user: None };
+        let bytes = encode(1234, &m, "c1", "/b");
         let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let h = decode(&bytes, vec![fd]).unwrap();
         assert_eq!(*h.state.pid(), 1234);

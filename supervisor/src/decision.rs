@@ -1,23 +1,29 @@
 //! Decide, for one notification, whether its calling thread gets the signal.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::caller::{Caller, Callers};
+use crate::container;
 use crate::profile::Policy;
 use crate::seccomp::Notification;
 
 /// Why a notification was answered without a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Skip {
+    /// No started Trace selects this listener's container.
+    NotSelected,
     /// The filter does not wait killable, so any signal could interrupt a
     /// trapped syscall (EINTR, a leaked fd, or a restart loop): observe only.
     FilterNotKillable,
     /// `notif.pid` is 0: the caller is in a pid namespace we cannot see into.
     CallerNotVisible,
+    /// The caller died before it could be looked at or signalled.
+    CallerGone,
+    /// The caller is the OCI runtime's init, before it execs the container.
+    RuntimeInit,
     /// The caller's process does not catch the signal; it would die of it.
     NoHandler,
-    /// The caller died before it could be signalled.
-    CallerGone,
     /// Its process has fewer threads than `min-threads`.
     MinThreads,
     /// Its process name does not match `comm`.
@@ -29,10 +35,12 @@ pub enum Skip {
 impl fmt::Display for Skip {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(match self {
+            Skip::NotSelected => "not-selected",
             Skip::FilterNotKillable => "filter-not-killable",
             Skip::CallerNotVisible => "caller-not-visible",
-            Skip::NoHandler => "no-handler",
             Skip::CallerGone => "caller-gone",
+            Skip::RuntimeInit => "runtime-init",
+            Skip::NoHandler => "no-handler",
             Skip::MinThreads => "min-threads",
             Skip::Comm => "comm",
             Skip::When => "when",
@@ -45,35 +53,61 @@ pub enum Decision {
     Skip(Skip, Option<Caller>),
 }
 
-/// The decision for one notification. Cheap refusals come first, so a
-/// listener that never signals costs no /proc read.
-pub fn decide(policy: &Policy, wait_killable: bool, notif: &Notification, callers: &mut Callers) -> Decision {
-    if !wait_killable {
-        return Decision::Skip(Skip::FilterNotKillable, None);
-    }
-    let tid = notif.pid as i32;
-    if tid == 0 {
-        return Decision::Skip(Skip::CallerNotVisible, None);
-    }
-    let Some(caller) = callers.look(tid, policy.signal) else {
-        return Decision::Skip(Skip::CallerGone, None);
-    };
-    if !caller.catches {
-        return Decision::Skip(Skip::NoHandler, Some(caller));
-    }
-    if caller.threads < policy.min_threads {
-        return Decision::Skip(Skip::MinThreads, Some(caller));
-    }
-    if let Some(pattern) = &policy.comm {
-        if !callers.process_name(tid).is_some_and(|name| pattern.matches(&name)) {
-            return Decision::Skip(Skip::Comm, Some(caller));
+/// What one listener decides with.
+pub struct Decider {
+    /// The selecting Trace's policy; None: answer everything at once.
+    pub policy: Option<Arc<Policy>>,
+    pub wait_killable: bool,
+    /// The container init's pid while it may still be the runtime's init
+    /// (until it execs the container's process); None once it has.
+    pub runtime_init: Option<i32>,
+    pub callers: Callers,
+}
+
+impl Decider {
+    /// The decision for one notification. Cheap refusals come first, so a
+    /// listener that never signals costs no /proc read.
+    pub fn decide(&mut self, notif: &Notification) -> Decision {
+        let Some(policy) = &self.policy else {
+            return Decision::Skip(Skip::NotSelected, None);
+        };
+        if !self.wait_killable {
+            return Decision::Skip(Skip::FilterNotKillable, None);
         }
-    }
-    // Counted last, so `when` numbers the calls every other check let through.
-    if let Some(when) = &policy.when {
-        if !callers.count_call(tid).is_some_and(|n| when.selects(n)) {
-            return Decision::Skip(Skip::When, Some(caller));
+        let tid = notif.pid as i32;
+        if tid == 0 {
+            return Decision::Skip(Skip::CallerNotVisible, None);
         }
+        let Some(caller) = self.callers.look(tid, policy.signal) else {
+            return Decision::Skip(Skip::CallerGone, None);
+        };
+        if let Some(init) = self.runtime_init {
+            let name = self.callers.process_name(tid).unwrap_or_default();
+            if container::is_runtime_init(&name) {
+                return Decision::Skip(Skip::RuntimeInit, Some(caller));
+            }
+            if caller.tgid == init {
+                // The container's init runs the container's program now.
+                self.runtime_init = None;
+            }
+        }
+        if !caller.catches {
+            return Decision::Skip(Skip::NoHandler, Some(caller));
+        }
+        if caller.threads < policy.min_threads {
+            return Decision::Skip(Skip::MinThreads, Some(caller));
+        }
+        if let Some(pattern) = &policy.comm {
+            if !self.callers.process_name(tid).is_some_and(|name| pattern.matches(&name)) {
+                return Decision::Skip(Skip::Comm, Some(caller));
+            }
+        }
+        // Counted last, so `when` numbers the calls every other check let through.
+        if let Some(when) = &policy.when {
+            if !self.callers.count_call(tid).is_some_and(|n| when.selects(n)) {
+                return Decision::Skip(Skip::When, Some(caller));
+            }
+        }
+        Decision::Signal(caller)
     }
-    Decision::Signal(caller)
 }

@@ -1,6 +1,9 @@
 //! Receiving a listener: one OCI `ContainerProcessState` message with the
-//! fds as SCM_RIGHTS, read to EOF (crun's pretty JSON comes in several
-//! reads; the fds come with the first).
+//! fds as SCM_RIGHTS (the fds come with the first read; crun's pretty JSON
+//! may take several). The message ends at EOF or as soon as the bytes parse
+//! as a whole JSON document, whichever comes first: a sender whose filter is
+//! already loaded may block in a trapped close() of this very socket, and
+//! waiting for its EOF would wait for our own answer.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -23,6 +26,7 @@ pub async fn receive(socket: OwnedFd) -> Result<Handoff, HandoffError> {
         match guard.try_io(|s| recv_chunk(s.get_ref().as_raw_fd(), &mut bytes, &mut fds)) {
             Ok(Ok(0)) => break,
             Ok(Ok(_)) if bytes.len() > MAX_MESSAGE_BYTES => return Err(HandoffError::TooLong),
+            Ok(Ok(_)) if is_whole_document(&bytes) => break,
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e.into()),
@@ -30,6 +34,12 @@ pub async fn receive(socket: OwnedFd) -> Result<Handoff, HandoffError> {
         }
     }
     sigvisor_proto::decode(&bytes, fds)
+}
+
+/// Whether `bytes` hold one complete JSON value (more may follow: ignored).
+fn is_whole_document(bytes: &[u8]) -> bool {
+    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    matches!(values.next(), Some(Ok(_)))
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {

@@ -6,14 +6,17 @@
 //! `stats` and `output` (the Trace status).
 
 mod caller;
+mod container;
 mod decision;
 mod handoff;
 mod notify;
+mod oci;
 mod output;
 mod profile;
 mod response;
 mod run;
 mod seccomp;
+mod serve;
 mod signal;
 mod stats;
 
@@ -69,11 +72,117 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
+    /// Serve containers: the OCI seccomp agent socket for runc, crun, youki
+    /// and sigvisor-launch.
+    ///
+    /// Each connection hands over one listener (an OCI ContainerProcessState
+    /// with the fd as SCM_RIGHTS). Its container is matched against the
+    /// started Traces (runMode Auto) by spec.node and spec.filter; a container
+    /// no started Trace selects has its syscalls answered at once. On SIGINT
+    /// or SIGTERM, prints every Trace with its status and exits 0.
+    #[command(after_help = "Example:\n  sigvisor serve --socket /run/sigvisor/agent.sock profiles/\n\n\
+        Then point a container's linux.seccomp.listenerPath at the socket (see docs/containers.md).")]
+    Serve {
+        /// Profiles, or directories of them (*.yaml, *.yml).
+        profiles: Vec<PathBuf>,
+        /// The socket to listen on (created mode 0600, its directory if missing).
+        #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// This node's name, matched against spec.node (default: the hostname).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Write the Traces' statuses here at exit instead of stderr.
+        #[arg(long, value_name = "PATH")]
+        status_file: Option<PathBuf>,
+        /// Drop a client that has not sent a whole handoff message by then.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        handoff_timeout: f64,
+        #[arg(long = "loop", value_enum, default_value = "adaptive", hide = true)]
+        loop_mode: notify::LoopMode,
+    },
+    /// Put OCI containers under sigvisor through their bundles (docs/containers.md).
+    #[command(subcommand)]
+    Oci(OciCommand),
     /// Validate profiles without running anything; exits 2 on the first bad one.
     Check {
         #[arg(required = true)]
         profiles: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct OciArgs {
+    /// The socket of the `sigvisor serve` that will supervise the container.
+    #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Trap the syscalls this profile names (default: close).
+    #[arg(long, value_name = "PROFILE")]
+    profile: Option<PathBuf>,
+    /// listener: the runtime's filter notifies sigvisor; wrap: sigvisor-launch
+    /// runs in front of the container's process; auto: listener where the
+    /// runtime can make the filter wait killable (crun, youki, runc >= 1.5).
+    #[arg(long, value_enum, default_value = "auto")]
+    mode: oci::Mode,
+    /// The statically linked launcher for wrap mode (default:
+    /// sigvisor-launch-static beside sigvisor).
+    #[arg(long, value_name = "PATH")]
+    launcher: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum OciCommand {
+    /// Rewrite BUNDLE/config.json so that the container runs under sigvisor.
+    Patch {
+        /// The bundle directory (holding config.json).
+        bundle: PathBuf,
+        #[command(flatten)]
+        common: OciArgs,
+        /// The runtime that will run it, for --mode auto.
+        #[arg(long, value_name = "NAME", default_value = "runc")]
+        runtime: String,
+        /// The container's id, for attribution in wrap mode.
+        #[arg(long, value_name = "ID")]
+        container_id: Option<String>,
+    },
+    /// A runtime shim: patch the bundle on create/run, then exec the real
+    /// runtime with the same arguments (register it with docker, containerd
+    /// or podman; see docs/containers.md).
+    Runtime {
+        /// The real runtime.
+        #[arg(long, value_name = "NAME", default_value = "runc")]
+        runtime: String,
+        #[command(flatten)]
+        common: OciArgs,
+        /// The runtime's arguments.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+fn patch_options(
+    common: OciArgs,
+    runtime: String,
+    container_id: Option<String>,
+) -> Result<oci::PatchOptions, ExitCode> {
+    let syscalls = match &common.profile {
+        Some(path) => match profile::load(path) {
+            Ok((_, policy)) => policy.syscalls,
+            Err(e) => {
+                eprintln!("sigvisor: {e}");
+                return Err(ExitCode::from(USAGE));
+            }
+        },
+        None => vec!["close".to_owned()],
+    };
+    Ok(oci::PatchOptions {
+        bundle: PathBuf::new(),
+        socket: common.socket,
+        syscalls,
+        mode: common.mode,
+        runtime,
+        launcher: common.launcher,
+        container_id,
+    })
 }
 
 fn main() -> ExitCode {
@@ -95,6 +204,54 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Serve { profiles, socket, node, status_file, handoff_timeout, loop_mode } => {
+            let traces = match serve::load_profiles(&profiles) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("sigvisor: {e}");
+                    return ExitCode::from(USAGE);
+                }
+            };
+            let opts = serve::ServeOptions {
+                socket,
+                node: node.unwrap_or_else(serve::hostname),
+                traces,
+                status_file,
+                handoff_timeout: std::time::Duration::from_secs_f64(handoff_timeout.max(0.001)),
+                loop_mode,
+            };
+            block_on(serve::serve(opts))
+        }
+        Command::Oci(OciCommand::Patch { bundle, common, runtime, container_id }) => {
+            let mut opts = match patch_options(common, runtime, container_id) {
+                Ok(o) => o,
+                Err(code) => return code,
+            };
+            opts.bundle = bundle;
+            match oci::patch(&opts) {
+                Ok(mode) => {
+                    println!("{}: patched ({mode:?})", opts.bundle.join("config.json").display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sigvisor: {e:#}");
+                    ExitCode::from(run::FAILED as u8)
+                }
+            }
+        }
+        Command::Oci(OciCommand::Runtime { runtime, common, args }) => {
+            let opts = match patch_options(common, runtime.clone(), None) {
+                Ok(o) => o,
+                Err(code) => return code,
+            };
+            match oci::runtime_shim(&runtime, opts, &args) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("sigvisor: {e:#}");
+                    ExitCode::from(run::FAILED as u8)
+                }
+            }
+        }
         Command::Run { profile, status_file, launcher, loop_mode, cmd } => {
             let (trace, policy) = match profile::load(&profile) {
                 Ok(loaded) => loaded,
@@ -103,21 +260,26 @@ fn main() -> ExitCode {
                     return ExitCode::from(USAGE);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("sigvisor: cannot start the async runtime: {e}");
-                    return ExitCode::from(run::FAILED as u8);
-                }
-            };
             let opts = run::RunOptions { trace, policy, cmd, status_file, launcher, loop_mode };
-            match runtime.block_on(run::run(opts)) {
-                Ok(code) => ExitCode::from(code as u8),
-                Err(e) => {
-                    eprintln!("sigvisor: {e:#}");
-                    ExitCode::from(run::FAILED as u8)
-                }
-            }
+            block_on(run::run(opts))
+        }
+    }
+}
+
+/// Runs a command's future on a multi-threaded runtime; its Ok is the exit status.
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sigvisor: cannot start the async runtime: {e}");
+            return ExitCode::from(run::FAILED as u8);
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("sigvisor: {e:#}");
+            ExitCode::from(run::FAILED as u8)
         }
     }
 }

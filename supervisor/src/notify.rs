@@ -26,7 +26,7 @@ use tokio::io::Interest;
 use tokio::sync::Semaphore;
 
 use crate::caller::Callers;
-use crate::decision::{self, Decision, Skip};
+use crate::decision::{Decider, Decision, Skip};
 use crate::profile::Policy;
 use crate::response::{self, Answered};
 use crate::seccomp::{Listener, Readiness};
@@ -60,15 +60,18 @@ pub struct Context {
 /// Everything one listener needs to answer a notification; moves between
 /// the async task and a hot thread together with the listener.
 pub struct Handler {
-    pub policy: Arc<Policy>,
-    pub wait_killable: bool,
+    pub decider: Decider,
     pub stats: Stats,
-    callers: Callers,
 }
 
 impl Handler {
-    pub fn new(policy: Arc<Policy>, wait_killable: bool) -> Handler {
-        Handler { policy, wait_killable, stats: Stats::default(), callers: Callers::new() }
+    /// `runtime_init`: the container init's pid, for a listener an OCI
+    /// runtime handed over (its init runs under the filter until it execs).
+    pub fn new(policy: Option<Arc<Policy>>, wait_killable: bool, runtime_init: Option<i32>) -> Handler {
+        Handler {
+            decider: Decider { policy, wait_killable, runtime_init, callers: Callers::new() },
+            stats: Stats::default(),
+        }
     }
 
     /// One notification, from RECV to CONTINUE. Call only when `poll` said a
@@ -84,15 +87,10 @@ impl Handler {
             Err(e) => return Err(e),
         };
         self.stats.notified(notif.pid as i32);
-        match decision::decide(&self.policy, self.wait_killable, &notif, &mut self.callers) {
+        match self.decider.decide(&notif) {
             Decision::Signal(caller) => {
-                match signal::signal_caller(
-                    listener,
-                    notif.id,
-                    &mut self.callers,
-                    &caller,
-                    self.policy.signal,
-                ) {
+                let signal = self.decider.policy.as_ref().map_or(libc::SIGILL, |p| p.signal);
+                match signal::signal_caller(listener, notif.id, &mut self.decider.callers, &caller, signal) {
                     Ok(()) => self.stats.signalled(&caller),
                     Err(SignalError::CallerGone) => self.stats.skipped(Skip::CallerGone, Some(&caller)),
                     Err(SignalError::Os(e)) => {

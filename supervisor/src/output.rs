@@ -25,19 +25,50 @@ struct Summary<'a> {
     errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_error: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    containers: &'a [ContainerLine],
     threads: Vec<ThreadLine<'a>>,
+}
+
+/// One container's share of a trace served by `sigvisor serve`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ContainerLine {
+    pub id: String,
+    pub name: String,
+    pub bundle: String,
+    pub pid: i32,
+    pub notifications: u64,
+    pub signals: u64,
+    pub skipped: BTreeMap<String, u64>,
+}
+
+impl ContainerLine {
+    pub fn add(&mut self, stats: &Stats) {
+        self.notifications += stats.notifications;
+        self.signals += stats.signals;
+        for (why, n) in &stats.skipped {
+            *self.skipped.entry(why.to_string()).or_default() += n;
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct ThreadLine<'a> {
     tid: i32,
+    /// Unknown (0, empty) for threads never looked at (observe only).
+    #[serde(skip_serializing_if = "is_zero")]
     pid: i32,
+    #[serde(skip_serializing_if = "str::is_empty")]
     comm: &'a str,
     notifications: u64,
     signals: u64,
 }
 
-pub fn summary(policy: &Policy, stats: &Stats) -> String {
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> String {
     let mut threads: Vec<ThreadLine> = stats
         .threads
         .iter()
@@ -60,6 +91,7 @@ pub fn summary(policy: &Policy, stats: &Stats) -> String {
         withdrawn: stats.withdrawn,
         errors: stats.errors,
         last_error: stats.last_error.as_deref(),
+        containers,
         threads,
     };
     serde_yaml::to_string(&summary).unwrap_or_else(|e| format!("unrenderable summary: {e}\n"))
@@ -71,18 +103,19 @@ pub const NOT_KILLABLE_WARNING: &str = "the seccomp filter does not wait killabl
     a signal would interrupt the trapped syscall (EINTR, a leaked fd, or a restart loop), \
     so notifications are answered without a signal";
 
-/// The Trace as it ends: `status` filled with state, warning and summary.
+/// The Trace with `status` filled: state, warning and summary.
 pub fn with_status(
     trace: &Trace,
     state: &str,
     warning: Option<&str>,
     policy: &Policy,
     stats: &Stats,
+    containers: &[ContainerLine],
 ) -> Trace {
     let mut trace = trace.clone();
     trace.status = Some(TraceStatus {
         state: state.to_owned(),
-        output: summary(policy, stats),
+        output: summary(policy, stats, containers),
         operation_error: String::new(),
         operation_warning: warning.unwrap_or_default().to_owned(),
     });

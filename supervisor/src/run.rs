@@ -55,7 +55,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let supervision = match crate::handoff::receive(ours).await {
         Ok(handoff) => {
             let wait_killable = handoff.metadata.wait_killable;
-            let handler = Handler::new(Arc::clone(&policy), wait_killable);
+            let handler = Handler::new(Some(Arc::clone(&policy)), wait_killable, None);
             let listener = crate::seccomp::Listener::new(handoff.listener);
             Some((wait_killable, tokio::spawn(notify::supervise(listener, handler, ctx))))
         }
@@ -76,8 +76,8 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Stats::default()
     });
     let warning = (!wait_killable).then_some(output::NOT_KILLABLE_WARNING);
-    let trace = output::with_status(&opts.trace, "Completed", warning, &opts.policy, &stats);
-    write_status(&trace, opts.status_file.as_deref())?;
+    let trace = output::with_status(&opts.trace, "Completed", warning, &opts.policy, &stats, &[]);
+    write_status(&[trace], opts.status_file.as_deref())?;
     Ok(code)
 }
 
@@ -88,18 +88,23 @@ fn exit_code(status: ExitStatus) -> i32 {
 
 /// Dedicated threads for hot listeners: one per CPU, less the one tokio
 /// and the targets need, at least one.
-fn hot_thread_budget() -> usize {
+pub fn hot_thread_budget() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
-fn write_status(trace: &Trace, file: Option<&Path>) -> Result<()> {
-    let yaml = serde_yaml::to_string(trace).context("rendering the Trace status")?;
+/// Writes Traces as a YAML stream to `file`, or to stderr.
+pub fn write_status(traces: &[Trace], file: Option<&Path>) -> Result<()> {
+    let mut yaml = String::new();
+    for trace in traces {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(trace).context("rendering the Trace status")?);
+    }
     match file {
         Some(path) => {
             std::fs::write(path, yaml).with_context(|| format!("writing the status to {}", path.display()))
         }
         None => {
-            eprint!("---\n{yaml}");
+            eprint!("{yaml}");
             Ok(())
         }
     }

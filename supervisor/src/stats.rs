@@ -73,4 +73,29 @@ impl Stats {
         tracing::warn!("{message}");
         self.last_error = Some(message);
     }
+
+    /// Adds another listener's counts to these.
+    pub fn merge(&mut self, other: &Stats) {
+        self.notifications += other.notifications;
+        self.signals += other.signals;
+        for (why, n) in &other.skipped {
+            *self.skipped.entry(*why).or_default() += n;
+        }
+        self.withdrawn += other.withdrawn;
+        self.errors += other.errors;
+        if other.last_error.is_some() {
+            self.last_error.clone_from(&other.last_error);
+        }
+        for (tid, t) in &other.threads {
+            if self.threads.len() < MAX_THREADS || self.threads.contains_key(tid) {
+                let mine = self.threads.entry(*tid).or_default();
+                mine.notifications += t.notifications;
+                mine.signals += t.signals;
+                if !t.name.is_empty() {
+                    mine.pid = t.pid;
+                    mine.name.clone_from(&t.name);
+                }
+            }
+        }
+    }
 }

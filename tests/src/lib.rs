@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: runs the real binaries against the
 //! real kernel and parses what they print.
 
+pub mod containers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

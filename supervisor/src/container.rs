@@ -1,0 +1,120 @@
+//! Where a listener comes from, and which Trace it falls under.
+//!
+//! The OCI state carries the container id, bundle, init pid and annotations.
+//! Kubernetes' names reach the runtime only as annotations set by the CRI
+//! runtime (containerd and CRI-O spell them differently); `spec.filter`
+//! matches against those.
+
+use std::collections::HashMap;
+
+use sigvisor_proto::Handoff;
+
+use crate::profile::{ContainerFilter, Trace};
+
+/// Annotation keys, containerd's first, then CRI-O's.
+const CONTAINER_NAME: &[&str] = &["io.kubernetes.cri.container-name", "io.kubernetes.container.name"];
+const POD_NAME: &[&str] = &["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"];
+const POD_NAMESPACE: &[&str] = &["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"];
+
+/// Process names of OCI runtimes' init processes, which run under the
+/// container's filter from the time it is loaded until they exec the
+/// container's process. They must never be signalled: runc's init is a Go
+/// program whose runtime handler dies of a sent SIGILL.
+/// A trailing `*` makes a prefix.
+const RUNTIME_INIT_NAMES: &[&str] = &["runc:[*", "runc", "crun", "youki*", "sigvisor-launch"];
+
+/// The origin of one listener.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// Container id; empty for a plain `sigvisor-launch`.
+    pub id: String,
+    pub bundle: String,
+    /// The container's init pid as the runtime saw it (the launcher's own pid).
+    pub pid: i32,
+    pub annotations: HashMap<String, String>,
+}
+
+impl Origin {
+    pub fn of(handoff: &Handoff) -> Origin {
+        let state = handoff.state.state();
+        Origin {
+            id: state.id().clone(),
+            bundle: state.bundle().display().to_string(),
+            pid: state.pid().unwrap_or(*handoff.state.pid()),
+            annotations: state.annotations().clone().unwrap_or_default(),
+        }
+    }
+
+    fn annotation(&self, keys: &[&str]) -> Option<&str> {
+        keys.iter().find_map(|k| self.annotations.get(*k)).map(String::as_str)
+    }
+
+    /// The container's name: the CRI annotation, else its id.
+    pub fn name(&self) -> &str {
+        self.annotation(CONTAINER_NAME).unwrap_or(&self.id)
+    }
+
+    /// How logs and status name it.
+    pub fn label(&self) -> String {
+        if self.id.is_empty() {
+            format!("pid {}", self.pid)
+        } else {
+            format!("container {} (pid {})", self.name(), self.pid)
+        }
+    }
+
+    /// Whether `filter` selects this container; empty fields match anything,
+    /// `labels` must all be present among the annotations.
+    pub fn matches(&self, filter: Option<&ContainerFilter>) -> bool {
+        let Some(f) = filter else { return true };
+        let field = |want: &str, keys: &[&str]| want.is_empty() || self.annotation(keys) == Some(want);
+        (f.container_name.is_empty() || f.container_name == self.name() || f.container_name == self.id)
+            && field(&f.podname, POD_NAME)
+            && field(&f.namespace, POD_NAMESPACE)
+            && f.labels.iter().all(|(k, v)| self.annotations.get(k) == Some(v))
+    }
+}
+
+/// Whether a Trace is for this node: an empty `spec.node` is for any node.
+pub fn on_node(trace: &Trace, node: &str) -> bool {
+    trace.spec.node.is_empty() || trace.spec.node == node
+}
+
+/// Whether a process name is an OCI runtime's init (see RUNTIME_INIT_NAMES).
+pub fn is_runtime_init(process_name: &str) -> bool {
+    RUNTIME_INIT_NAMES.iter().any(|name| match name.strip_suffix('*') {
+        Some(prefix) => process_name.starts_with(prefix),
+        None => process_name == *name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_cri_annotations() {
+        let origin = Origin {
+            id: "abc".into(),
+            annotations: [
+                ("io.kubernetes.cri.container-name", "web"),
+                ("io.kubernetes.cri.sandbox-name", "web-7d9"),
+                ("io.kubernetes.cri.sandbox-namespace", "shop"),
+                ("team", "a"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..Origin::default()
+        };
+        let mut f = ContainerFilter::default();
+        assert!(origin.matches(Some(&f)));
+        f.container_name = "web".into();
+        f.namespace = "shop".into();
+        f.labels.insert("team".into(), "a".into());
+        assert!(origin.matches(Some(&f)));
+        f.podname = "other".into();
+        assert!(!origin.matches(Some(&f)));
+        assert!(is_runtime_init("runc:[2:INIT]") && is_runtime_init("crun") && !is_runtime_init("gosignal"));
+    }
+}

@@ -1,0 +1,246 @@
+//! `sigvisor oci`: putting a container under sigvisor through its OCI bundle,
+//! without touching its image.
+//!
+//! Two ways, because runtimes differ in what their filter can do:
+//! - **listener**: add `SCMP_ACT_NOTIFY` rules to the container's own
+//!   seccomp profile, with `listenerPath` pointing at `sigvisor serve` and
+//!   `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (crun, youki, runc >= 1.5).
+//! - **wrap**: runc before 1.5 rejects every seccomp flag, and without that
+//!   one no signal can be precise (docs/design.md). So the launcher is
+//!   bind-mounted into the container and put in front of `process.args`: it
+//!   loads its own filter, with the flag, inside the container.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSeccompFilterFlag, LinuxSyscallBuilder,
+    Mount, Spec,
+};
+use sigvisor_proto::Metadata;
+
+/// Annotation marking a patched bundle (its value: the mode), so a second
+/// patch of the same bundle changes nothing.
+pub const PATCHED: &str = "io.sigvisor.patched";
+/// Where wrap mode mounts the launcher and the socket's directory.
+const IN_CONTAINER: &str = "/.sigvisor";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// listener if the runtime can make the filter wait killable, else wrap.
+    Auto,
+    /// The runtime's own filter notifies sigvisor (listenerPath).
+    Listener,
+    /// sigvisor-launch is put in front of the container's process.
+    Wrap,
+}
+
+pub struct PatchOptions {
+    pub bundle: PathBuf,
+    pub socket: PathBuf,
+    pub syscalls: Vec<String>,
+    pub mode: Mode,
+    /// The runtime that will run the bundle (for `Mode::Auto`).
+    pub runtime: String,
+    /// A statically linked sigvisor-launch (wrap mode).
+    pub launcher: Option<PathBuf>,
+    pub container_id: Option<String>,
+}
+
+/// Patches `BUNDLE/config.json`; returns the mode used.
+pub fn patch(opts: &PatchOptions) -> Result<Mode> {
+    ensure_served(&opts.socket)?;
+    let config = opts.bundle.join("config.json");
+    let mut spec = Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
+    if let Some(done) = spec.annotations().as_ref().and_then(|a| a.get(PATCHED)) {
+        tracing::info!("{} is already patched ({done}); unchanged", config.display());
+        return Ok(if done == "wrap" { Mode::Wrap } else { Mode::Listener });
+    }
+    let mode = match opts.mode {
+        Mode::Auto => runtime_mode(&opts.runtime),
+        m => m,
+    };
+    match mode {
+        Mode::Wrap => wrap_entrypoint(&mut spec, opts)?,
+        _ => add_listener(&mut spec, opts)?,
+    }
+    let name = if mode == Mode::Wrap { "wrap" } else { "listener" };
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert(PATCHED.to_owned(), name.to_owned());
+    spec.set_annotations(Some(annotations));
+    spec.save(&config).with_context(|| format!("writing {}", config.display()))?;
+    Ok(mode)
+}
+
+/// runc before 1.5 refuses every seccomp flag; crun and youki take it.
+fn runtime_mode(runtime: &str) -> Mode {
+    let version = std::process::Command::new(runtime).arg("--version").output();
+    let text = version.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let first = text.lines().next().unwrap_or_default();
+    if first.starts_with("crun") || first.starts_with("youki") {
+        return Mode::Listener;
+    }
+    let runc = first.strip_prefix("runc version ").and_then(|v| {
+        let mut parts = v.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        Some((parts.next()?, parts.next()?))
+    });
+    match runc {
+        Some(v) if v >= (1, 5) => Mode::Listener,
+        // Old runc, or a runtime we cannot tell: wrap works in all of them.
+        _ => Mode::Wrap,
+    }
+}
+
+/// runc blocks for ever on a listenerPath nobody serves; refuse at once.
+pub fn ensure_served(socket: &Path) -> Result<()> {
+    if let Err(e) = std::os::unix::net::UnixStream::connect(socket) {
+        bail!(
+            "no supervisor is listening on {}: {e}; start one with `sigvisor serve --socket {}` first",
+            socket.display(),
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
+/// Listener mode: the syscalls notify, taken out of every other rule (a
+/// syscall named by two rules is an error in libseccomp), and the rest of
+/// the profile (default action, architectures, other rules) kept.
+fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut seccomp: LinuxSeccomp = match linux.seccomp() {
+        Some(s) => s.clone(),
+        None => LinuxSeccompBuilder::default().default_action(LinuxSeccompAction::ScmpActAllow).build()?,
+    };
+    let mut rules = seccomp.syscalls().clone().unwrap_or_default();
+    for rule in &mut rules {
+        let names: Vec<String> =
+            rule.names().iter().filter(|n| !opts.syscalls.contains(n)).cloned().collect();
+        rule.set_names(names);
+    }
+    rules.retain(|r| !r.names().is_empty());
+    rules.push(
+        LinuxSyscallBuilder::default()
+            .names(opts.syscalls.clone())
+            .action(LinuxSeccompAction::ScmpActNotify)
+            .build()?,
+    );
+    seccomp.set_syscalls(Some(rules));
+    seccomp.set_listener_path(Some(opts.socket.clone()));
+    let metadata = Metadata { wait_killable: true, launcher: false, user: None };
+    seccomp.set_listener_metadata(Some(metadata.to_json()));
+    let mut flags = seccomp.flags().clone().unwrap_or_default();
+    if !flags.contains(&LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv) {
+        flags.push(LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv);
+    }
+    seccomp.set_flags(Some(flags));
+    linux.set_seccomp(Some(seccomp));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// Wrap mode: the static launcher and the socket's directory mounted
+/// read-only at /.sigvisor, and the launcher in front of process.args.
+fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
+    let launcher = match &opts.launcher {
+        Some(p) => p.clone(),
+        None => static_launcher()?,
+    };
+    let launcher = launcher.canonicalize().with_context(|| format!("the launcher {}", launcher.display()))?;
+    let socket_dir = opts.socket.parent().context("the socket path has no directory")?;
+    let socket_name = opts.socket.file_name().context("the socket path has no file name")?;
+    let mut process = spec.process().clone().context("config.json has no process to wrap")?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        bail!("config.json's process.args is empty: nothing to wrap");
+    }
+    let inside = |rest: &str| format!("{IN_CONTAINER}/{rest}");
+    let mut wrapped = vec![
+        inside("sigvisor-launch"),
+        "--socket".to_owned(),
+        inside(&format!("run/{}", socket_name.to_string_lossy())),
+        "--bundle".to_owned(),
+        opts.bundle.canonicalize().unwrap_or_else(|_| opts.bundle.clone()).display().to_string(),
+    ];
+    if let Some(id) = &opts.container_id {
+        wrapped.extend(["--container-id".to_owned(), id.clone()]);
+    }
+    for syscall in &opts.syscalls {
+        wrapped.extend(["--syscall".to_owned(), syscall.clone()]);
+    }
+    wrapped.push("--".to_owned());
+    wrapped.extend(args);
+    process.set_args(Some(wrapped));
+    spec.set_process(Some(process));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (source, destination) in
+        [(launcher.as_path(), inside("sigvisor-launch")), (socket_dir, inside("run"))]
+    {
+        let mut mount = Mount::default();
+        mount.set_destination(PathBuf::from(destination));
+        mount.set_typ(Some("bind".to_owned()));
+        mount.set_source(Some(source.to_owned()));
+        mount.set_options(Some(vec!["rbind".to_owned(), "ro".to_owned()]));
+        mounts.push(mount);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// `sigvisor-launch-static` beside this binary (`make static-launcher`).
+fn static_launcher() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating sigvisor")?;
+    let path = exe.with_file_name("sigvisor-launch-static");
+    if !path.is_file() {
+        bail!(
+            "wrap mode needs a statically linked launcher to run inside any image: {} is missing; \
+             build it with `make static-launcher`, or give --launcher",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The runtime shim: patches the bundle on `create` (and `run`), then
+/// becomes the real runtime with the same arguments.
+pub fn runtime_shim(
+    runtime: &str,
+    mut opts: PatchOptions,
+    args: &[String],
+) -> Result<std::convert::Infallible> {
+    if let Some(at) = args.iter().position(|a| a == "create" || a == "run") {
+        let rest = &args[at + 1..];
+        let mut bundle = PathBuf::from(".");
+        let mut positional = Vec::new();
+        let mut i = 0;
+        while i < rest.len() {
+            let a = &rest[i];
+            if let Some(v) = a.strip_prefix("--bundle=") {
+                bundle = v.into();
+            } else if a == "--bundle" || a == "-b" {
+                bundle = rest.get(i + 1).context("--bundle needs a value")?.into();
+                i += 1;
+            } else if !a.starts_with('-') {
+                positional.push(a.clone());
+            }
+            i += 1;
+        }
+        opts.bundle = bundle;
+        opts.container_id = positional.last().cloned();
+        opts.runtime = runtime.to_owned();
+        let mode = patch(&opts)?;
+        tracing::info!("patched {} ({mode:?}) for {runtime}", opts.bundle.display());
+    }
+    Err(std::process::Command::new(runtime).args(args).exec()).with_context(|| format!("executing {runtime}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_mode_by_runtime() {
+        assert_eq!(runtime_mode("/nonexistent-runtime"), Mode::Wrap);
+    }
+}

@@ -1,0 +1,254 @@
+//! `sigvisor serve`: a long-running supervisor on a unix socket speaking the
+//! OCI seccomp agent protocol, for runc, crun, youki and `sigvisor-launch`.
+//!
+//! Every connection is its own task: a bad or silent client is logged and
+//! dropped, a listener that fails ends alone, and the server keeps serving.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+
+use crate::container::{self, Origin};
+use crate::notify::{self, Context, Handler, LoopMode};
+use crate::output::{self, ContainerLine};
+use crate::profile::{Policy, Trace};
+use crate::stats::Stats;
+
+pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";
+
+pub struct ServeOptions {
+    pub socket: PathBuf,
+    pub node: String,
+    pub traces: Vec<(Trace, Policy)>,
+    pub status_file: Option<PathBuf>,
+    pub handoff_timeout: Duration,
+    pub loop_mode: LoopMode,
+}
+
+/// One Trace as the server holds it.
+struct Served {
+    trace: Trace,
+    policy: Arc<Policy>,
+    started: bool,
+    warning: Option<&'static str>,
+    stats: Stats,
+    containers: BTreeMap<String, ContainerLine>,
+}
+
+type Traces = Arc<Mutex<Vec<Served>>>;
+
+/// Serves until SIGINT or SIGTERM, then writes every Trace's status.
+pub async fn serve(opts: ServeOptions) -> Result<i32> {
+    let listener = bind(&opts.socket)?;
+    let traces: Traces = Arc::new(Mutex::new(
+        opts.traces
+            .into_iter()
+            .map(|(trace, policy)| {
+                // Manual traces wait for a start operation (the control plane).
+                let started = trace.spec.run_mode == "Auto";
+                let mine = container::on_node(&trace, &opts.node);
+                tracing::info!(
+                    "trace {}: {}{}",
+                    trace.metadata.name,
+                    if started { "started" } else { "not started (runMode Manual)" },
+                    if mine {
+                        String::new()
+                    } else {
+                        format!(", for node {:?}, not this one", trace.spec.node)
+                    },
+                );
+                Served {
+                    trace,
+                    policy: Arc::new(policy),
+                    started,
+                    warning: None,
+                    stats: Stats::default(),
+                    containers: BTreeMap::new(),
+                }
+            })
+            .collect(),
+    ));
+    let ctx = Arc::new(Context {
+        mode: opts.loop_mode,
+        hot_threads: Arc::new(Semaphore::new(crate::run::hot_thread_budget())),
+    });
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tracing::info!("serving on {} (node {})", opts.socket.display(), opts.node);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let peer = stream.peer_cred().map(|c| format!("peer pid {} uid {}", c.pid().unwrap_or(0), c.uid()))
+                        .unwrap_or_else(|_| "unknown peer".into());
+                    let fd = match stream.into_std() {
+                        Ok(s) => OwnedFd::from(s),
+                        Err(e) => { tracing::warn!("{peer}: {e}"); continue }
+                    };
+                    tokio::spawn(connection(fd, peer, Arc::clone(&traces), Arc::clone(&ctx), opts.node.clone(), opts.handoff_timeout));
+                }
+                Err(e) => tracing::warn!("accept: {e}"),
+            },
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    let statuses: Vec<Trace> = lock(&traces)
+        .iter()
+        .map(|t| {
+            let containers: Vec<ContainerLine> = t.containers.values().cloned().collect();
+            let state = if t.started { "Started" } else { "" };
+            output::with_status(&t.trace, state, t.warning, &t.policy, &t.stats, &containers)
+        })
+        .collect();
+    crate::run::write_status(&statuses, opts.status_file.as_deref())?;
+    Ok(0)
+}
+
+fn lock(traces: &Traces) -> std::sync::MutexGuard<'_, Vec<Served>> {
+    // A panic while holding the lock leaves plain counters behind: usable.
+    traces.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One client: receive its listener, pick its Trace, serve it to the end.
+async fn connection(
+    fd: OwnedFd,
+    peer: String,
+    traces: Traces,
+    ctx: Arc<Context>,
+    node: String,
+    timeout: Duration,
+) {
+    let handoff = match tokio::time::timeout(timeout, crate::handoff::receive(fd)).await {
+        Err(_) => return tracing::warn!("{peer}: no complete handoff within {timeout:?}; dropped"),
+        // A probe (`sigvisor oci patch` checks the socket) or an aborted start.
+        Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => return tracing::info!("{peer}: {e}"),
+        Ok(Err(e)) => return tracing::warn!("{peer}: {e}; dropped"),
+        Ok(Ok(h)) => h,
+    };
+    let origin = Origin::of(&handoff);
+    let wait_killable = handoff.metadata.wait_killable;
+    let selected = {
+        let mut traces = lock(&traces);
+        let found = traces.iter_mut().enumerate().find(|(_, t)| {
+            t.started && container::on_node(&t.trace, &node) && origin.matches(t.trace.spec.filter.as_ref())
+        });
+        found.map(|(index, t)| {
+            if !wait_killable {
+                t.warning = Some(output::NOT_KILLABLE_WARNING);
+            }
+            (index, t.trace.metadata.name.clone(), Arc::clone(&t.policy))
+        })
+    };
+    let label = origin.label();
+    match &selected {
+        Some((_, name, _)) => tracing::info!(
+            "{label}: listener from {peer}, trace {name}, {}",
+            if wait_killable { "precise" } else { "filter not killable: observe only" }
+        ),
+        None => {
+            tracing::info!("{label}: listener from {peer}, selected by no started trace: answered at once")
+        }
+    }
+    // An OCI runtime's init runs under the filter until it execs the
+    // container's process; sigvisor-launch makes no trapped call before.
+    let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
+    let handler = Handler::new(selected.as_ref().map(|(_, _, p)| Arc::clone(p)), wait_killable, runtime_init);
+    let listener = crate::seccomp::Listener::new(handoff.listener);
+    let stats = notify::supervise(listener, handler, ctx).await;
+    tracing::info!(
+        "{label}: done: {} notifications, {} signals, skipped {}",
+        stats.notifications,
+        stats.signals,
+        stats.skipped.iter().map(|(why, n)| format!("{why}: {n}")).collect::<Vec<_>>().join(", ")
+    );
+    if let Some((index, _, _)) = selected {
+        let mut traces = lock(&traces);
+        if let Some(t) = traces.get_mut(index) {
+            t.stats.merge(&stats);
+            let line = t.containers.entry(label).or_insert_with(|| ContainerLine {
+                id: origin.id.clone(),
+                name: origin.name().to_owned(),
+                bundle: origin.bundle.clone(),
+                pid: origin.pid,
+                ..ContainerLine::default()
+            });
+            line.add(&stats);
+        }
+    }
+}
+
+/// Binds the socket: its directory made if missing (0700), a stale socket
+/// replaced, a live one refused, the socket itself mode 0600.
+fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another supervisor is already serving on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+/// This machine's name, the default `--node`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+/// Profiles from files and directories (their *.yaml and *.yml, sorted).
+pub fn load_profiles(paths: &[PathBuf]) -> Result<Vec<(Trace, Policy)>, crate::profile::ProfileError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| crate::profile::ProfileError {
+                    file: path.clone(),
+                    field: "(directory)".into(),
+                    message: format!("cannot read: {e}"),
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut loaded: Vec<(Trace, Policy)> = Vec::new();
+    for file in files {
+        let (trace, policy) = crate::profile::load(&file)?;
+        if loaded.iter().any(|(t, _)| t.metadata.name == trace.metadata.name) {
+            return Err(crate::profile::ProfileError {
+                file,
+                field: "metadata.name".into(),
+                message: format!(
+                    "a trace named {:?} is already loaded; names must be unique",
+                    trace.metadata.name
+                ),
+            });
+        }
+        loaded.push((trace, policy));
+    }
+    Ok(loaded)
+}

@@ -1,0 +1,227 @@
+//! Real containers for the tests: a busybox rootfs with the static fixture,
+//! OCI bundles from `runc spec`, a `sigvisor serve` process, runc and crun.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{bin, exit_code, output_bounded, scratch, wait_bounded};
+
+/// Runtimes and busybox come from `make test`; on CI their absence fails.
+pub fn require_tools() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let missing: Vec<&str> = ["runc", "crun", "busybox", "unshare"]
+        .into_iter()
+        .filter(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .map_or(true, |o| !o.status.success())
+        })
+        .collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the container tests: root={root}, missing {missing:?} (`make test` installs runc, crun, busybox-static)"
+    );
+    eprintln!("SKIPPED: container tests need root and {missing:?}");
+    false
+}
+
+/// A bundle: busybox (every applet but `busybox` itself, which a symlink
+/// would overwrite) and the static fixture at /bin/closer.
+pub fn bundle(name: &str, args: &[&str]) -> PathBuf {
+    let dir = scratch(name).join("bundle");
+    let bin_dir = dir.join("rootfs/bin");
+    std::fs::create_dir_all(&bin_dir).expect("rootfs");
+    for d in ["proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(dir.join("rootfs").join(d)).expect("rootfs dir");
+    }
+    let busybox = which("busybox");
+    std::fs::copy(&busybox, bin_dir.join("busybox")).expect("copy busybox");
+    let list = Command::new(&busybox).arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
+        let _ = symlink("busybox", bin_dir.join(applet));
+    }
+    std::fs::copy(env!("SIGVISOR_FIXTURE_CLOSER_STATIC"), bin_dir.join("closer")).expect("copy closer");
+    let out = output_bounded(Command::new("runc").args(["spec", "--bundle"]).arg(&dir), "runc spec");
+    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    edit_config(&dir, |c| {
+        c["process"]["terminal"] = json!(false);
+        c["process"]["args"] = json!(args);
+    });
+    dir
+}
+
+fn which(tool: &str) -> PathBuf {
+    let out = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+pub fn config(bundle: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).expect("config.json"))
+        .expect("JSON")
+}
+
+pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut c = config(bundle);
+    edit(&mut c);
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&c).expect("JSON"))
+        .expect("write config");
+}
+
+/// The seccomp section that sends close(2) to `socket`.
+pub fn notify_close(socket: &Path, wait_killable: bool) -> Value {
+    let mut s = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": socket,
+        "syscalls": [{"names": ["close"], "action": "SCMP_ACT_NOTIFY"}],
+    });
+    if wait_killable {
+        s["flags"] = json!(["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]);
+        s["listenerMetadata"] = json!(r#"{"waitKillable":true}"#);
+    }
+    s
+}
+
+/// A `sigvisor serve` on its own socket, with one Auto trace selecting all.
+pub struct Server {
+    pub socket: PathBuf,
+    pub status: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn start(name: &str, extra: &[&str]) -> Server {
+        let dir = scratch(&format!("{name}-serve"));
+        let profiles = dir.join("profiles");
+        std::fs::create_dir_all(&profiles).expect("profiles dir");
+        std::fs::write(
+            profiles.join("all.yaml"),
+            "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: all\n\
+             spec:\n  gadget: signal\n  runMode: Auto\n  outputMode: Status\n",
+        )
+        .expect("profile");
+        let socket = dir.join("run/agent.sock");
+        let status = dir.join("status.yaml");
+        let child = Command::new(bin("sigvisor"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--status-file")
+            .arg(&status)
+            .args(extra)
+            .arg(&profiles)
+            .env("RUST_LOG", "sigvisor=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sigvisor serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "sigvisor serve did not create {}", socket.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { socket, status, child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Open fds of the server process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
+    /// SIGTERM, then the Traces it printed and its log.
+    pub fn stop(mut self) -> (Vec<serde_yaml::Value>, String) {
+        let child = self.child.take().expect("running");
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = wait_bounded(child, "sigvisor serve");
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(exit_code(&out), 0, "serve exit status; log:\n{log}");
+        let text = std::fs::read_to_string(&self.status).unwrap_or_default();
+        let traces = serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| serde_yaml::Value::deserialize(doc).expect("status YAML"))
+            .collect();
+        (traces, log)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `status.output` of a Trace, parsed.
+pub fn summary(trace: &serde_yaml::Value) -> serde_yaml::Value {
+    serde_yaml::from_str(trace["status"]["output"].as_str().expect("status.output")).expect("summary YAML")
+}
+
+/// A unique container id for this test process.
+pub fn container_id(name: &str) -> String {
+    format!("sv-{}-{name}", std::process::id())
+}
+
+/// `runc run` in the foreground; returns its output.
+pub fn runc_run(bundle: &Path, id: &str) -> Output {
+    let out = output_bounded(Command::new("runc").arg("run").arg("--bundle").arg(bundle).arg(id), id);
+    let _ = Command::new("runc").args(["delete", "-f", id]).output();
+    out
+}
+
+/// `crun run` in a private mount namespace without the cgroup v2 mount
+/// that this host's hybrid cgroup layout makes crun trip over.
+pub fn crun_command(bundle: &Path, id: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec crun run --bundle \"$0\" \"$1\"")
+        .arg(bundle)
+        .arg(id);
+    cmd
+}
+
+pub fn crun_run(bundle: &Path, id: &str) -> Output {
+    let out = output_bounded(&mut crun_command(bundle, id), id);
+    let _ = Command::new("crun").args(["delete", "-f", id]).output();
+    out
+}
+
+/// The fixture's `"event":"done"` report in a container's stdout.
+pub fn report(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| {
+            panic!("no report; stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr))
+        })
+}
+
+/// `sigvisor oci patch [extra] --socket SOCKET BUNDLE`, which must succeed.
+pub fn patch(bundle: &Path, socket: &Path, extra: &[&str]) {
+    let out = output_bounded(
+        Command::new(bin("sigvisor"))
+            .args(["oci", "patch"])
+            .args(extra)
+            .arg("--socket")
+            .arg(socket)
+            .arg(bundle),
+        "sigvisor oci patch",
+    );
+    assert_eq!(exit_code(&out), 0, "oci patch: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,245 @@
+//! Containers with the real runtimes (runc 1.1, crun 1.8) against a real
+//! `sigvisor serve`: the runtimes' own listenerPath, `sigvisor oci patch`,
+//! the runtime shim, a hand-wrapped entrypoint, and faults.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use serde_json::json;
+use sigvisor_tests::containers::*;
+use sigvisor_tests::*;
+
+const CLOSER: &[&str] = &["/bin/closer", "--threads", "2", "--closes", "200"];
+
+/// The one container line of the `all` trace, checked for `id`.
+fn container_line(traces: &[serde_yaml::Value], id: &str) -> serde_yaml::Value {
+    let summary = summary(&traces[0]);
+    summary["containers"]
+        .as_sequence()
+        .and_then(|c| c.iter().find(|c| c["id"] == id))
+        .unwrap_or_else(|| panic!("container {id} not in the status: {summary:?}"))
+        .clone()
+}
+
+#[test]
+fn runc_listener_path_is_observed_and_warned_about() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("runc-listener", &[]);
+    let bundle = bundle("runc-listener", CLOSER);
+    let socket = server.socket.clone();
+    edit_config(&bundle, |c| c["linux"]["seccomp"] = notify_close(&socket, false));
+    let id = container_id("runc-listener");
+    let out = runc_run(&bundle, &id);
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_untouched(&report(&out));
+    let (traces, log) = server.stop();
+    let line = container_line(&traces, &id);
+    assert!(line["notifications"].as_u64() >= Some(400), "{line:?}");
+    // No signal at all, so runc's init (a Go program) was never signalled.
+    assert_eq!(line["signals"], 0, "{log}");
+    assert_eq!(line["skipped"]["filter-not-killable"], line["notifications"]);
+    let warning = traces[0]["status"]["operationWarning"].as_str().unwrap_or_default();
+    assert!(warning.contains("WAIT_KILLABLE_RECV"), "{warning:?}");
+}
+
+#[test]
+fn runc_through_the_shim_is_wrapped_and_precise() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("runc-shim", &[]);
+    let bundle = bundle("runc-shim", CLOSER);
+    let id = container_id("runc-shim");
+    let out = output_bounded(
+        sigvisor()
+            .args(["oci", "runtime", "--runtime", "runc", "--socket"])
+            .arg(&server.socket)
+            .args(["--", "run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+        "shim",
+    );
+    let _ = std::process::Command::new("runc").args(["delete", "-f", &id]).output();
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    assert_eq!(config(&bundle)["annotations"]["io.sigvisor.patched"], "wrap");
+    let (traces, _) = server.stop();
+    assert_eq!(container_line(&traces, &id)["signals"], 400);
+}
+
+#[test]
+fn crun_patched_listener_is_precise_and_spares_crun_init() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("crun-patch", &[]);
+    let bundle = bundle("crun-patch", CLOSER);
+    patch(&bundle, &server.socket, &["--runtime", "crun"]);
+    let seccomp = &config(&bundle)["linux"]["seccomp"];
+    assert_eq!(seccomp["flags"], json!(["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]));
+    assert_eq!(seccomp["listenerPath"], json!(server.socket));
+    let id = container_id("crun-patch");
+    let out = crun_run(&bundle, &id);
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    let (traces, log) = server.stop();
+    let line = container_line(&traces, &id);
+    assert_eq!(line["signals"], 400);
+    // crun's init closes fds under the filter before it execs the container.
+    assert!(line["skipped"]["runtime-init"].as_u64() >= Some(1), "{line:?}\n{log}");
+    assert_eq!(traces[0]["status"]["operationWarning"], serde_yaml::Value::Null);
+}
+
+#[test]
+fn patch_keeps_the_existing_seccomp_profile_and_is_idempotent() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("patch-merge", &[]);
+    let bundle = bundle("patch-merge", CLOSER);
+    edit_config(&bundle, |c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["read", "close", "write"], "action": "SCMP_ACT_ALLOW"}],
+        })
+    });
+    for _ in 0..2 {
+        patch(&bundle, &server.socket, &["--mode", "listener"]);
+    }
+    let seccomp = &config(&bundle)["linux"]["seccomp"];
+    assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(seccomp["architectures"], json!(["SCMP_ARCH_X86_64"]));
+    assert_eq!(
+        seccomp["syscalls"],
+        json!([
+            {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+            {"names": ["close"], "action": "SCMP_ACT_NOTIFY"},
+        ])
+    );
+    drop(server);
+}
+
+#[test]
+fn unreachable_supervisor_fails_at_once() {
+    if !require_tools() {
+        return;
+    }
+    let bundle = bundle("unreachable", CLOSER);
+    let before = config(&bundle);
+    let socket = scratch("unreachable-sock").join("nobody.sock");
+    let out =
+        output_bounded(sigvisor().args(["oci", "patch", "--socket"]).arg(&socket).arg(&bundle), "patch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(exit_code(&out), 125, "{stderr}");
+    assert!(stderr.contains("no supervisor is listening") && stderr.contains("nobody.sock"), "{stderr}");
+    assert_eq!(config(&bundle), before, "the bundle must stay as it was");
+}
+
+/// The Dockerfile way: the static launcher copied into the image in front of
+/// the entrypoint, the socket's directory shared as a volume.
+#[test]
+fn hand_wrapped_entrypoint_in_a_busybox_image() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("wrapped", &[]);
+    let mut args = vec!["/sigvisor-launch", "--socket", "/run/sigvisor/agent.sock", "--"];
+    args.extend(CLOSER);
+    let bundle = bundle("wrapped", &args);
+    std::fs::copy(bin("sigvisor-launch-static"), bundle.join("rootfs/sigvisor-launch"))
+        .expect("copy launcher");
+    let socket_dir = server.socket.parent().expect("socket dir").to_owned();
+    edit_config(&bundle, |c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/run/sigvisor", "type": "bind", "source": socket_dir, "options": ["rbind", "ro"],
+        }))
+    });
+    let id = container_id("wrapped");
+    let out = runc_run(&bundle, &id);
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    let (traces, _) = server.stop();
+    assert_eq!(summary(&traces[0])["signalsSent"], 400);
+}
+
+/// Bad clients, a container killed mid-syscall and 20 containers at once
+/// against one server: all handled, the server keeps serving, no fd leaks.
+#[test]
+fn faults_and_concurrency_leave_the_server_serving() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("faults", &["--handoff-timeout", "1"]);
+    let run_one = |name: &str| {
+        let bundle = bundle(name, &["/bin/closer", "--threads", "2", "--closes", "100"]);
+        patch(&bundle, &server.socket, &["--mode", "listener"]);
+        bundle
+    };
+    let warm = run_one("faults-warm");
+    let out = crun_run(&warm, &container_id("faults-warm"));
+    assert_precise(&report(&out));
+    std::thread::sleep(Duration::from_millis(300));
+    let fds_before = server.open_fds();
+
+    // Connects and says nothing (held open past the timeout); connects and
+    // closes; garbage; a message naming no seccompFd, with an fd attached.
+    let silent = UnixStream::connect(&server.socket).expect("connect");
+    drop(UnixStream::connect(&server.socket).expect("connect"));
+    UnixStream::connect(&server.socket).expect("connect").write_all(b"{not json at all").expect("write");
+    let other = UnixStream::connect(&server.socket).expect("connect");
+    let devnull = std::fs::File::open("/dev/null").expect("/dev/null");
+    let message = br#"{"ociVersion":"1","fds":["other"],"pid":1,"state":{"ociVersion":"1","id":"x","status":"creating","bundle":"/"}}"#;
+    sigvisor_proto::send_with_fd(other.as_fd(), message, devnull.as_fd()).expect("send");
+    drop(other);
+
+    // A container killed while its threads sit in trapped closes.
+    let doomed = bundle("faults-doomed", &["/bin/closer", "--threads", "4", "--duration-ms", "0"]);
+    patch(&doomed, &server.socket, &["--mode", "listener"]);
+    let doomed_id = container_id("faults-doomed");
+    let child = crun_command(&doomed, &doomed_id).stdout(std::process::Stdio::piped()).spawn().expect("crun");
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = std::process::Command::new("crun").args(["kill", &doomed_id, "KILL"]).output();
+    let killed = wait_bounded(child, "killed container");
+    let _ = std::process::Command::new("crun").args(["delete", "-f", &doomed_id]).output();
+    assert_ne!(exit_code(&killed), 0, "the container was killed");
+
+    // Twenty containers at once.
+    let bundles: Vec<_> = (0..20).map(|i| run_one(&format!("faults-many-{i}"))).collect();
+    let children: Vec<_> = bundles
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let id = container_id(&format!("faults-many-{i}"));
+            (id.clone(), crun_command(b, &id).stdout(std::process::Stdio::piped()).spawn().expect("crun"))
+        })
+        .collect();
+    for (id, child) in children {
+        let out = wait_bounded(child, &id);
+        let _ = std::process::Command::new("crun").args(["delete", "-f", &id]).output();
+        assert_eq!(exit_code(&out), 0, "{id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_precise(&report(&out));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // past the handoff timeout
+    drop(silent);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.open_fds(), fds_before, "the server's open fds before and after");
+
+    let (traces, log) = server.stop();
+    for expected in [
+        "no complete handoff within",
+        "empty connection",
+        "not a ContainerProcessState",
+        "does not name \"seccompFd\"",
+    ] {
+        assert!(log.contains(expected), "log should mention {expected:?}:\n{log}");
+    }
+    let summary = summary(&traces[0]);
+    let containers = summary["containers"].as_sequence().expect("containers").len();
+    assert_eq!(containers, 22, "warm-up, the killed one and twenty: {summary:?}");
+    assert_eq!(summary["errors"], 0, "{log}");
+}
