@@ -1,7 +1,6 @@
 //! Decide, for one notification, whether its calling thread gets the signal.
 
 use std::fmt;
-use std::sync::Arc;
 
 use crate::caller::{Caller, Callers};
 use crate::container;
@@ -11,8 +10,10 @@ use crate::seccomp::Notification;
 /// Why a notification was answered without a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Skip {
-    /// No started Trace selects this listener's container.
+    /// No Trace selects this listener's container.
     NotSelected,
+    /// Its Trace is not started (or stopped, or deleted).
+    NotStarted,
     /// The filter does not wait killable, so any signal could interrupt a
     /// trapped syscall (EINTR, a leaked fd, or a restart loop): observe only.
     FilterNotKillable,
@@ -36,6 +37,7 @@ impl fmt::Display for Skip {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(match self {
             Skip::NotSelected => "not-selected",
+            Skip::NotStarted => "not-started",
             Skip::FilterNotKillable => "filter-not-killable",
             Skip::CallerNotVisible => "caller-not-visible",
             Skip::CallerGone => "caller-gone",
@@ -53,10 +55,8 @@ pub enum Decision {
     Skip(Skip, Option<Caller>),
 }
 
-/// What one listener decides with.
+/// What one listener decides with, besides its Trace's policy.
 pub struct Decider {
-    /// The selecting Trace's policy; None: answer everything at once.
-    pub policy: Option<Arc<Policy>>,
     pub wait_killable: bool,
     /// The container init's pid while it may still be the runtime's init
     /// (until it execs the container's process); None once it has.
@@ -67,10 +67,7 @@ pub struct Decider {
 impl Decider {
     /// The decision for one notification. Cheap refusals come first, so a
     /// listener that never signals costs no /proc read.
-    pub fn decide(&mut self, notif: &Notification) -> Decision {
-        let Some(policy) = &self.policy else {
-            return Decision::Skip(Skip::NotSelected, None);
-        };
+    pub fn decide(&mut self, policy: &Policy, notif: &Notification) -> Decision {
         if !self.wait_killable {
             return Decision::Skip(Skip::FilterNotKillable, None);
         }

@@ -7,18 +7,22 @@
 
 mod caller;
 mod container;
+mod control;
 mod decision;
+mod events;
 mod handoff;
 mod notify;
 mod oci;
 mod output;
 mod profile;
+mod registry;
 mod response;
 mod run;
 mod seccomp;
 mod serve;
 mod signal;
 mod stats;
+mod verbs;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -65,6 +69,11 @@ enum Command {
         /// The sigvisor-launch binary (default: beside sigvisor, or on PATH).
         #[arg(long, value_name = "PATH")]
         launcher: Option<PathBuf>,
+        /// Expose a control socket while CMD runs, so that `sigvisor
+        /// operation NAME stop|start --control PATH` can switch the signals
+        /// off and on from another terminal.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
         /// How listeners wait (for benchmarks): adaptive, async or hot.
         #[arg(long = "loop", value_enum, default_value = "adaptive", hide = true)]
         loop_mode: notify::LoopMode,
@@ -88,6 +97,9 @@ enum Command {
         /// The socket to listen on (created mode 0600, its directory if missing).
         #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// The control socket for apply, get, operation, stream and delete.
+        #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_CONTROL)]
+        control: PathBuf,
         /// This node's name, matched against spec.node (default: the hostname).
         #[arg(long, value_name = "NAME")]
         node: Option<String>,
@@ -103,11 +115,59 @@ enum Command {
     /// Put OCI containers under sigvisor through their bundles (docs/containers.md).
     #[command(subcommand)]
     Oci(OciCommand),
+    /// Create or update a Trace in a running sigvisor (its annotation
+    /// gadget.kinvolk.io/operation is performed and consumed).
+    Apply {
+        /// The Trace profile (YAML).
+        #[arg(short = 'f', long = "filename", value_name = "PROFILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// List the Traces (`get traces`), or show one (`get trace NAME -o yaml|json`).
+    Get {
+        /// `traces` or `trace`.
+        #[arg(value_parser = ["traces", "trace"])]
+        resource: String,
+        name: Option<String>,
+        /// Output format for one Trace.
+        #[arg(short, long, value_parser = ["yaml", "json"], default_value = "yaml")]
+        output: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Start or stop a Trace: stopped, its syscalls are answered at once, unsignalled.
+    Operation {
+        name: String,
+        /// start or stop.
+        operation: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Follow a Stream Trace's events (JSON lines) until Ctrl-C.
+    Stream {
+        name: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Delete a Trace: it stops acting at once.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
     /// Validate profiles without running anything; exits 2 on the first bad one.
     Check {
         #[arg(required = true)]
         profiles: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct ControlArg {
+    /// The control socket of the sigvisor to talk to.
+    #[arg(long = "control", value_name = "PATH", default_value = serve::DEFAULT_CONTROL)]
+    path: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -204,7 +264,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Serve { profiles, socket, node, status_file, handoff_timeout, loop_mode } => {
+        Command::Serve { profiles, socket, control, node, status_file, handoff_timeout, loop_mode } => {
             let traces = match serve::load_profiles(&profiles) {
                 Ok(t) => t,
                 Err(e) => {
@@ -214,6 +274,7 @@ fn main() -> ExitCode {
             };
             let opts = serve::ServeOptions {
                 socket,
+                control,
                 node: node.unwrap_or_else(serve::hostname),
                 traces,
                 status_file,
@@ -222,6 +283,13 @@ fn main() -> ExitCode {
             };
             block_on(serve::serve(opts))
         }
+        Command::Apply { file, control } => verbs::apply(&file, control.path),
+        Command::Get { resource, name, output, control } => {
+            verbs::get(&resource, name, &output, control.path)
+        }
+        Command::Operation { name, operation, control } => verbs::operation(&name, &operation, control.path),
+        Command::Stream { name, control } => verbs::stream(&name, control.path),
+        Command::Delete { name, control } => verbs::delete(&name, control.path),
         Command::Oci(OciCommand::Patch { bundle, common, runtime, container_id }) => {
             let mut opts = match patch_options(common, runtime, container_id) {
                 Ok(o) => o,
@@ -252,7 +320,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { profile, status_file, launcher, loop_mode, cmd } => {
+        Command::Run { profile, status_file, launcher, control, loop_mode, cmd } => {
             let (trace, policy) = match profile::load(&profile) {
                 Ok(loaded) => loaded,
                 Err(e) => {
@@ -260,7 +328,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(USAGE);
                 }
             };
-            let opts = run::RunOptions { trace, policy, cmd, status_file, launcher, loop_mode };
+            let opts = run::RunOptions { trace, policy, cmd, status_file, launcher, control, loop_mode };
             block_on(run::run(opts))
         }
     }

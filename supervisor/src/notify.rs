@@ -18,7 +18,7 @@
 //!   and returns to async after a quiet spell.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -27,7 +27,8 @@ use tokio::sync::Semaphore;
 
 use crate::caller::Callers;
 use crate::decision::{Decider, Decision, Skip};
-use crate::profile::Policy;
+use crate::events::Describer;
+use crate::registry::TraceHandle;
 use crate::response::{self, Answered};
 use crate::seccomp::{Listener, Readiness};
 use crate::signal::{self, SignalError};
@@ -60,18 +61,38 @@ pub struct Context {
 /// Everything one listener needs to answer a notification; moves between
 /// the async task and a hot thread together with the listener.
 pub struct Handler {
-    pub decider: Decider,
-    pub stats: Stats,
+    decider: Decider,
+    /// The Trace that selected this listener's container, if any.
+    trace: Option<Arc<TraceHandle>>,
+    /// Shared with the registry, which shows them in the Trace's status.
+    stats: Arc<Mutex<Stats>>,
+    describer: Describer,
 }
 
 impl Handler {
     /// `runtime_init`: the container init's pid, for a listener an OCI
     /// runtime handed over (its init runs under the filter until it execs).
-    pub fn new(policy: Option<Arc<Policy>>, wait_killable: bool, runtime_init: Option<i32>) -> Handler {
+    pub fn new(
+        selected: Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)>,
+        wait_killable: bool,
+        runtime_init: Option<i32>,
+        describer: Describer,
+    ) -> Handler {
+        let (trace, stats) = match selected {
+            Some((trace, stats)) => (Some(trace), stats),
+            None => (None, Arc::default()),
+        };
         Handler {
-            decider: Decider { policy, wait_killable, runtime_init, callers: Callers::new() },
-            stats: Stats::default(),
+            decider: Decider { wait_killable, runtime_init, callers: Callers::new() },
+            trace,
+            stats,
+            describer,
         }
+    }
+
+    fn stats(&self) -> MutexGuard<'_, Stats> {
+        // Plain counters: a panic elsewhere leaves them usable.
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One notification, from RECV to CONTINUE. Call only when `poll` said a
@@ -81,29 +102,64 @@ impl Handler {
             Ok(n) => n,
             // The caller was killed or interrupted between poll and RECV.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                self.stats.withdrawn += 1;
+                self.stats().withdrawn += 1;
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
-        self.stats.notified(notif.pid as i32);
-        match self.decider.decide(&notif) {
-            Decision::Signal(caller) => {
-                let signal = self.decider.policy.as_ref().map_or(libc::SIGILL, |p| p.signal);
-                match signal::signal_caller(listener, notif.id, &mut self.decider.callers, &caller, signal) {
-                    Ok(()) => self.stats.signalled(&caller),
-                    Err(SignalError::CallerGone) => self.stats.skipped(Skip::CallerGone, Some(&caller)),
-                    Err(SignalError::Os(e)) => {
-                        self.stats.error(format_args!("signalling tid {}: {e}", caller.tid))
-                    }
-                }
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.notified(notif.pid as i32);
+        // A stopped or unstarted Trace: one atomic load, then the answer.
+        let config = self.trace.as_ref().filter(|t| t.active()).map(|t| t.config());
+        let (caller, skipped) = match &config {
+            None => {
+                let why = if self.trace.is_some() { Skip::NotStarted } else { Skip::NotSelected };
+                stats.skipped(why, None);
+                (None, Some(why.to_string()))
             }
-            Decision::Skip(why, caller) => self.stats.skipped(why, caller.as_ref()),
-        }
-        match response::answer(listener, notif.id) {
-            Ok(Answered::Continued) => {}
-            Ok(Answered::CallerGone) => self.stats.withdrawn += 1,
-            Err(e) => self.stats.error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid)),
+            Some(config) => match self.decider.decide(&config.policy, &notif) {
+                Decision::Signal(caller) => {
+                    let signal = config.policy.signal;
+                    let sent =
+                        signal::signal_caller(listener, notif.id, &mut self.decider.callers, &caller, signal);
+                    let skipped = match sent {
+                        Ok(()) => {
+                            stats.signalled(&caller);
+                            None
+                        }
+                        Err(SignalError::CallerGone) => {
+                            stats.skipped(Skip::CallerGone, Some(&caller));
+                            Some(Skip::CallerGone.to_string())
+                        }
+                        Err(SignalError::Os(e)) => {
+                            stats.error(format_args!("signalling tid {}: {e}", caller.tid));
+                            Some(format!("signal failed: {e}"))
+                        }
+                    };
+                    (Some(caller), skipped)
+                }
+                Decision::Skip(why, caller) => {
+                    stats.skipped(why, caller.as_ref());
+                    (caller, Some(why.to_string()))
+                }
+            },
+        };
+        let events = config.filter(|c| c.sink.wants_events());
+        let pending = events.as_ref().map(|_| self.describer.before_answer(listener, &notif));
+        let result = match response::answer(listener, notif.id) {
+            Ok(Answered::Continued) => "continued".to_owned(),
+            Ok(Answered::CallerGone) => {
+                stats.withdrawn += 1;
+                "caller-gone".to_owned()
+            }
+            Err(e) => {
+                stats.error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid));
+                format!("error: {e}")
+            }
+        };
+        drop(stats);
+        if let (Some(config), Some(pending)) = (events, pending) {
+            self.describer.emit(&config.sink, &notif, &pending, caller.as_ref(), skipped, &result);
         }
         Ok(())
     }
@@ -132,10 +188,10 @@ pub async fn supervise(mut listener: Listener, mut handler: Handler, ctx: Arc<Co
                     listener = back;
                     permit
                 }
-                Ok(None) => return handler.stats,
+                Ok(None) => return handler.stats().clone(),
                 Err(e) => {
-                    handler.stats.error(format_args!("listener failed: {e}"));
-                    return handler.stats;
+                    handler.stats().error(format_args!("listener failed: {e}"));
+                    return handler.stats().clone();
                 }
             },
         };
@@ -155,10 +211,10 @@ pub async fn supervise(mut listener: Listener, mut handler: Handler, ctx: Arc<Co
         handler = h;
         match end {
             Ok(HotEnd::Idle) => listener = back,
-            Ok(HotEnd::Hangup) => return handler.stats,
+            Ok(HotEnd::Hangup) => return handler.stats().clone(),
             Err(e) => {
-                handler.stats.error(format_args!("listener failed: {e}"));
-                return handler.stats;
+                handler.stats().error(format_args!("listener failed: {e}"));
+                return handler.stats().clone();
             }
         }
     }

@@ -6,9 +6,10 @@
 //!   seccomp profile, with `listenerPath` pointing at `sigvisor serve` and
 //!   `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (crun, youki, runc >= 1.5).
 //! - **wrap**: runc before 1.5 rejects every seccomp flag, and without that
-//!   one no signal can be precise (docs/design.md). So the launcher is
-//!   bind-mounted into the container and put in front of `process.args`: it
-//!   loads its own filter, with the flag, inside the container.
+//!   one no signal can be precise (docs/design.md). So the launcher and the
+//!   agent socket are bind-mounted into the container and the launcher is put
+//!   in front of `process.args`: it loads its own filter, with the flag,
+//!   inside the container.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -140,16 +141,14 @@ fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     Ok(())
 }
 
-/// Wrap mode: the static launcher and the socket's directory mounted
-/// read-only at /.sigvisor, and the launcher in front of process.args.
+/// Wrap mode: the static launcher and the agent socket mounted read-only at
+/// /.sigvisor, and the launcher in front of process.args.
 fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     let launcher = match &opts.launcher {
         Some(p) => p.clone(),
         None => static_launcher()?,
     };
     let launcher = launcher.canonicalize().with_context(|| format!("the launcher {}", launcher.display()))?;
-    let socket_dir = opts.socket.parent().context("the socket path has no directory")?;
-    let socket_name = opts.socket.file_name().context("the socket path has no file name")?;
     let mut process = spec.process().clone().context("config.json has no process to wrap")?;
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
@@ -159,7 +158,7 @@ fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     let mut wrapped = vec![
         inside("sigvisor-launch"),
         "--socket".to_owned(),
-        inside(&format!("run/{}", socket_name.to_string_lossy())),
+        inside("agent.sock"),
         "--bundle".to_owned(),
         opts.bundle.canonicalize().unwrap_or_else(|_| opts.bundle.clone()).display().to_string(),
     ];
@@ -174,8 +173,11 @@ fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     process.set_args(Some(wrapped));
     spec.set_process(Some(process));
     let mut mounts = spec.mounts().clone().unwrap_or_default();
+    // The socket itself, not its directory: the control socket may live
+    // beside it, and a container must not reach that.
+    let socket = opts.socket.as_path();
     for (source, destination) in
-        [(launcher.as_path(), inside("sigvisor-launch")), (socket_dir, inside("run"))]
+        [(launcher.as_path(), inside("sigvisor-launch")), (socket, inside("agent.sock"))]
     {
         let mut mount = Mount::default();
         mount.set_destination(PathBuf::from(destination));

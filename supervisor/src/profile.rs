@@ -14,7 +14,7 @@ pub const API_VERSION: &str = "gadget.kinvolk.io/v1alpha1";
 pub const KIND: &str = "Trace";
 pub const GADGETS: &[&str] = &["signal"];
 pub const RUN_MODES: &[&str] = &["Auto", "Manual"];
-pub const OUTPUT_MODES: &[&str] = &["Status"];
+pub const OUTPUT_MODES: &[&str] = &["Status", "Stream", "File"];
 /// Accepted keys of `spec.parameters`, documented in docs/profiles.md.
 pub const PARAMETERS: &[&str] = &["signal", "syscalls", "min-threads", "comm", "when"];
 
@@ -189,6 +189,15 @@ pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
     }
     check.one_of("spec.gadget", &trace.spec.gadget, GADGETS)?;
     check.one_of("spec.runMode", &trace.spec.run_mode, RUN_MODES)?;
+    if trace.spec.output_mode == "ExternalResource" {
+        return Err(check.err(
+            "spec.outputMode",
+            format_args!(
+                "\"ExternalResource\" is not supported by sigvisor; supported: {}",
+                OUTPUT_MODES.join(", ")
+            ),
+        ));
+    }
     check.one_of("spec.outputMode", &trace.spec.output_mode, OUTPUT_MODES)?;
     let policy = policy(&check, &trace.spec.parameters)?;
     Ok((trace, policy))

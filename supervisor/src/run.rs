@@ -12,10 +12,11 @@ use anyhow::{bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 
+use crate::container::Origin;
+use crate::events::Describer;
 use crate::notify::{self, Context, Handler, LoopMode};
-use crate::output;
 use crate::profile::{Policy, Trace};
-use crate::stats::Stats;
+use crate::registry::{Registry, OPERATION_ANNOTATION};
 
 /// Exit status for sigvisor's own failures (as `env` and `timeout` use).
 pub const FAILED: i32 = 125;
@@ -26,6 +27,7 @@ pub struct RunOptions {
     pub cmd: Vec<OsString>,
     pub status_file: Option<PathBuf>,
     pub launcher: Option<PathBuf>,
+    pub control: Option<PathBuf>,
     pub loop_mode: LoopMode,
 }
 
@@ -33,6 +35,34 @@ pub struct RunOptions {
 /// exit with: CMD's own, or 128+N if a signal N killed it.
 pub async fn run(opts: RunOptions) -> Result<i32> {
     let launcher = find_launcher(opts.launcher.as_deref())?;
+    // A local launch: the trace acts whatever its spec.node says.
+    let registry = Arc::new(Registry::new(crate::serve::hostname(), true));
+    let name = opts.trace.metadata.name.clone();
+    let mut trace = opts.trace;
+    let annotated = trace.metadata.annotations.remove(OPERATION_ANNOTATION);
+    registry.apply(trace, opts.policy.clone());
+    // `run` performs the start operation itself; an annotated operation
+    // comes after it (`stop` starts CMD with signals off, for `operation start`).
+    let mut applied = registry.operation(&name, "start")?;
+    if let Some(op) = annotated {
+        applied = registry.operation(&name, &op)?;
+    }
+    let error = applied.status.map(|s| s.operation_error).unwrap_or_default();
+    if !error.is_empty() {
+        eprintln!("sigvisor: trace {name}: {error}");
+    }
+    let printer = registry.subscribe(&name).ok().map(|mut events| {
+        tokio::spawn(async move {
+            while let Ok(line) = events.recv().await {
+                eprintln!("{line}");
+            }
+        })
+    });
+    if let Some(path) = &opts.control {
+        let control = crate::serve::bind(path)?;
+        tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
+    }
+
     let (ours, theirs) = socketpair()?;
     let mut command = tokio::process::Command::new(&launcher);
     command.arg("--socket-fd").arg(theirs.as_raw_fd().to_string());
@@ -46,18 +76,19 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let pid = child.id().context("the launcher exited at once")? as i32;
     tokio::spawn(forward_signals(pid));
 
-    let policy = Arc::new(opts.policy.clone());
     let ctx = Arc::new(Context {
         mode: opts.loop_mode,
         hot_threads: Arc::new(Semaphore::new(hot_thread_budget())),
     });
-    // EOF comes when the launcher execs CMD (CLOEXEC) or exits.
+    // The handoff ends when the launcher execs CMD (CLOEXEC) or exits.
     let supervision = match crate::handoff::receive(ours).await {
         Ok(handoff) => {
-            let wait_killable = handoff.metadata.wait_killable;
-            let handler = Handler::new(Some(Arc::clone(&policy)), wait_killable, None);
+            let origin = Origin::of(&handoff);
+            let selected = registry.select(&origin, handoff.metadata.wait_killable);
+            let describer = Describer::new(registry.node.clone(), origin);
+            let handler = Handler::new(selected, handoff.metadata.wait_killable, None, describer);
             let listener = crate::seccomp::Listener::new(handoff.listener);
-            Some((wait_killable, tokio::spawn(notify::supervise(listener, handler, ctx))))
+            Some(tokio::spawn(notify::supervise(listener, handler, ctx)))
         }
         Err(e) => {
             // The launcher failed before the handoff and said why itself.
@@ -67,16 +98,23 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     };
     let status = child.wait().await.context("waiting for CMD")?;
     let code = exit_code(status);
-    let Some((wait_killable, task)) = supervision else {
+    let Some(task) = supervision else {
         return Ok(code);
     };
     // CMD is gone; its descendants still hold the filter until they exit.
-    let stats = task.await.unwrap_or_else(|e| {
+    if let Err(e) = task.await {
         tracing::error!("the notification loop failed: {e}");
-        Stats::default()
-    });
-    let warning = (!wait_killable).then_some(output::NOT_KILLABLE_WARNING);
-    let trace = output::with_status(&opts.trace, "Completed", warning, &opts.policy, &stats, &[]);
+    }
+    registry.complete_all();
+    let trace = registry.get(&name)?;
+    // Deleting drops the event channel, so the printer drains and ends.
+    registry.delete(&name)?;
+    if let Some(printer) = printer {
+        let _ = printer.await;
+    }
+    if let Some(path) = &opts.control {
+        let _ = std::fs::remove_file(path);
+    }
     write_status(&[trace], opts.status_file.as_deref())?;
     Ok(code)
 }

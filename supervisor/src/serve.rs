@@ -4,11 +4,10 @@
 //! Every connection is its own task: a bad or silent client is logged and
 //! dropped, a listener that fails ends alone, and the server keeps serving.
 
-use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -16,16 +15,18 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 
-use crate::container::{self, Origin};
+use crate::container::Origin;
+use crate::events::Describer;
 use crate::notify::{self, Context, Handler, LoopMode};
-use crate::output::{self, ContainerLine};
 use crate::profile::{Policy, Trace};
-use crate::stats::Stats;
+use crate::registry::Registry;
 
 pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";
+pub const DEFAULT_CONTROL: &str = "/run/sigvisor/control.sock";
 
 pub struct ServeOptions {
     pub socket: PathBuf,
+    pub control: PathBuf,
     pub node: String,
     pub traces: Vec<(Trace, Policy)>,
     pub status_file: Option<PathBuf>,
@@ -33,56 +34,38 @@ pub struct ServeOptions {
     pub loop_mode: LoopMode,
 }
 
-/// One Trace as the server holds it.
-struct Served {
-    trace: Trace,
-    policy: Arc<Policy>,
-    started: bool,
-    warning: Option<&'static str>,
-    stats: Stats,
-    containers: BTreeMap<String, ContainerLine>,
-}
-
-type Traces = Arc<Mutex<Vec<Served>>>;
-
 /// Serves until SIGINT or SIGTERM, then writes every Trace's status.
 pub async fn serve(opts: ServeOptions) -> Result<i32> {
+    let registry = Arc::new(Registry::new(opts.node.clone(), false));
+    for (trace, policy) in opts.traces {
+        let applied = registry.apply(trace, policy);
+        let status = applied.status.unwrap_or_default();
+        tracing::info!(
+            "trace {}: state {:?}{}",
+            applied.metadata.name,
+            status.state,
+            if status.operation_error.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", status.operation_error)
+            }
+        );
+    }
     let listener = bind(&opts.socket)?;
-    let traces: Traces = Arc::new(Mutex::new(
-        opts.traces
-            .into_iter()
-            .map(|(trace, policy)| {
-                // Manual traces wait for a start operation (the control plane).
-                let started = trace.spec.run_mode == "Auto";
-                let mine = container::on_node(&trace, &opts.node);
-                tracing::info!(
-                    "trace {}: {}{}",
-                    trace.metadata.name,
-                    if started { "started" } else { "not started (runMode Manual)" },
-                    if mine {
-                        String::new()
-                    } else {
-                        format!(", for node {:?}, not this one", trace.spec.node)
-                    },
-                );
-                Served {
-                    trace,
-                    policy: Arc::new(policy),
-                    started,
-                    warning: None,
-                    stats: Stats::default(),
-                    containers: BTreeMap::new(),
-                }
-            })
-            .collect(),
-    ));
+    let control = bind(&opts.control)?;
+    tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
     let ctx = Arc::new(Context {
         mode: opts.loop_mode,
         hot_threads: Arc::new(Semaphore::new(crate::run::hot_thread_budget())),
     });
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    tracing::info!("serving on {} (node {})", opts.socket.display(), opts.node);
+    tracing::info!(
+        "serving on {} (node {}), control on {}",
+        opts.socket.display(),
+        opts.node,
+        opts.control.display()
+    );
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -93,7 +76,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
                         Ok(s) => OwnedFd::from(s),
                         Err(e) => { tracing::warn!("{peer}: {e}"); continue }
                     };
-                    tokio::spawn(connection(fd, peer, Arc::clone(&traces), Arc::clone(&ctx), opts.node.clone(), opts.handoff_timeout));
+                    tokio::spawn(connection(fd, peer, Arc::clone(&registry), Arc::clone(&ctx), opts.handoff_timeout));
                 }
                 Err(e) => tracing::warn!("accept: {e}"),
             },
@@ -102,30 +85,17 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
-    let statuses: Vec<Trace> = lock(&traces)
-        .iter()
-        .map(|t| {
-            let containers: Vec<ContainerLine> = t.containers.values().cloned().collect();
-            let state = if t.started { "Started" } else { "" };
-            output::with_status(&t.trace, state, t.warning, &t.policy, &t.stats, &containers)
-        })
-        .collect();
-    crate::run::write_status(&statuses, opts.status_file.as_deref())?;
+    let _ = std::fs::remove_file(&opts.control);
+    crate::run::write_status(&registry.list(), opts.status_file.as_deref())?;
     Ok(0)
-}
-
-fn lock(traces: &Traces) -> std::sync::MutexGuard<'_, Vec<Served>> {
-    // A panic while holding the lock leaves plain counters behind: usable.
-    traces.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One client: receive its listener, pick its Trace, serve it to the end.
 async fn connection(
     fd: OwnedFd,
     peer: String,
-    traces: Traces,
+    registry: Arc<Registry>,
     ctx: Arc<Context>,
-    node: String,
     timeout: Duration,
 ) {
     let handoff = match tokio::time::timeout(timeout, crate::handoff::receive(fd)).await {
@@ -137,32 +107,21 @@ async fn connection(
     };
     let origin = Origin::of(&handoff);
     let wait_killable = handoff.metadata.wait_killable;
-    let selected = {
-        let mut traces = lock(&traces);
-        let found = traces.iter_mut().enumerate().find(|(_, t)| {
-            t.started && container::on_node(&t.trace, &node) && origin.matches(t.trace.spec.filter.as_ref())
-        });
-        found.map(|(index, t)| {
-            if !wait_killable {
-                t.warning = Some(output::NOT_KILLABLE_WARNING);
-            }
-            (index, t.trace.metadata.name.clone(), Arc::clone(&t.policy))
-        })
-    };
+    let selected = registry.select(&origin, wait_killable);
     let label = origin.label();
     match &selected {
-        Some((_, name, _)) => tracing::info!(
-            "{label}: listener from {peer}, trace {name}, {}",
+        Some((trace, _)) => tracing::info!(
+            "{label}: listener from {peer}, trace {}, {}",
+            trace.name,
             if wait_killable { "precise" } else { "filter not killable: observe only" }
         ),
-        None => {
-            tracing::info!("{label}: listener from {peer}, selected by no started trace: answered at once")
-        }
+        None => tracing::info!("{label}: listener from {peer}, selected by no trace: answered at once"),
     }
     // An OCI runtime's init runs under the filter until it execs the
     // container's process; sigvisor-launch makes no trapped call before.
     let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
-    let handler = Handler::new(selected.as_ref().map(|(_, _, p)| Arc::clone(p)), wait_killable, runtime_init);
+    let describer = Describer::new(registry.node.clone(), origin);
+    let handler = Handler::new(selected, wait_killable, runtime_init, describer);
     let listener = crate::seccomp::Listener::new(handoff.listener);
     let stats = notify::supervise(listener, handler, ctx).await;
     tracing::info!(
@@ -171,25 +130,11 @@ async fn connection(
         stats.signals,
         stats.skipped.iter().map(|(why, n)| format!("{why}: {n}")).collect::<Vec<_>>().join(", ")
     );
-    if let Some((index, _, _)) = selected {
-        let mut traces = lock(&traces);
-        if let Some(t) = traces.get_mut(index) {
-            t.stats.merge(&stats);
-            let line = t.containers.entry(label).or_insert_with(|| ContainerLine {
-                id: origin.id.clone(),
-                name: origin.name().to_owned(),
-                bundle: origin.bundle.clone(),
-                pid: origin.pid,
-                ..ContainerLine::default()
-            });
-            line.add(&stats);
-        }
-    }
 }
 
 /// Binds the socket: its directory made if missing (0700), a stale socket
 /// replaced, a live one refused, the socket itself mode 0600.
-fn bind(path: &Path) -> Result<UnixListener> {
+pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)

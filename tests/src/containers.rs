@@ -94,27 +94,38 @@ pub fn notify_close(socket: &Path, wait_killable: bool) -> Value {
 /// A `sigvisor serve` on its own socket, with one Auto trace selecting all.
 pub struct Server {
     pub socket: PathBuf,
+    pub control: PathBuf,
     pub status: PathBuf,
     child: Option<Child>,
 }
 
+/// A Trace selecting every container, started at once.
+pub const ALL: &str = "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: all\n\
+                       spec:\n  gadget: signal\n  runMode: Auto\n  outputMode: Status\n";
+
 impl Server {
+    /// A server with the `all` Trace.
     pub fn start(name: &str, extra: &[&str]) -> Server {
+        Server::with_profiles(name, extra, &[("all.yaml", ALL)])
+    }
+
+    /// A server with these profiles (file name, YAML) loaded at start.
+    pub fn with_profiles(name: &str, extra: &[&str], profiles_given: &[(&str, &str)]) -> Server {
         let dir = scratch(&format!("{name}-serve"));
         let profiles = dir.join("profiles");
         std::fs::create_dir_all(&profiles).expect("profiles dir");
-        std::fs::write(
-            profiles.join("all.yaml"),
-            "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: all\n\
-             spec:\n  gadget: signal\n  runMode: Auto\n  outputMode: Status\n",
-        )
-        .expect("profile");
+        for (file, text) in profiles_given {
+            std::fs::write(profiles.join(file), text).expect("profile");
+        }
         let socket = dir.join("run/agent.sock");
+        let control = dir.join("control/control.sock");
         let status = dir.join("status.yaml");
         let child = Command::new(bin("sigvisor"))
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
+            .arg("--control")
+            .arg(&control)
             .arg("--status-file")
             .arg(&status)
             .args(extra)
@@ -125,11 +136,11 @@ impl Server {
             .spawn()
             .expect("spawn sigvisor serve");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        while !socket.exists() || !control.exists() {
             assert!(Instant::now() < deadline, "sigvisor serve did not create {}", socket.display());
             std::thread::sleep(Duration::from_millis(20));
         }
-        Server { socket, status, child: Some(child) }
+        Server { socket, control, status, child: Some(child) }
     }
 
     pub fn pid(&self) -> i32 {

@@ -141,22 +141,22 @@ fn unreachable_supervisor_fails_at_once() {
 }
 
 /// The Dockerfile way: the static launcher copied into the image in front of
-/// the entrypoint, the socket's directory shared as a volume.
+/// the entrypoint, the agent socket shared as a volume.
 #[test]
 fn hand_wrapped_entrypoint_in_a_busybox_image() {
     if !require_tools() {
         return;
     }
     let server = Server::start("wrapped", &[]);
-    let mut args = vec!["/sigvisor-launch", "--socket", "/run/sigvisor/agent.sock", "--"];
+    let mut args = vec!["/sigvisor-launch", "--socket", "/run/sigvisor.sock", "--"];
     args.extend(CLOSER);
     let bundle = bundle("wrapped", &args);
     std::fs::copy(bin("sigvisor-launch-static"), bundle.join("rootfs/sigvisor-launch"))
         .expect("copy launcher");
-    let socket_dir = server.socket.parent().expect("socket dir").to_owned();
+    let socket = server.socket.clone();
     edit_config(&bundle, |c| {
         c["mounts"].as_array_mut().expect("mounts").push(json!({
-            "destination": "/run/sigvisor", "type": "bind", "source": socket_dir, "options": ["rbind", "ro"],
+            "destination": "/run/sigvisor.sock", "type": "bind", "source": socket, "options": ["rbind", "ro"],
         }))
     });
     let id = container_id("wrapped");

@@ -64,7 +64,7 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
     refused(
         "output-mode",
         &SEED.replace("outputMode: Status", "outputMode: Printer"),
-        &["spec.outputMode", "\"Printer\"", "accepted: Status"],
+        &["spec.outputMode", "\"Printer\"", "accepted: Status, Stream, File"],
     );
     refused(
         "signal",
@@ -94,6 +94,11 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
         "unknown-field",
         &SEED.replace("  node: minikube\n", "  node: minikube\n  colour: red\n"),
         &["spec", "unknown field `colour`", "expected one of"],
+    );
+    refused(
+        "external-resource",
+        &SEED.replace("outputMode: Status", "outputMode: ExternalResource"),
+        &["spec.outputMode", "not supported", "supported: Status, Stream, File"],
     );
     refused("not-yaml", "{{{{", &["(document)"]);
 }

@@ -1,0 +1,207 @@
+//! Stream and File output: one JSON line per notification.
+//!
+//! Built only when someone reads it (a `sigvisor stream` client, or a File
+//! output), so Status traces pay nothing for it on the notification path.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use libseccomp::{ScmpArch, ScmpSyscall};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::caller::Caller;
+use crate::container::Origin;
+use crate::seccomp::{Listener, Notification};
+
+/// Events a slow `stream` client may fall behind by before it loses some.
+const STREAM_BACKLOG: usize = 4096;
+
+/// Where a Trace's events go.
+#[derive(Clone, Default)]
+pub enum Sink {
+    /// Status output: no events.
+    #[default]
+    None,
+    Stream(broadcast::Sender<Arc<str>>),
+    File(Arc<Mutex<File>>),
+}
+
+impl Sink {
+    /// The sink for an output mode, before the Trace starts: a Stream can
+    /// be followed at once; a File is opened by `open` at start.
+    pub fn prepare(output_mode: &str) -> Sink {
+        match output_mode {
+            "Stream" => Sink::Stream(broadcast::channel(STREAM_BACKLOG).0),
+            _ => Sink::None,
+        }
+    }
+
+    /// Opens a File output for appending; the error is an operationError.
+    pub fn open_file(path: &str) -> Result<Sink, String> {
+        if path.is_empty() {
+            return Err("outputMode File needs spec.output, the path to append events to".into());
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(|f| Sink::File(Arc::new(Mutex::new(f))))
+            .map_err(|e| format!("cannot open the output file {path:?}: {e}"))
+    }
+
+    pub fn wants_events(&self) -> bool {
+        match self {
+            Sink::None => false,
+            Sink::Stream(tx) => tx.receiver_count() > 0,
+            Sink::File(_) => true,
+        }
+    }
+
+    /// A receiver of this Trace's events; one that ends at once if the
+    /// Trace does not stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        match self {
+            Sink::Stream(tx) => tx.subscribe(),
+            _ => broadcast::channel(1).1,
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Sink::Stream(_))
+    }
+
+    fn send(&self, line: String) {
+        match self {
+            Sink::None => {}
+            // No receiver is not an error: nobody is following right now.
+            Sink::Stream(tx) => drop(tx.send(line.into())),
+            Sink::File(file) => {
+                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.write_all(b"\n")) {
+                    tracing::warn!("appending an event to the output file: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    time: String,
+    node: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerRef<'a>>,
+    pid: i32,
+    tid: i32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    comm: &'a str,
+    syscall: &'a str,
+    args: [u64; 6],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    result: &'a str,
+}
+
+#[derive(Serialize)]
+struct ContainerRef<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
+/// What one listener needs to describe its notifications.
+pub struct Describer {
+    pub node: String,
+    pub origin: Origin,
+    names: HashMap<(u32, i32), Arc<str>>,
+}
+
+/// A notification's description, gathered before the answer.
+pub struct Pending {
+    syscall: Arc<str>,
+    path: Option<String>,
+}
+
+impl Describer {
+    pub fn new(node: String, origin: Origin) -> Describer {
+        Describer { node, origin, names: HashMap::new() }
+    }
+
+    /// Before CONTINUE: the syscall's name and, for close, the path its fd
+    /// refers to, read while the call still waits (and proven by ID_VALID
+    /// after the read to belong to this call, not a later one).
+    pub fn before_answer(&mut self, listener: &Listener, notif: &Notification) -> Pending {
+        let key = (notif.data.arch, notif.data.nr);
+        let syscall = Arc::clone(self.names.entry(key).or_insert_with(|| syscall_name(key.0, key.1).into()));
+        let path = (&*syscall == "close")
+            .then(|| std::fs::read_link(format!("/proc/{}/fd/{}", notif.pid, notif.data.args[0] as i32)).ok())
+            .flatten()
+            .filter(|_| listener.id_valid(notif.id))
+            .map(|p| p.to_string_lossy().into_owned());
+        Pending { syscall, path }
+    }
+
+    /// After CONTINUE: the event line, to the sink.
+    #[allow(clippy::too_many_arguments)]
+    pub fn emit(
+        &self,
+        sink: &Sink,
+        notif: &Notification,
+        pending: &Pending,
+        caller: Option<&Caller>,
+        skipped: Option<String>,
+        result: &str,
+    ) {
+        let event = Event {
+            time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            node: &self.node,
+            container: (!self.origin.id.is_empty())
+                .then(|| ContainerRef { id: &self.origin.id, name: self.origin.name() }),
+            pid: caller.map_or(0, |c| c.tgid),
+            tid: notif.pid as i32,
+            comm: caller.map_or("", |c| c.name.as_str()),
+            syscall: &pending.syscall,
+            args: notif.data.args,
+            path: pending.path.as_deref(),
+            action: if skipped.is_some() { "skipped" } else { "signalled" },
+            reason: skipped,
+            result,
+        };
+        match serde_json::to_string(&event) {
+            Ok(line) => sink.send(line),
+            Err(e) => tracing::warn!("rendering an event: {e}"),
+        }
+    }
+}
+
+/// The name of syscall `nr` of the ABI `arch` (an AUDIT_ARCH_* value).
+fn syscall_name(arch: u32, nr: i32) -> String {
+    const X32_BIT: i32 = 0x4000_0000;
+    let abi = match arch {
+        0xC000_003E if nr & X32_BIT != 0 => Some(ScmpArch::X32),
+        0xC000_003E => Some(ScmpArch::X8664),
+        0x4000_0003 => Some(ScmpArch::X86),
+        0xC000_00B7 => Some(ScmpArch::Aarch64),
+        0x4000_0028 => Some(ScmpArch::Arm),
+        _ => None,
+    };
+    abi.and_then(|abi| ScmpSyscall::from(nr).get_name_by_arch(abi).ok())
+        .unwrap_or_else(|| format!("syscall {nr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_syscalls_of_each_abi() {
+        assert_eq!(syscall_name(0xC000_003E, 3), "close");
+        assert_eq!(syscall_name(0x4000_0003, 6), "close");
+        assert_eq!(syscall_name(0x1234, 3), "syscall 3");
+    }
+}

@@ -1,0 +1,288 @@
+//! Traces as living resources: their state, operations and status.
+//!
+//! Semantics follow Inspektor Gadget's Trace controller: `runMode: Auto`
+//! starts a Trace when it is created; operations (`start`, `stop`) come from
+//! the annotation `gadget.kinvolk.io/operation`, which is consumed, or from
+//! the CLI; `stop` on a Trace that is not started sets `operationError`
+//! "Not started"; a successful operation clears the previous error; a Trace
+//! for another node is listed and never acts.
+//!
+//! Listeners hold a `TraceHandle`: one atomic load per notification tells
+//! them whether the Trace is started, so a stopped Trace costs nearly
+//! nothing on the notification path.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::container::{self, Origin};
+use crate::events::Sink;
+use crate::output::{self, ContainerLine};
+use crate::profile::{Policy, Trace};
+use crate::stats::Stats;
+
+pub const OPERATION_ANNOTATION: &str = "gadget.kinvolk.io/operation";
+pub const OPERATIONS: &[&str] = &["start", "stop"];
+
+/// What listeners of one Trace read on every notification.
+pub struct TraceHandle {
+    pub name: String,
+    active: AtomicBool,
+    config: RwLock<Arc<Config>>,
+}
+
+/// A Trace's policy and where its events go; replaced whole on apply/start.
+pub struct Config {
+    pub policy: Arc<Policy>,
+    pub sink: Sink,
+}
+
+impl TraceHandle {
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+}
+
+/// One listener's share of a Trace, kept for the status after it ends.
+pub struct ListenerRecord {
+    pub origin: Origin,
+    pub stats: Arc<Mutex<Stats>>,
+}
+
+struct Entry {
+    trace: Trace,
+    handle: Arc<TraceHandle>,
+    state: &'static str,
+    operation_error: String,
+    warning: Option<String>,
+    listeners: Vec<ListenerRecord>,
+}
+
+pub struct Registry {
+    pub node: String,
+    /// A local launch (`sigvisor run`) acts whatever `spec.node` says.
+    any_node: bool,
+    traces: Mutex<BTreeMap<String, Entry>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no trace named {0:?}")]
+    NotFound(String),
+    #[error("trace {0:?} has outputMode {1}: only Stream traces can be followed (File traces append to spec.output)")]
+    NotStreaming(String, String),
+}
+
+impl Registry {
+    pub fn new(node: String, any_node: bool) -> Registry {
+        Registry { node, any_node, traces: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn on_node(&self, trace: &Trace) -> bool {
+        self.any_node || container::on_node(trace, &self.node)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        // The map holds plain data; a panic elsewhere leaves it usable.
+        self.traces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates or updates a Trace, then performs (and removes) the operation
+    /// its annotation asks for. A new `Auto` Trace starts.
+    pub fn apply(&self, mut trace: Trace, policy: Policy) -> Trace {
+        let operation = trace.metadata.annotations.remove(OPERATION_ANNOTATION);
+        trace.status = None;
+        let name = trace.metadata.name.clone();
+        let mut traces = self.lock();
+        let created = !traces.contains_key(&name);
+        let entry = traces.entry(name.clone()).or_insert_with(|| Entry {
+            trace: trace.clone(),
+            handle: Arc::new(TraceHandle {
+                name: name.clone(),
+                active: AtomicBool::new(false),
+                config: RwLock::new(Arc::new(Config { policy: Arc::new(policy.clone()), sink: Sink::None })),
+            }),
+            state: "",
+            operation_error: String::new(),
+            warning: None,
+            listeners: Vec::new(),
+        });
+        let output_changed = entry.trace.spec.output_mode != trace.spec.output_mode
+            || entry.trace.spec.output != trace.spec.output;
+        entry.trace = trace;
+        let sink = if created || output_changed {
+            Sink::prepare(&entry.trace.spec.output_mode)
+        } else {
+            entry.handle.config().sink.clone()
+        };
+        entry.handle.set_config(Config { policy: Arc::new(policy), sink });
+        if output_changed && entry.state == "Started" {
+            // Restart, so that a new File output is opened now.
+            entry.handle.active.store(false, Ordering::Relaxed);
+            entry.state = "";
+            self.start(entry);
+        }
+        if created && entry.trace.spec.run_mode == "Auto" {
+            self.start(entry);
+        }
+        if let Some(op) = operation {
+            self.operate(entry, &op);
+        }
+        self.view(entry)
+    }
+
+    /// Performs `start` or `stop` on a Trace; failures land in its
+    /// `operationError`, as the cluster controller does.
+    pub fn operation(&self, name: &str, op: &str) -> Result<Trace, RegistryError> {
+        let mut traces = self.lock();
+        let entry = traces.get_mut(name).ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        self.operate(entry, op);
+        Ok(self.view(entry))
+    }
+
+    fn operate(&self, entry: &mut Entry, op: &str) {
+        match op {
+            "start" => self.start(entry),
+            "stop" if entry.state != "Started" => entry.operation_error = "Not started".into(),
+            "stop" => {
+                entry.handle.active.store(false, Ordering::Relaxed);
+                entry.state = "Stopped";
+                entry.operation_error.clear();
+            }
+            other => {
+                entry.operation_error =
+                    format!("unknown operation {other:?}; accepted: {}", OPERATIONS.join(", "))
+            }
+        }
+    }
+
+    fn start(&self, entry: &mut Entry) {
+        if entry.state == "Started" {
+            entry.operation_error.clear();
+            return;
+        }
+        if !self.on_node(&entry.trace) {
+            entry.operation_error =
+                format!("trace is for node {:?}, not this node ({:?})", entry.trace.spec.node, self.node);
+            return;
+        }
+        let current = entry.handle.config();
+        let sink = match entry.trace.spec.output_mode.as_str() {
+            "File" => match Sink::open_file(&entry.trace.spec.output) {
+                Ok(sink) => sink,
+                Err(e) => {
+                    entry.operation_error = e;
+                    return;
+                }
+            },
+            _ => current.sink.clone(),
+        };
+        entry.handle.set_config(Config { policy: Arc::clone(&current.policy), sink });
+        entry.handle.active.store(true, Ordering::Relaxed);
+        entry.state = "Started";
+        entry.operation_error.clear();
+    }
+
+    /// Marks every Trace whose processes are all gone (`sigvisor run`).
+    pub fn complete_all(&self) {
+        for entry in self.lock().values_mut() {
+            entry.handle.active.store(false, Ordering::Relaxed);
+            if entry.state == "Started" {
+                entry.state = "Completed";
+            }
+        }
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), RegistryError> {
+        let entry = self.lock().remove(name).ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        // Listeners keep the handle; it never acts again.
+        entry.handle.active.store(false, Ordering::Relaxed);
+        entry.handle.set_config(Config { policy: entry.handle.config().policy.clone(), sink: Sink::None });
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<Trace, RegistryError> {
+        let traces = self.lock();
+        let entry = traces.get(name).ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        Ok(self.view(entry))
+    }
+
+    pub fn list(&self) -> Vec<Trace> {
+        self.lock().values().map(|e| self.view(e)).collect()
+    }
+
+    /// The Trace for a new listener: the first, by name, on this node whose
+    /// filter selects the container (started or not: a Manual trace started
+    /// later acts on it). Registers the listener's counters with it.
+    pub fn select(
+        &self,
+        origin: &Origin,
+        wait_killable: bool,
+    ) -> Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)> {
+        let mut traces = self.lock();
+        let entry = traces
+            .values_mut()
+            .find(|e| self.on_node(&e.trace) && origin.matches(e.trace.spec.filter.as_ref()))?;
+        if !wait_killable {
+            entry.warning = Some(output::NOT_KILLABLE_WARNING.to_owned());
+        }
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        entry.listeners.push(ListenerRecord { origin: origin.clone(), stats: Arc::clone(&stats) });
+        Some((Arc::clone(&entry.handle), stats))
+    }
+
+    /// Follows a Stream trace's events.
+    pub fn subscribe(&self, name: &str) -> Result<tokio::sync::broadcast::Receiver<Arc<str>>, RegistryError> {
+        let traces = self.lock();
+        let entry = traces.get(name).ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        let sink = entry.handle.config().sink.clone();
+        if !sink.is_stream() {
+            return Err(RegistryError::NotStreaming(name.to_owned(), entry.trace.spec.output_mode.clone()));
+        }
+        Ok(sink.subscribe())
+    }
+
+    /// The Trace with its status as of now.
+    fn view(&self, entry: &Entry) -> Trace {
+        let mut total = Stats::default();
+        let mut containers: BTreeMap<String, ContainerLine> = BTreeMap::new();
+        for record in &entry.listeners {
+            let stats = record.stats.lock().unwrap_or_else(|p| p.into_inner());
+            total.merge(&stats);
+            if !record.origin.id.is_empty() {
+                containers
+                    .entry(record.origin.label())
+                    .or_insert_with(|| ContainerLine {
+                        id: record.origin.id.clone(),
+                        name: record.origin.name().to_owned(),
+                        bundle: record.origin.bundle.clone(),
+                        pid: record.origin.pid,
+                        ..ContainerLine::default()
+                    })
+                    .add(&stats);
+            }
+        }
+        let containers: Vec<ContainerLine> = containers.into_values().collect();
+        let policy = entry.handle.config().policy.clone();
+        let mut view = output::with_status(
+            &entry.trace,
+            entry.state,
+            entry.warning.as_deref(),
+            &policy,
+            &total,
+            &containers,
+        );
+        if let Some(status) = view.status.as_mut() {
+            status.operation_error.clone_from(&entry.operation_error);
+        }
+        view
+    }
+}

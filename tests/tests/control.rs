@@ -1,0 +1,291 @@
+//! The control plane with real processes and real sockets: Trace states and
+//! operations, Stream and File output, and the CLI verbs against `serve`
+//! and `run`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use sigvisor_tests::containers::{report, Server};
+use sigvisor_tests::*;
+
+fn trace_yaml(name: &str, run_mode: &str, output_mode: &str, extra_spec: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\n{annotations}\
+         spec:\n  gadget: signal\n  runMode: {run_mode}\n  outputMode: {output_mode}\n{extra_spec}"
+    )
+}
+
+/// `sigvisor VERB... --control PATH`, bounded.
+fn verb(control: &Path, args: &[&str]) -> Output {
+    output_bounded(sigvisor().args(args).arg("--control").arg(control), &args.join(" "))
+}
+
+fn ok(out: &Output) -> String {
+    assert_eq!(exit_code(out), 0, "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `get trace NAME -o json`, with `status.output` parsed.
+fn get(control: &Path, name: &str) -> (Value, serde_yaml::Value) {
+    let trace: Value =
+        serde_json::from_str(&ok(&verb(control, &["get", "trace", name, "-o", "json"]))).expect("JSON");
+    let summary = serde_yaml::from_str(trace["status"]["output"].as_str().unwrap_or("{}")).expect("summary");
+    (trace, summary)
+}
+
+fn apply(control: &Path, dir: &Path, file: &str, text: &str) -> Output {
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write profile");
+    output_bounded(sigvisor().arg("apply").arg("-f").arg(&path).arg("--control").arg(control), "apply")
+}
+
+/// The fixture under `sigvisor-launch` against a server's agent socket.
+fn launch(server: &Server, args: &[&str]) -> Child {
+    Command::new(bin("sigvisor-launch"))
+        .arg("--socket")
+        .arg(&server.socket)
+        .arg("--")
+        .arg(closer())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sigvisor-launch")
+}
+
+#[test]
+fn manual_trace_signals_only_between_start_and_stop() {
+    let server = Server::with_profiles("manual", &[], &[]);
+    let dir = scratch("manual-profiles");
+    ok(&apply(&server.control, &dir, "m.yaml", &trace_yaml("manual", "Manual", "Status", "", "")));
+    let (trace, _) = get(&server.control, "manual");
+    assert_eq!(trace["status"]["state"], Value::Null, "not started: {trace}");
+
+    let target = launch(&server, &["--threads", "1", "--duration-ms", "2500"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, before) = get(&server.control, "manual");
+    assert_eq!(before["signalsSent"], 0, "a Manual trace signals nothing before start: {before:?}");
+    assert!(before["skipped"]["not-started"].as_u64() > Some(0), "{before:?}");
+
+    assert!(ok(&verb(&server.control, &["operation", "manual", "start"])).contains("Started"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ok(&verb(&server.control, &["operation", "manual", "stop"])).contains("Stopped"));
+    let (_, at_stop) = get(&server.control, "manual");
+    std::thread::sleep(Duration::from_millis(500));
+    let (trace, later) = get(&server.control, "manual");
+    assert_eq!(trace["status"]["state"], "Stopped");
+    let signals = at_stop["signalsSent"].as_u64().expect("signalsSent");
+    assert!(signals > 0, "signals while started: {at_stop:?}");
+    assert_eq!(later["signalsSent"].as_u64(), Some(signals), "stop takes effect at once");
+    assert!(later["notifications"].as_u64() > at_stop["notifications"].as_u64(), "the target kept closing");
+
+    let report = report(&wait_bounded(target, "closer"));
+    assert_signalled(&report, signals as i64);
+    assert!(report["closes"].as_i64() > Some(signals as i64));
+    drop(server);
+}
+
+#[test]
+fn annotation_operations_are_performed_and_consumed() {
+    let server = Server::with_profiles("annotated", &[], &[]);
+    let dir = scratch("annotated-profiles");
+    let annotation = "  annotations:\n    gadget.kinvolk.io/operation: start\n";
+    ok(&apply(&server.control, &dir, "a.yaml", &trace_yaml("annotated", "Manual", "Status", "", annotation)));
+    let (trace, _) = get(&server.control, "annotated");
+    assert_eq!(trace["status"]["state"], "Started");
+    assert_eq!(trace["metadata"]["annotations"], Value::Null, "the annotation is consumed: {trace}");
+    // Re-applying with stop stops it; the trace keeps its identity.
+    let annotation = "  annotations:\n    gadget.kinvolk.io/operation: stop\n";
+    ok(&apply(&server.control, &dir, "a.yaml", &trace_yaml("annotated", "Manual", "Status", "", annotation)));
+    assert_eq!(get(&server.control, "annotated").0["status"]["state"], "Stopped");
+    drop(server);
+}
+
+#[test]
+fn operation_errors() {
+    let server = Server::with_profiles("errors", &[], &[]);
+    let dir = scratch("errors-profiles");
+    ok(&apply(&server.control, &dir, "e.yaml", &trace_yaml("e", "Manual", "Status", "", "")));
+
+    let out = verb(&server.control, &["operation", "e", "stop"]);
+    assert_eq!(exit_code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Not started"));
+    assert_eq!(get(&server.control, "e").0["status"]["operationError"], "Not started");
+
+    let out = verb(&server.control, &["operation", "e", "generate"]);
+    assert_eq!(exit_code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("accepted: start, stop"));
+
+    // A successful operation clears the previous error.
+    ok(&verb(&server.control, &["operation", "e", "start"]));
+    assert_eq!(get(&server.control, "e").0["status"]["operationError"], Value::Null);
+
+    for args in [&["operation", "nosuch", "start"][..], &["get", "trace", "nosuch"], &["delete", "nosuch"]] {
+        let out = verb(&server.control, args);
+        assert_eq!(exit_code(&out), 1, "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no trace named \"nosuch\""), "{args:?}");
+    }
+
+    // File output to a path that cannot be opened: an operationError, the
+    // server goes on.
+    let unwritable = trace_yaml("f", "Auto", "File", "  output: /proc/no/such/dir/events.jsonl\n", "");
+    let out = apply(&server.control, &dir, "f.yaml", &unwritable);
+    assert_eq!(exit_code(&out), 1);
+    let (trace, _) = get(&server.control, "f");
+    assert!(
+        trace["status"]["operationError"].as_str().unwrap_or("").contains("cannot open the output file"),
+        "{trace}"
+    );
+    assert_eq!(trace["status"]["state"], Value::Null);
+
+    // A bad profile is refused with exit 2 and the usual message.
+    let out = apply(&server.control, &dir, "bad.yaml", &trace_yaml("b", "Sometimes", "Status", "", ""));
+    assert_eq!(exit_code(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.runMode"));
+
+    let table = ok(&verb(&server.control, &["get", "traces"]));
+    let header = table.lines().next().unwrap_or_default();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "GADGET", "NODE", "RUNMODE", "OUTPUTMODE", "STATE", "SIGNALS"]
+    );
+    assert!(table.lines().any(|l| l.starts_with("e ") && l.contains("Started")), "{table}");
+    drop(server);
+}
+
+/// Follows `sigvisor stream NAME` in the background; its lines as JSON.
+fn follow(control: &Path, name: &str) -> Child {
+    sigvisor()
+        .args(["stream", name, "--control"])
+        .arg(control)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stream")
+}
+
+#[test]
+fn stream_and_file_output_with_fd_paths() {
+    let server = Server::with_profiles("stream", &[], &[]);
+    let dir = scratch("stream-profiles");
+    ok(&apply(&server.control, &dir, "s.yaml", &trace_yaml("s", "Auto", "Stream", "", "")));
+    let first = follow(&server.control, "s");
+    let second = follow(&server.control, "s");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let target = launch(&server, &["--threads", "1", "--closes", "50"]);
+    // Meanwhile another client applies and deletes other traces.
+    ok(&apply(&server.control, &dir, "t.yaml", &trace_yaml("t", "Manual", "Status", "", "")));
+    ok(&verb(&server.control, &["delete", "t"]));
+    assert_precise(&report(&wait_bounded(target, "closer")));
+    std::thread::sleep(Duration::from_millis(300));
+    // Deleting the streamed trace ends both streams.
+    ok(&verb(&server.control, &["delete", "s"]));
+    for stream in [first, second] {
+        let out = wait_bounded(stream, "stream");
+        let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect();
+        let signalled: Vec<&Value> = events.iter().filter(|e| e["action"] == "signalled").collect();
+        assert_eq!(signalled.len(), 50, "one event per signalled close");
+        for e in &signalled {
+            assert_eq!(e["syscall"], "close");
+            assert_eq!(e["args"][0], 1000, "the fixture closes fd 1000: {e}");
+            assert_eq!(e["path"], "/dev/null", "{e}");
+            assert_eq!(e["comm"], "closer");
+            assert_eq!(e["result"], "continued");
+            assert!(e["time"].is_string() && e["node"].is_string() && e["tid"].as_i64() > Some(0));
+        }
+        // ld.so's closes before main are skipped, and name what they closed.
+        assert!(events
+            .iter()
+            .any(|e| e["reason"] == "no-handler" && e["path"].as_str().is_some_and(|p| p.starts_with('/'))));
+    }
+
+    // File output: the same lines, appended to spec.output.
+    let file = dir.join("events.jsonl");
+    let spec = format!("  output: {}\n", file.display());
+    ok(&apply(&server.control, &dir, "f.yaml", &trace_yaml("f", "Auto", "File", &spec, "")));
+    let file_report = report(&wait_bounded(launch(&server, &["--closes", "20"]), "closer"));
+    assert_precise(&file_report);
+    let text = std::fs::read_to_string(&file).expect("events file");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.iter().filter(|e| e["action"] == "signalled" && e["path"] == "/dev/null").count(), 20);
+    drop(server);
+}
+
+#[test]
+fn peers_that_are_not_root_are_refused() {
+    let server = Server::with_profiles("peers", &[], &[]);
+    let as_nobody = |control: &Path| {
+        output_bounded(
+            Command::new("setpriv")
+                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+                .arg(bin("sigvisor"))
+                .args(["get", "traces", "--control"])
+                .arg(control),
+            "as nobody",
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+        return eprintln!("SKIPPED: needs root to act as nobody");
+    }
+    // The socket is 0600 in a 0700 directory: nobody cannot even connect.
+    let out = as_nobody(&server.control);
+    assert_eq!(exit_code(&out), 125);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"), "{out:?}");
+    // Opened up by hand, the server still refuses the peer (SO_PEERCRED).
+    let dir = server.control.parent().expect("dir");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&server.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody(&server.control);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(exit_code(&out), 1, "{stderr}");
+    assert!(stderr.contains("uid 65534 is neither root nor the server's"), "{stderr}");
+    drop(server);
+}
+
+#[test]
+fn no_server_says_how_to_start_one() {
+    let out =
+        output_bounded(sigvisor().args(["get", "traces", "--control", "/nonexistent/control.sock"]), "get");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(exit_code(&out), 125);
+    assert!(stderr.contains("no sigvisor is serving") && stderr.contains("sigvisor serve"), "{stderr}");
+}
+
+/// `sigvisor run --control`: the signals of a running program switched off
+/// and on again from another terminal.
+#[test]
+fn run_exposes_the_control_socket() {
+    let dir = scratch("run-control");
+    let control = dir.join("control.sock");
+    let status = dir.join("status.yaml");
+    let child = run_command(&status, &seed_profile(), &["--control", control.to_str().unwrap()])
+        .arg(closer())
+        .args(["--threads", "1", "--duration-ms", "2000"])
+        .spawn()
+        .expect("spawn sigvisor run");
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&verb(&control, &["operation", "seccomp", "stop"]));
+    let (_, at_stop) = get(&control, "seccomp");
+    std::thread::sleep(Duration::from_millis(400));
+    let (_, later) = get(&control, "seccomp");
+    assert_eq!(later["signalsSent"], at_stop["signalsSent"], "stopped: no more signals");
+    ok(&verb(&control, &["operation", "seccomp", "start"]));
+    let run = Run::from_output(wait_bounded(child, "sigvisor run"), &status);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports[0];
+    let signals = report["signals"].as_i64().expect("signals");
+    assert!(signals > at_stop["signalsSent"].as_i64().expect("n"), "signals again after start");
+    assert_signalled(report, signals);
+    assert!(run.skipped("not-started") > 0);
+    assert_eq!(run.trace.as_ref().unwrap()["status"]["state"], "Completed");
+    assert!(!control.exists(), "the control socket is removed at the end");
+}
