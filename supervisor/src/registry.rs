@@ -272,14 +272,11 @@ impl Registry {
         }
         let containers: Vec<ContainerLine> = containers.into_values().collect();
         let policy = entry.handle.config().policy.clone();
-        let mut view = output::with_status(
-            &entry.trace,
-            entry.state,
-            entry.warning.as_deref(),
-            &policy,
-            &total,
-            &containers,
-        );
+        let elsewhere = (!self.on_node(&entry.trace)).then(|| {
+            format!("for node {:?}; this is node {:?}: it never acts here", entry.trace.spec.node, self.node)
+        });
+        let warning = elsewhere.as_deref().or(entry.warning.as_deref());
+        let mut view = output::with_status(&entry.trace, entry.state, warning, &policy, &total, &containers);
         if let Some(status) = view.status.as_mut() {
             status.operation_error.clone_from(&entry.operation_error);
         }

@@ -196,6 +196,10 @@ fn faults_and_concurrency_leave_the_server_serving() {
     let message = br#"{"ociVersion":"1","fds":["other"],"pid":1,"state":{"ociVersion":"1","id":"x","status":"creating","bundle":"/"}}"#;
     sigvisor_proto::send_with_fd(other.as_fd(), message, devnull.as_fd()).expect("send");
     drop(other);
+    // Over the 1 MiB limit, and never a whole document: dropped unread.
+    let mut long = UnixStream::connect(&server.socket).expect("connect");
+    let _ = long.write_all(&vec![b'['; (1 << 20) + 4096]);
+    drop(long);
 
     // A container killed while its threads sit in trapped closes.
     let doomed = bundle("faults-doomed", &["/bin/closer", "--threads", "4", "--duration-ms", "0"]);
@@ -235,6 +239,7 @@ fn faults_and_concurrency_leave_the_server_serving() {
         "empty connection",
         "not a ContainerProcessState",
         "does not name \"seccompFd\"",
+        "message longer than",
     ] {
         assert!(log.contains(expected), "log should mention {expected:?}:\n{log}");
     }

@@ -146,6 +146,22 @@ fn operation_errors() {
     assert_eq!(exit_code(&out), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("spec.runMode"));
 
+    // A trace for another node is listed as such and never acts.
+    ok(&apply(
+        &server.control,
+        &dir,
+        "n.yaml",
+        &trace_yaml("n", "Manual", "Status", "  node: elsewhere\n", ""),
+    ));
+    let (trace, _) = get(&server.control, "n");
+    assert!(
+        trace["status"]["operationWarning"].as_str().unwrap_or("").contains("never acts here"),
+        "{trace}"
+    );
+    let out = verb(&server.control, &["operation", "n", "start"]);
+    assert_eq!(exit_code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not this node"));
+
     let table = ok(&verb(&server.control, &["get", "traces"]));
     let header = table.lines().next().unwrap_or_default();
     assert_eq!(
