@@ -13,9 +13,11 @@ cc -O2 -o "$out/closebench" bench/closebench.c
 profile=profiles/signal.yaml
 status=$(mktemp)
 no_killable=$(mktemp)
+stopped=$(mktemp --suffix=.yaml)
+sed 's/^metadata:/metadata:\n  annotations:\n    gadget.kinvolk.io\/operation: stop/' "$profile" > "$stopped"
 printf '#!/bin/sh\nexec %s --no-wait-killable "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_killable"
 chmod +x "$no_killable"
-trap 'rm -f "$status" "$no_killable"' EXIT
+trap 'rm -f "$status" "$no_killable" "$stopped"' EXIT
 
 # name | command prefix | handler flag | signals expected
 configs=(
@@ -24,6 +26,7 @@ configs=(
   "sigvisor, loop=hot (own thread)|$out/sigvisor run --loop hot --status-file $status $profile --|--handler|$closes"
   "sigvisor, loop=adaptive (default)|$out/sigvisor run --status-file $status $profile --|--handler|$closes"
   "sigvisor, no handler (skip path)|$out/sigvisor run --status-file $status $profile --||0"
+  "sigvisor, trace stopped (answered at once)|$out/sigvisor run --status-file $status $stopped --|--handler|0"
   "sigvisor, filter not killable (observe only)|$out/sigvisor run --launcher $no_killable --status-file $status $profile --|--handler|0"
 )
 
