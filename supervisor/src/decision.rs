@@ -21,6 +21,8 @@ pub enum Skip {
     CallerNotVisible,
     /// The caller died before it could be looked at or signalled.
     CallerGone,
+    /// Sending the signal failed (the error is in the status' lastError).
+    SignalFailed,
     /// The caller is the OCI runtime's init, before it execs the container.
     RuntimeInit,
     /// The caller's process does not catch the signal; it would die of it.
@@ -41,6 +43,7 @@ impl fmt::Display for Skip {
             Skip::FilterNotKillable => "filter-not-killable",
             Skip::CallerNotVisible => "caller-not-visible",
             Skip::CallerGone => "caller-gone",
+            Skip::SignalFailed => "signal-failed",
             Skip::RuntimeInit => "runtime-init",
             Skip::NoHandler => "no-handler",
             Skip::MinThreads => "min-threads",

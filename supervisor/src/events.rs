@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::caller::Caller;
 use crate::container::Origin;
+use crate::decision::Skip;
 use crate::seccomp::{Listener, Notification};
 
 /// Events a slow `stream` client may fall behind by before it loses some.
@@ -79,7 +80,7 @@ impl Sink {
             // No receiver is not an error: nobody is following right now.
             Sink::Stream(tx) => drop(tx.send(line.into())),
             Sink::File(file) => {
-                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                let mut file = crate::shared::lock(file);
                 if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.write_all(b"\n")) {
                     tracing::warn!("appending an event to the output file: {e}");
                 }
@@ -147,14 +148,13 @@ impl Describer {
     }
 
     /// After CONTINUE: the event line, to the sink.
-    #[allow(clippy::too_many_arguments)]
     pub fn emit(
         &self,
         sink: &Sink,
         notif: &Notification,
         pending: &Pending,
         caller: Option<&Caller>,
-        skipped: Option<String>,
+        skipped: Option<Skip>,
         result: &str,
     ) {
         let event = Event {
@@ -169,7 +169,7 @@ impl Describer {
             args: notif.data.args,
             path: pending.path.as_deref(),
             action: if skipped.is_some() { "skipped" } else { "signalled" },
-            reason: skipped,
+            reason: skipped.map(|why| why.to_string()),
             result,
         };
         match serde_json::to_string(&event) {

@@ -20,6 +20,7 @@ mod response;
 mod run;
 mod seccomp;
 mod serve;
+mod shared;
 mod signal;
 mod stats;
 mod verbs;

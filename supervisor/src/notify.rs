@@ -9,14 +9,15 @@
 //! flag it interrupts the syscall. `decision` refuses the latter case.
 //!
 //! Two ways to wait, because they cost differently (design.md §7):
-//! - **async**: tokio's `AsyncFd` (epoll). Thousands of idle listeners cost
-//!   one task each and no thread, but epoll loses the synchronous wake-up:
-//!   ~4x slower per notification.
+//! - **async**: tokio's `AsyncFd` (epoll). An idle listener costs one task
+//!   and no thread, but epoll loses the synchronous wake-up: 4x slower per
+//!   notification in design.md's C figures, about 2x in docs/benchmarks.md.
 //! - **hot**: a dedicated thread waiting in `poll(2)` on this listener
 //!   alone, which keeps `SYNC_WAKE_UP`'s same-CPU hand-off. A listener
 //!   that bursts moves here (bounded by a semaphore: at most a few threads),
 //!   and returns to async after a quiet spell.
 
+use std::borrow::Cow;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use crate::events::Describer;
 use crate::registry::TraceHandle;
 use crate::response::{self, Answered};
 use crate::seccomp::{Listener, Readiness};
+use crate::shared;
 use crate::signal::{self, SignalError};
 use crate::stats::Stats;
 
@@ -91,8 +93,7 @@ impl Handler {
     }
 
     fn stats(&self) -> MutexGuard<'_, Stats> {
-        // Plain counters: a panic elsewhere leaves them usable.
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+        shared::lock(&self.stats)
     }
 
     /// One notification, from RECV to CONTINUE. Call only when `poll` said a
@@ -107,54 +108,50 @@ impl Handler {
             }
             Err(e) => return Err(e),
         };
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = shared::lock(&self.stats);
         stats.notified(notif.pid as i32);
         // A stopped or unstarted Trace: one atomic load, then the answer.
         let config = self.trace.as_ref().filter(|t| t.active()).map(|t| t.config());
         let (caller, skipped) = match &config {
-            None => {
-                let why = if self.trace.is_some() { Skip::NotStarted } else { Skip::NotSelected };
-                stats.skipped(why, None);
-                (None, Some(why.to_string()))
-            }
+            None => (None, Some(if self.trace.is_some() { Skip::NotStarted } else { Skip::NotSelected })),
             Some(config) => match self.decider.decide(&config.policy, &notif) {
                 Decision::Signal(caller) => {
                     let signal = config.policy.signal;
-                    let sent =
-                        signal::signal_caller(listener, notif.id, &mut self.decider.callers, &caller, signal);
-                    let skipped = match sent {
+                    match signal::signal_caller(
+                        listener,
+                        notif.id,
+                        &mut self.decider.callers,
+                        &caller,
+                        signal,
+                    ) {
                         Ok(()) => {
                             stats.signalled(&caller);
-                            None
+                            (Some(caller), None)
                         }
-                        Err(SignalError::CallerGone) => {
-                            stats.skipped(Skip::CallerGone, Some(&caller));
-                            Some(Skip::CallerGone.to_string())
-                        }
+                        Err(SignalError::CallerGone) => (Some(caller), Some(Skip::CallerGone)),
                         Err(SignalError::Os(e)) => {
                             stats.error(format_args!("signalling tid {}: {e}", caller.tid));
-                            Some(format!("signal failed: {e}"))
+                            (Some(caller), Some(Skip::SignalFailed))
                         }
-                    };
-                    (Some(caller), skipped)
+                    }
                 }
-                Decision::Skip(why, caller) => {
-                    stats.skipped(why, caller.as_ref());
-                    (caller, Some(why.to_string()))
-                }
+                Decision::Skip(why, caller) => (caller, Some(why)),
             },
         };
+        if let Some(why) = skipped {
+            stats.skipped(why, caller.as_ref());
+        }
         let events = config.filter(|c| c.sink.wants_events());
         let pending = events.as_ref().map(|_| self.describer.before_answer(listener, &notif));
-        let result = match response::answer(listener, notif.id) {
-            Ok(Answered::Continued) => "continued".to_owned(),
+        let result: Cow<'static, str> = match response::answer(listener, notif.id) {
+            Ok(Answered::Continued) => "continued".into(),
             Ok(Answered::CallerGone) => {
                 stats.withdrawn += 1;
-                "caller-gone".to_owned()
+                "caller-gone".into()
             }
             Err(e) => {
                 stats.error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid));
-                format!("error: {e}")
+                format!("error: {e}").into()
             }
         };
         drop(stats);

@@ -11,7 +11,7 @@
 //! them whether the Trace is started, so a stopped Trace costs nearly
 //! nothing on the notification path.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -57,13 +57,58 @@ pub struct ListenerRecord {
     pub stats: Arc<Mutex<Stats>>,
 }
 
+/// `status.state`, as Inspektor Gadget spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    NotStarted,
+    Started,
+    Stopped,
+    /// Every process it supervised is gone (`sigvisor run`).
+    Completed,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::NotStarted => "",
+            State::Started => "Started",
+            State::Stopped => "Stopped",
+            State::Completed => "Completed",
+        }
+    }
+}
+
 struct Entry {
     trace: Trace,
     handle: Arc<TraceHandle>,
-    state: &'static str,
+    state: State,
     operation_error: String,
     warning: Option<String>,
     listeners: Vec<ListenerRecord>,
+}
+
+impl Entry {
+    fn new(trace: Trace, policy: Policy) -> Entry {
+        let sink = Sink::prepare(&trace.spec.output_mode);
+        let handle = TraceHandle {
+            name: trace.metadata.name.clone(),
+            active: AtomicBool::new(false),
+            config: RwLock::new(Arc::new(Config { policy: Arc::new(policy), sink })),
+        };
+        Entry {
+            trace,
+            handle: Arc::new(handle),
+            state: State::NotStarted,
+            operation_error: String::new(),
+            warning: None,
+            listeners: Vec::new(),
+        }
+    }
+
+    fn set_state(&mut self, state: State) {
+        self.handle.active.store(state == State::Started, Ordering::Relaxed);
+        self.state = state;
+    }
 }
 
 pub struct Registry {
@@ -91,8 +136,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        // The map holds plain data; a panic elsewhere leaves it usable.
-        self.traces.lock().unwrap_or_else(|p| p.into_inner())
+        crate::shared::lock(&self.traces)
     }
 
     /// Creates or updates a Trace, then performs (and removes) the operation
@@ -100,39 +144,35 @@ impl Registry {
     pub fn apply(&self, mut trace: Trace, policy: Policy) -> Trace {
         let operation = trace.metadata.annotations.remove(OPERATION_ANNOTATION);
         trace.status = None;
-        let name = trace.metadata.name.clone();
         let mut traces = self.lock();
-        let created = !traces.contains_key(&name);
-        let entry = traces.entry(name.clone()).or_insert_with(|| Entry {
-            trace: trace.clone(),
-            handle: Arc::new(TraceHandle {
-                name: name.clone(),
-                active: AtomicBool::new(false),
-                config: RwLock::new(Arc::new(Config { policy: Arc::new(policy.clone()), sink: Sink::None })),
-            }),
-            state: "",
-            operation_error: String::new(),
-            warning: None,
-            listeners: Vec::new(),
-        });
-        let output_changed = entry.trace.spec.output_mode != trace.spec.output_mode
-            || entry.trace.spec.output != trace.spec.output;
-        entry.trace = trace;
-        let sink = if created || output_changed {
-            Sink::prepare(&entry.trace.spec.output_mode)
-        } else {
-            entry.handle.config().sink.clone()
+        let entry = match traces.entry(trace.metadata.name.clone()) {
+            btree_map::Entry::Vacant(slot) => {
+                let auto = trace.spec.run_mode == "Auto";
+                let entry = slot.insert(Entry::new(trace, policy));
+                if auto {
+                    self.start(entry);
+                }
+                entry
+            }
+            btree_map::Entry::Occupied(slot) => {
+                let entry = slot.into_mut();
+                let output_changed = entry.trace.spec.output_mode != trace.spec.output_mode
+                    || entry.trace.spec.output != trace.spec.output;
+                let sink = if output_changed {
+                    Sink::prepare(&trace.spec.output_mode)
+                } else {
+                    entry.handle.config().sink.clone()
+                };
+                entry.trace = trace;
+                entry.handle.set_config(Config { policy: Arc::new(policy), sink });
+                if output_changed && entry.state == State::Started {
+                    // Started again, so that a new File output is opened now.
+                    entry.set_state(State::NotStarted);
+                    self.start(entry);
+                }
+                entry
+            }
         };
-        entry.handle.set_config(Config { policy: Arc::new(policy), sink });
-        if output_changed && entry.state == "Started" {
-            // Restart, so that a new File output is opened now.
-            entry.handle.active.store(false, Ordering::Relaxed);
-            entry.state = "";
-            self.start(entry);
-        }
-        if created && entry.trace.spec.run_mode == "Auto" {
-            self.start(entry);
-        }
         if let Some(op) = operation {
             self.operate(entry, &op);
         }
@@ -151,10 +191,9 @@ impl Registry {
     fn operate(&self, entry: &mut Entry, op: &str) {
         match op {
             "start" => self.start(entry),
-            "stop" if entry.state != "Started" => entry.operation_error = "Not started".into(),
+            "stop" if entry.state != State::Started => entry.operation_error = "Not started".into(),
             "stop" => {
-                entry.handle.active.store(false, Ordering::Relaxed);
-                entry.state = "Stopped";
+                entry.set_state(State::Stopped);
                 entry.operation_error.clear();
             }
             other => {
@@ -165,7 +204,7 @@ impl Registry {
     }
 
     fn start(&self, entry: &mut Entry) {
-        if entry.state == "Started" {
+        if entry.state == State::Started {
             entry.operation_error.clear();
             return;
         }
@@ -186,17 +225,15 @@ impl Registry {
             _ => current.sink.clone(),
         };
         entry.handle.set_config(Config { policy: Arc::clone(&current.policy), sink });
-        entry.handle.active.store(true, Ordering::Relaxed);
-        entry.state = "Started";
+        entry.set_state(State::Started);
         entry.operation_error.clear();
     }
 
     /// Marks every Trace whose processes are all gone (`sigvisor run`).
     pub fn complete_all(&self) {
         for entry in self.lock().values_mut() {
-            entry.handle.active.store(false, Ordering::Relaxed);
-            if entry.state == "Started" {
-                entry.state = "Completed";
+            if entry.state == State::Started {
+                entry.set_state(State::Completed);
             }
         }
     }
@@ -255,7 +292,7 @@ impl Registry {
         let mut total = Stats::default();
         let mut containers: BTreeMap<String, ContainerLine> = BTreeMap::new();
         for record in &entry.listeners {
-            let stats = record.stats.lock().unwrap_or_else(|p| p.into_inner());
+            let stats = crate::shared::lock(&record.stats);
             total.merge(&stats);
             if !record.origin.id.is_empty() {
                 containers
@@ -276,7 +313,8 @@ impl Registry {
             format!("for node {:?}; this is node {:?}: it never acts here", entry.trace.spec.node, self.node)
         });
         let warning = elsewhere.as_deref().or(entry.warning.as_deref());
-        let mut view = output::with_status(&entry.trace, entry.state, warning, &policy, &total, &containers);
+        let mut view =
+            output::with_status(&entry.trace, entry.state.as_str(), warning, &policy, &total, &containers);
         if let Some(status) = view.status.as_mut() {
             status.operation_error.clone_from(&entry.operation_error);
         }
