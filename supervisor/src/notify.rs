@@ -60,6 +60,15 @@ pub struct Context {
     pub hot_threads: Arc<Semaphore>,
 }
 
+impl Context {
+    /// Hot-listener threads: one per CPU, less the one tokio and the
+    /// targets need, at least one.
+    pub fn new(mode: LoopMode) -> Arc<Context> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
+        Arc::new(Context { mode, hot_threads: Arc::new(Semaphore::new(threads)) })
+    }
+}
+
 /// Everything one listener needs to answer a notification; moves between
 /// the async task and a hot thread together with the listener.
 pub struct Handler {

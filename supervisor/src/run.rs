@@ -10,11 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Semaphore;
 
-use crate::container::Origin;
-use crate::events::Describer;
-use crate::notify::{self, Context, Handler, LoopMode};
+use crate::notify::{Context, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::{Registry, OPERATION_ANNOTATION};
 
@@ -76,19 +73,14 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let pid = child.id().context("the launcher exited at once")? as i32;
     tokio::spawn(forward_signals(pid));
 
-    let ctx = Arc::new(Context {
-        mode: opts.loop_mode,
-        hot_threads: Arc::new(Semaphore::new(hot_thread_budget())),
-    });
+    let ctx = Context::new(opts.loop_mode);
     // The handoff ends when the launcher execs CMD (CLOEXEC) or exits.
     let supervision = match crate::handoff::receive(ours).await {
         Ok(handoff) => {
-            let origin = Origin::of(&handoff);
-            let selected = registry.select(&origin, handoff.metadata.wait_killable);
-            let describer = Describer::new(registry.node.clone(), origin);
-            let handler = Handler::new(selected, handoff.metadata.wait_killable, None, describer);
-            let listener = crate::seccomp::Listener::new(handoff.listener);
-            Some(tokio::spawn(notify::supervise(listener, handler, ctx)))
+            let registry = Arc::clone(&registry);
+            Some(tokio::spawn(async move {
+                crate::serve::supervise(handoff, "sigvisor-launch", &registry, ctx).await
+            }))
         }
         Err(e) => {
             // The launcher failed before the handoff and said why itself.
@@ -122,12 +114,6 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(FAILED)
-}
-
-/// Dedicated threads for hot listeners: one per CPU, less the one tokio
-/// and the targets need, at least one.
-pub fn hot_thread_budget() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 /// Writes Traces as a YAML stream to `file`, or to stderr.

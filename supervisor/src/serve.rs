@@ -13,13 +13,15 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Semaphore;
 
 use crate::container::Origin;
 use crate::events::Describer;
 use crate::notify::{self, Context, Handler, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::Registry;
+use crate::seccomp::Listener;
+use crate::stats::Stats;
+use sigvisor_proto::Handoff;
 
 pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";
 pub const DEFAULT_CONTROL: &str = "/run/sigvisor/control.sock";
@@ -54,10 +56,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     let listener = bind(&opts.socket)?;
     let control = bind(&opts.control)?;
     tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
-    let ctx = Arc::new(Context {
-        mode: opts.loop_mode,
-        hot_threads: Arc::new(Semaphore::new(crate::run::hot_thread_budget())),
-    });
+    let ctx = Context::new(opts.loop_mode);
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     tracing::info!(
@@ -90,7 +89,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     Ok(0)
 }
 
-/// One client: receive its listener, pick its Trace, serve it to the end.
+/// One client: receive its listener, then serve it to the end.
 async fn connection(
     fd: OwnedFd,
     peer: String,
@@ -98,13 +97,18 @@ async fn connection(
     ctx: Arc<Context>,
     timeout: Duration,
 ) {
-    let handoff = match tokio::time::timeout(timeout, crate::handoff::receive(fd)).await {
-        Err(_) => return tracing::warn!("{peer}: no complete handoff within {timeout:?}; dropped"),
+    match tokio::time::timeout(timeout, crate::handoff::receive(fd)).await {
+        Err(_) => tracing::warn!("{peer}: no complete handoff within {timeout:?}; dropped"),
         // A probe (`sigvisor oci patch` checks the socket) or an aborted start.
-        Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => return tracing::info!("{peer}: {e}"),
-        Ok(Err(e)) => return tracing::warn!("{peer}: {e}; dropped"),
-        Ok(Ok(h)) => h,
-    };
+        Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::info!("{peer}: {e}"),
+        Ok(Err(e)) => tracing::warn!("{peer}: {e}; dropped"),
+        Ok(Ok(handoff)) => drop(supervise(handoff, &peer, &registry, ctx).await),
+    }
+}
+
+/// Serves a handed-over listener, under the Trace that selects its
+/// container if any, until no process uses its filter any more.
+pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: Arc<Context>) -> Stats {
     let origin = Origin::of(&handoff);
     let wait_killable = handoff.metadata.wait_killable;
     let selected = registry.select(&origin, wait_killable);
@@ -122,14 +126,14 @@ async fn connection(
     let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
     let describer = Describer::new(registry.node.clone(), origin);
     let handler = Handler::new(selected, wait_killable, runtime_init, describer);
-    let listener = crate::seccomp::Listener::new(handoff.listener);
-    let stats = notify::supervise(listener, handler, ctx).await;
+    let stats = notify::supervise(Listener::new(handoff.listener), handler, ctx).await;
     tracing::info!(
         "{label}: done: {} notifications, {} signals, skipped {}",
         stats.notifications,
         stats.signals,
         stats.skipped.iter().map(|(why, n)| format!("{why}: {n}")).collect::<Vec<_>>().join(", ")
     );
+    stats
 }
 
 /// Binds the socket: its directory made if missing (0700), a stale socket
