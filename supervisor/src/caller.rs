@@ -20,9 +20,10 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 
-/// Entries kept at most; when full, all are dropped and reopened on demand,
-/// which bounds the fds held for threads that exited unseen.
-const MAX_ENTRIES: usize = 1024;
+/// Entries kept at most per listener (each holds up to three fds). When
+/// full, those of exited threads go first; if all still live, all go and
+/// are reopened on demand.
+const MAX_ENTRIES: usize = 256;
 
 /// `PIDFD_THREAD` (= O_EXCL, Linux 6.9); not in libc yet.
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
@@ -133,7 +134,11 @@ impl Callers {
 
     fn open(&mut self, tid: i32) -> Option<()> {
         if self.entries.len() >= MAX_ENTRIES {
-            self.entries.clear();
+            let mut probe = [0u8; 1];
+            self.entries.retain(|_, e| e.stat.read_at(&mut probe, 0).is_ok());
+            if self.entries.len() >= MAX_ENTRIES {
+                self.entries.clear();
+            }
         }
         let stat = File::open(format!("/proc/{tid}/stat")).ok()?;
         // The tgid is not in stat; it never changes for a thread, so once.

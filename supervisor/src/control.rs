@@ -59,7 +59,14 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>) {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("control: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
         let registry = Arc::clone(&registry);
         tokio::spawn(async move {

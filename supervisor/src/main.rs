@@ -247,6 +247,7 @@ fn patch_options(
 }
 
 fn main() -> ExitCode {
+    run::raise_fd_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

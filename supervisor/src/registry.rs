@@ -84,7 +84,28 @@ struct Entry {
     state: State,
     operation_error: String,
     warning: Option<String>,
+    /// Listeners still running; their counters are read live.
     listeners: Vec<ListenerRecord>,
+    /// What finished listeners counted, folded in when they ended.
+    finished: Stats,
+    containers: BTreeMap<String, ContainerLine>,
+}
+
+/// Adds one listener's counters to a container's line.
+fn count_container(containers: &mut BTreeMap<String, ContainerLine>, origin: &Origin, stats: &Stats) {
+    if origin.id.is_empty() {
+        return;
+    }
+    containers
+        .entry(origin.label())
+        .or_insert_with(|| ContainerLine {
+            id: origin.id.clone(),
+            name: origin.name().to_owned(),
+            bundle: origin.bundle.clone(),
+            pid: origin.pid,
+            ..ContainerLine::default()
+        })
+        .add(stats);
 }
 
 impl Entry {
@@ -102,6 +123,8 @@ impl Entry {
             operation_error: String::new(),
             warning: None,
             listeners: Vec::new(),
+            finished: Stats::default(),
+            containers: BTreeMap::new(),
         }
     }
 
@@ -276,6 +299,18 @@ impl Registry {
         Some((Arc::clone(&entry.handle), stats))
     }
 
+    /// Folds an ended listener's counters into its Trace, so that the
+    /// registry keeps no record per listener for ever.
+    pub fn retire(&self, trace: &str, stats: &Arc<Mutex<Stats>>) {
+        let mut traces = self.lock();
+        let Some(entry) = traces.get_mut(trace) else { return };
+        let Some(at) = entry.listeners.iter().position(|r| Arc::ptr_eq(&r.stats, stats)) else { return };
+        let record = entry.listeners.swap_remove(at);
+        let counted = crate::shared::lock(&record.stats);
+        entry.finished.merge(&counted);
+        count_container(&mut entry.containers, &record.origin, &counted);
+    }
+
     /// Follows a Stream trace's events.
     pub fn subscribe(&self, name: &str) -> Result<tokio::sync::broadcast::Receiver<Arc<str>>, RegistryError> {
         let traces = self.lock();
@@ -289,23 +324,12 @@ impl Registry {
 
     /// The Trace with its status as of now.
     fn view(&self, entry: &Entry) -> Trace {
-        let mut total = Stats::default();
-        let mut containers: BTreeMap<String, ContainerLine> = BTreeMap::new();
+        let mut total = entry.finished.clone();
+        let mut containers = entry.containers.clone();
         for record in &entry.listeners {
             let stats = crate::shared::lock(&record.stats);
             total.merge(&stats);
-            if !record.origin.id.is_empty() {
-                containers
-                    .entry(record.origin.label())
-                    .or_insert_with(|| ContainerLine {
-                        id: record.origin.id.clone(),
-                        name: record.origin.name().to_owned(),
-                        bundle: record.origin.bundle.clone(),
-                        pid: record.origin.pid,
-                        ..ContainerLine::default()
-                    })
-                    .add(&stats);
-            }
+            count_container(&mut containers, &record.origin, &stats);
         }
         let containers: Vec<ContainerLine> = containers.into_values().collect();
         let policy = entry.handle.config().policy.clone();

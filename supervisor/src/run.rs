@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,6 +17,23 @@ use crate::registry::{Registry, OPERATION_ANNOTATION};
 
 /// Exit status for sigvisor's own failures (as `env` and `timeout` use).
 pub const FAILED: i32 = 125;
+
+/// The fd limit sigvisor started with, which CMD gets back.
+static ORIGINAL_FD_LIMIT: OnceLock<libc::rlimit> = OnceLock::new();
+
+/// Lifts sigvisor's soft limit on open fds to the hard one: each supervised
+/// thread may hold a few (caller.rs), and 1024 is soon reached.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let _ = ORIGINAL_FD_LIMIT.set(limit);
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, ..limit };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
+        }
+    }
+}
 
 pub struct RunOptions {
     pub trace: Trace,
@@ -67,6 +84,16 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         command.arg("--syscall").arg(syscall);
     }
     command.arg("--").args(&opts.cmd);
+    if let Some(&limit) = ORIGINAL_FD_LIMIT.get() {
+        // SAFETY: the closure runs between fork and exec and only calls
+        // setrlimit, which is async-signal-safe; CMD gets its limit back.
+        unsafe {
+            command.pre_exec(move || {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+    }
     let mut child =
         command.spawn().with_context(|| format!("cannot start the launcher {}", launcher.display()))?;
     drop(theirs);

@@ -77,7 +77,11 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
                     };
                     tokio::spawn(connection(fd, peer, Arc::clone(&registry), Arc::clone(&ctx), opts.handoff_timeout));
                 }
-                Err(e) => tracing::warn!("accept: {e}"),
+                // Out of fds, say: wait, rather than spin on the error.
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             _ = int.recv() => break,
             _ = term.recv() => break,
@@ -125,8 +129,12 @@ pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: A
     // container's process; sigvisor-launch makes no trapped call before.
     let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
     let describer = Describer::new(registry.node.clone(), origin);
+    let retire = selected.clone();
     let handler = Handler::new(selected, wait_killable, runtime_init, describer);
     let stats = notify::supervise(Listener::new(handoff.listener), handler, ctx).await;
+    if let Some((trace, counters)) = retire {
+        registry.retire(&trace.name, &counters);
+    }
     tracing::info!(
         "{label}: done: {} notifications, {} signals, skipped {}",
         stats.notifications,

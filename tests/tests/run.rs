@@ -30,6 +30,16 @@ fn eight_threads_concurrently() {
     assert_eq!(busy, 8, "{threads:?}");
 }
 
+/// More calling threads than the per-listener handle cache holds (256):
+/// entries are evicted and reopened, and every signal still precise.
+#[test]
+fn more_threads_than_the_handle_cache() {
+    let run = run_closer("300-threads", &seed_profile(), &[], &["--threads", "300", "--closes", "20"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_precise(&run.reports[0]);
+    assert_eq!(run.count("signalsSent"), 6000);
+}
+
 #[test]
 fn handler_with_sa_restart() {
     for threads in ["1", "8"] {
