@@ -45,62 +45,68 @@ fn with_parameter(key: &str, value: &str) -> String {
 
 #[test]
 fn bad_fields_are_refused_with_field_value_and_accepted_values() {
-    refused(
-        "api-version",
-        &SEED.replace("gadget.kinvolk.io/v1alpha1", "gadget.kinvolk.io/v2"),
-        &["apiVersion", "\"gadget.kinvolk.io/v2\"", "accepted: gadget.kinvolk.io/v1alpha1"],
-    );
-    refused("kind", &SEED.replace("kind: Trace", "kind: Pod"), &["kind", "\"Pod\"", "accepted: Trace"]);
-    refused(
-        "gadget",
-        &SEED.replace("gadget: signal", "gadget: trace-exec"),
-        &["spec.gadget", "\"trace-exec\"", "accepted: signal"],
-    );
-    refused(
-        "run-mode",
-        &SEED.replace("runMode: Manual", "runMode: Sometimes"),
-        &["spec.runMode", "\"Sometimes\"", "accepted: Auto, Manual"],
-    );
-    refused(
-        "output-mode",
-        &SEED.replace("outputMode: Status", "outputMode: Printer"),
-        &["spec.outputMode", "\"Printer\"", "accepted: Status, Stream, File"],
-    );
-    refused(
-        "signal",
-        &with_parameter("signal", "SIGFOO"),
-        &["spec.parameters.signal", "\"SIGFOO\"", "accepted: a signal name"],
-    );
-    refused(
-        "signal-kill",
-        &with_parameter("signal", "SIGKILL"),
-        &["spec.parameters.signal", "\"SIGKILL\"", "cannot be caught"],
-    );
-    refused(
-        "syscall",
-        &with_parameter("syscalls", "close,clsoe"),
-        &["spec.parameters.syscalls", "\"clsoe\"", "accepted: names such as close"],
-    );
-    refused(
-        "unknown-parameter",
-        &with_parameter("colour", "red"),
-        &[
-            "spec.parameters.colour",
-            "unknown parameter",
-            "accepted: signal, syscalls, min-threads, comm, when",
-        ],
-    );
-    refused(
-        "unknown-field",
-        &SEED.replace("  node: minikube\n", "  node: minikube\n  colour: red\n"),
-        &["spec", "unknown field `colour`", "expected one of"],
-    );
-    refused(
-        "external-resource",
-        &SEED.replace("outputMode: Status", "outputMode: ExternalResource"),
-        &["spec.outputMode", "not supported", "supported: Status, Stream, File"],
-    );
-    refused("not-yaml", "{{{{", &["(document)"]);
+    let seed = |from: &str, to: &str| SEED.replace(from, to);
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "api-version",
+            seed("gadget.kinvolk.io/v1alpha1", "gadget.kinvolk.io/v2"),
+            vec!["apiVersion", "\"gadget.kinvolk.io/v2\"", "accepted: gadget.kinvolk.io/v1alpha1"],
+        ),
+        ("kind", seed("kind: Trace", "kind: Pod"), vec!["kind", "\"Pod\"", "accepted: Trace"]),
+        (
+            "gadget",
+            seed("gadget: signal", "gadget: trace-exec"),
+            vec!["spec.gadget", "\"trace-exec\"", "accepted: signal"],
+        ),
+        (
+            "run-mode",
+            seed("runMode: Manual", "runMode: Sometimes"),
+            vec!["spec.runMode", "\"Sometimes\"", "accepted: Auto, Manual"],
+        ),
+        (
+            "output-mode",
+            seed("outputMode: Status", "outputMode: Printer"),
+            vec!["spec.outputMode", "\"Printer\"", "accepted: Status, Stream, File"],
+        ),
+        (
+            "external-resource",
+            seed("outputMode: Status", "outputMode: ExternalResource"),
+            vec!["spec.outputMode", "not supported", "supported: Status, Stream, File"],
+        ),
+        (
+            "signal",
+            with_parameter("signal", "SIGFOO"),
+            vec!["spec.parameters.signal", "\"SIGFOO\"", "accepted: a signal name"],
+        ),
+        (
+            "signal-kill",
+            with_parameter("signal", "SIGKILL"),
+            vec!["spec.parameters.signal", "\"SIGKILL\"", "cannot be caught"],
+        ),
+        (
+            "syscall",
+            with_parameter("syscalls", "close,clsoe"),
+            vec!["spec.parameters.syscalls", "\"clsoe\"", "accepted: names such as close"],
+        ),
+        (
+            "unknown-parameter",
+            with_parameter("colour", "red"),
+            vec![
+                "spec.parameters.colour",
+                "unknown parameter",
+                "accepted: signal, syscalls, min-threads, comm, when",
+            ],
+        ),
+        (
+            "unknown-field",
+            seed("  node: minikube\n", "  node: minikube\n  colour: red\n"),
+            vec!["spec", "unknown field `colour`", "expected one of"],
+        ),
+        ("not-yaml", "{{{{".to_owned(), vec!["(document)"]),
+    ];
+    for (name, text, must_say) in cases {
+        refused(name, &text, &must_say);
+    }
 }
 
 #[test]
