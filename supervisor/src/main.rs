@@ -58,8 +58,8 @@ enum Command {
     /// Exits with CMD's status (128+N if signal N killed it), after every
     /// process that inherited the filter is gone; 2 for a bad profile; 125
     /// if sigvisor itself fails; 126/127 if CMD cannot be run or found.
-    /// With outputMode Status, prints the Trace with its status to stderr
-    /// (or --status-file) at the end.
+    /// Prints the Trace with its status to stderr (or --status-file) at the
+    /// end; with outputMode Stream, its events too, as they happen.
     #[command(after_help = "Example:\n  sigvisor run profiles/signal.yaml -- ./my-program --its --args")]
     Run {
         /// The Trace profile (YAML).
