@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# What N idle listeners cost a `sigvisor serve`: N `sleep` processes, each
+# launched with its own filter and listener, held open while the server's
+# threads, memory and fds are read. Usage: bench/idle.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-1000}
+cargo build --release --workspace -q
+dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
+ulimit -n 65536 2>/dev/null || true
+target/release/sigvisor serve --socket "$dir/agent.sock" --control "$dir/control.sock" 2>/dev/null &
+server=$!
+while [ ! -S "$dir/agent.sock" ]; do sleep 0.05; done
+report() {
+  local threads rss fds cpu
+  threads=$(ls /proc/$server/task | wc -l)
+  rss=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
+  fds=$(ls /proc/$server/fd | wc -l)
+  cpu=$(awk '{print $14 + $15}' /proc/$server/stat)
+  printf '%-34s %8s %10s %8s %14s\n' "$1" "$threads" "$rss" "$fds" "$cpu"
+}
+printf '%-34s %8s %10s %8s %14s\n' "server state" "threads" "RSS (kB)" "fds" "CPU (ticks)"
+report "no listener"
+for _ in $(seq "$n"); do
+  target/release/sigvisor-launch --socket "$dir/agent.sock" -- sleep 30 &
+done
+while [ "$(ls /proc/$server/fd | wc -l)" -lt "$n" ]; do sleep 0.1; done
+sleep 1
+report "$n idle listeners"
+sleep 5
+report "$n idle listeners, 5 s later"
