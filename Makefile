@@ -10,6 +10,10 @@ GO_ENV := CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS=-mod=mod GOCACHE=$(CURDIR)/tar
 
 ARCH := $(shell uname -m)
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
+# The tests run an i386 program too, to check the filter's compat ABI.
+ifeq ($(ARCH),x86_64)
+PACKAGES += gcc-multilib
+endif
 
 .PHONY: demo test build deps bench clean static-launcher
 

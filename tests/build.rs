@@ -25,4 +25,22 @@ fn main() {
         assert!(status.success(), "compiling {src} ({name}) failed");
         println!("cargo:rustc-env={env}={}", out.display());
     }
+    // An i386 build on x86_64, to check that the filter traps the compat ABI
+    // too (needs gcc-multilib, which `make test` installs).
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
+        let out = out_dir.join("closer-i386");
+        let built = Command::new(compiler.path())
+            .args(["-m32", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o"])
+            .arg(&out)
+            .arg(src)
+            .output();
+        match built {
+            Ok(o) if o.status.success() => {
+                println!("cargo:rustc-env=SIGVISOR_FIXTURE_CLOSER_I386={}", out.display())
+            }
+            _ => println!(
+                "cargo:warning=no i386 build of {src} (is gcc-multilib installed?); its test will not run"
+            ),
+        }
+    }
 }

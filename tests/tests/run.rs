@@ -40,6 +40,30 @@ fn more_threads_than_the_handle_cache() {
     assert_eq!(run.count("signalsSent"), 6000);
 }
 
+/// A 32-bit program on x86_64 makes its syscalls through the i386 ABI: the
+/// filter traps them too, and the signal lands on the vDSO's int $0x80
+/// return pad.
+#[test]
+fn i386_closes_are_trapped_too() {
+    let Some(closer_i386) = option_env!("SIGVISOR_FIXTURE_CLOSER_I386") else {
+        assert!(
+            std::env::var_os("CI").is_none() || !cfg!(target_arch = "x86_64"),
+            "CI must build the i386 fixture: `make test` installs gcc-multilib"
+        );
+        return eprintln!("SKIPPED: no i386 fixture (install gcc-multilib)");
+    };
+    let status = scratch("i386").join("status.yaml");
+    let child = run_command(&status, &seed_profile(), &[])
+        .arg(closer_i386)
+        .args(["--threads", "2", "--closes", "300"])
+        .spawn()
+        .expect("spawn sigvisor");
+    let run = Run::from_output(wait_bounded(child, "i386"), &status);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_precise(&run.reports[0]);
+    assert_eq!(run.count("signalsSent"), 600);
+}
+
 #[test]
 fn handler_with_sa_restart() {
     for threads in ["1", "8"] {
