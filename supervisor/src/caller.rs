@@ -119,7 +119,7 @@ impl Callers {
             None => *entry.process_start.insert(process_start(entry.tgid)?),
         };
         if self.counts.len() >= MAX_ENTRIES && !self.counts.contains_key(&(entry.tgid, start)) {
-            self.counts.clear();
+            forget_exited(&mut self.counts);
         }
         let count = self.counts.entry((entry.tgid, start)).or_default();
         *count += 1;
@@ -159,18 +159,20 @@ struct Stat {
     catches_bits: u64,
 }
 
-/// `pid (comm) state ppid … num_threads(20) … sigcatch(34) …`; comm may
-/// contain spaces and parentheses, so fields are counted after the last ')'.
-fn parse_stat(tid: i32, tgid: i32, text: &[u8]) -> Option<Stat> {
-    let text = std::str::from_utf8(text).ok()?;
+/// Splits `pid (comm) state ppid …` into comm and the fields from 3 (state)
+/// on. comm may hold spaces and parentheses: it ends at the last ')'.
+fn split_stat(text: &str) -> Option<(&str, std::str::SplitAsciiWhitespace<'_>)> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
-    let name = text.get(open + 1..close)?.to_owned();
-    let mut fields = text.get(close + 2..)?.split_ascii_whitespace();
-    // After ')': field 3 is the first; num_threads is 20, sigcatch 34.
+    Some((text.get(open + 1..close)?, text.get(close + 1..)?.split_ascii_whitespace()))
+}
+
+/// num_threads is field 20, sigcatch 34.
+fn parse_stat(tid: i32, tgid: i32, text: &[u8]) -> Option<Stat> {
+    let (name, mut fields) = split_stat(std::str::from_utf8(text).ok()?)?;
     let threads = fields.nth(20 - 3)?.parse().ok()?;
     let catches_bits = fields.nth(34 - 20 - 1)?.parse().ok()?;
-    Some(Stat { caller: Caller { tid, tgid, name, threads, catches: false }, catches_bits })
+    Some(Stat { caller: Caller { tid, tgid, name: name.to_owned(), threads, catches: false }, catches_bits })
 }
 
 fn open_thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
@@ -187,8 +189,14 @@ fn open_thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
 /// across `execve` too.
 fn process_start(tgid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
-    let (_, after_comm) = text.rsplit_once(") ")?;
-    after_comm.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+    split_stat(&text)?.1.nth(22 - 3)?.parse().ok()
+}
+
+/// Drops the `when` counts of processes that have exited (their tgid is
+/// gone, or now belongs to a process started at another time). A live
+/// process never loses its count, or `when: 3` could fire twice.
+fn forget_exited(counts: &mut HashMap<ProcessKey, u64>) {
+    counts.retain(|&(tgid, start), _| process_start(tgid) == Some(start));
 }
 
 /// One field of `/proc/<tid>/status` (open, read, close: the slow path).
@@ -219,6 +227,17 @@ mod tests {
         assert!(!name.is_empty() && !name.ends_with('\n'));
         assert_eq!(callers.count_call(me), Some(1));
         assert_eq!(callers.count_call(me), Some(2));
+    }
+
+    #[test]
+    fn exited_processes_lose_their_counts_live_ones_keep_them() {
+        let me = std::process::id() as i32;
+        let mine = (me, process_start(me).expect("own start time"));
+        let mut counts: HashMap<ProcessKey, u64> = (1..=300).map(|n| ((i32::MAX - n, 1), 1)).collect();
+        counts.insert(mine, 7);
+        forget_exited(&mut counts);
+        assert_eq!(counts.len(), 1);
+        assert_eq!(counts[&mine], 7);
     }
 
     #[test]

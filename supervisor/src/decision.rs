@@ -81,9 +81,11 @@ impl Decider {
         let Some(caller) = self.callers.look(tid, policy.signal) else {
             return Decision::Skip(Skip::CallerGone, None);
         };
+        // Read at most once per notification, and only if a check needs it.
+        let mut process_name = None;
         if let Some(init) = self.runtime_init {
-            let name = self.callers.process_name(tid).unwrap_or_default();
-            if container::is_runtime_init(&name) {
+            let name = process_name.insert(self.callers.process_name(tid));
+            if name.as_deref().is_some_and(container::is_runtime_init) {
                 return Decision::Skip(Skip::RuntimeInit, Some(caller));
             }
             if caller.tgid == init {
@@ -98,7 +100,8 @@ impl Decider {
             return Decision::Skip(Skip::MinThreads, Some(caller));
         }
         if let Some(pattern) = &policy.comm {
-            if !self.callers.process_name(tid).is_some_and(|name| pattern.matches(&name)) {
+            let name = process_name.get_or_insert_with(|| self.callers.process_name(tid));
+            if !name.as_deref().is_some_and(|name| pattern.matches(name)) {
                 return Decision::Skip(Skip::Comm, Some(caller));
             }
         }

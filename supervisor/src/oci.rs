@@ -214,7 +214,8 @@ pub fn runtime_shim(
     if let Some(at) = args.iter().position(|a| a == "create" || a == "run") {
         let rest = &args[at + 1..];
         let mut bundle = PathBuf::from(".");
-        let mut positional = Vec::new();
+        // The container id is the last positional argument.
+        let mut id = None;
         let mut i = 0;
         while i < rest.len() {
             let a = &rest[i];
@@ -224,13 +225,12 @@ pub fn runtime_shim(
                 bundle = rest.get(i + 1).context("--bundle needs a value")?.into();
                 i += 1;
             } else if !a.starts_with('-') {
-                positional.push(a.clone());
+                id = Some(a.clone());
             }
             i += 1;
         }
         opts.bundle = bundle;
-        opts.container_id = positional.last().cloned();
-        opts.runtime = runtime.to_owned();
+        opts.container_id = id;
         let mode = patch(&opts)?;
         tracing::info!("patched {} ({mode:?}) for {runtime}", opts.bundle.display());
     }
