@@ -72,10 +72,14 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             }
         })
     });
-    if let Some(path) = &opts.control {
-        let control = crate::serve::bind(path)?;
-        tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
-    }
+    let _control_file = match &opts.control {
+        Some(path) => {
+            let (control, file) = crate::serve::bind(path)?;
+            tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
+            Some(file)
+        }
+        None => None,
+    };
 
     let (ours, theirs) = socketpair()?;
     let mut command = tokio::process::Command::new(&launcher);
@@ -130,9 +134,6 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     registry.delete(&name)?;
     if let Some(printer) = printer {
         let _ = printer.await;
-    }
-    if let Some(path) = &opts.control {
-        let _ = std::fs::remove_file(path);
     }
     write_status(&[trace], opts.status_file.as_deref())?;
     Ok(code)

@@ -53,8 +53,8 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
             }
         );
     }
-    let listener = bind(&opts.socket)?;
-    let control = bind(&opts.control)?;
+    let (listener, _agent_file) = bind(&opts.socket)?;
+    let (control, _control_file) = bind(&opts.control)?;
     tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
     let ctx = Context::new(opts.loop_mode);
     let mut int = signal(SignalKind::interrupt())?;
@@ -87,8 +87,6 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
             _ = term.recv() => break,
         }
     }
-    let _ = std::fs::remove_file(&opts.socket);
-    let _ = std::fs::remove_file(&opts.control);
     crate::run::write_status(&registry.list(), opts.status_file.as_deref())?;
     Ok(0)
 }
@@ -144,9 +142,20 @@ pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: A
     stats
 }
 
+/// Removes a socket file this process bound, however the process leaves
+/// the scope that holds it (errors included).
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Binds the socket: its directory made if missing (0700), a stale socket
-/// replaced, a live one refused, the socket itself mode 0600.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+/// replaced, a live one refused, the socket itself mode 0600. The file goes
+/// when the returned `SocketFile` is dropped.
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -162,9 +171,10 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let file = SocketFile(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
-    Ok(listener)
+    Ok((listener, file))
 }
 
 /// This machine's name, the default `--node`.
