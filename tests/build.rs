@@ -1,6 +1,7 @@
-//! Builds the C fixture target and tells the tests where it is.
+//! Builds the fixture targets (the C closer; plaingo, a Go program with no
+//! handler of its own, when Go is installed) and tells the tests where they are.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
@@ -25,6 +26,7 @@ fn main() {
         assert!(status.success(), "compiling {src} ({name}) failed");
         println!("cargo:rustc-env={env}={}", out.display());
     }
+    build_plaingo(&out_dir);
     // An i386 build on x86_64, to check that the filter traps the compat ABI
     // too (needs gcc-multilib, which `make test` installs).
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
@@ -43,4 +45,42 @@ fn main() {
             ),
         }
     }
+}
+
+/// tests/fixtures/plaingo with Debian's Go 1.19 (stdlib only: nothing is
+/// downloaded). Without Go its tests skip locally and fail on CI.
+fn build_plaingo(out_dir: &Path) {
+    let src = Path::new("fixtures/plaingo");
+    for file in ["main.go", "go.mod"] {
+        println!("cargo:rerun-if-changed={}", src.join(file).display());
+    }
+    if !Command::new("go").arg("version").output().is_ok_and(|o| o.status.success()) {
+        println!(
+            "cargo:warning=go is not installed (`make test` installs golang-go): the plaingo tests will not run"
+        );
+        return;
+    }
+    // target/<profile>/build/<pkg>/out → target/go-build, shared with the
+    // gosignal test's builds.
+    let cache = out_dir.ancestors().nth(4).unwrap_or(out_dir).join("go-build");
+    let out = out_dir.join("plaingo");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(src)
+        .env("CGO_ENABLED", "0")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOCACHE", cache)
+        .output()
+        .expect("running go build");
+    assert!(
+        built.status.success(),
+        "go build of {} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    println!("cargo:rustc-env=SIGVISOR_FIXTURE_PLAINGO={}", out.display());
 }

@@ -4,7 +4,8 @@ use std::io::{Read, Seek};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
-use libseccomp::{ScmpAction, ScmpArch, ScmpFilterContext, ScmpSyscall};
+use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use sigvisor_proto::signals_in;
 
 const WAIT_KILLABLE_RECV: libc::c_ulong = libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
 
@@ -26,8 +27,39 @@ fn abis() -> Vec<ScmpArch> {
     std::iter::once(native).chain(compat.iter().copied()).collect()
 }
 
+/// The rules that tell the supervisor every handler change of the `watched`
+/// signals (design.md §8): `rt_sigaction` that sets one (a non-NULL `act`;
+/// queries and other signals run untrapped), i386's older `sigaction` and
+/// `signal` likewise, and `execve`/`execveat`, which reset caught handlers.
+fn add_handler_rules(ctx: &mut ScmpFilterContext, watched: u64) -> Result<()> {
+    if watched == 0 {
+        return Ok(());
+    }
+    for name in ["execve", "execveat"] {
+        ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from_name(name)?)
+            .with_context(|| format!("libseccomp: add notify rule for {name}"))?;
+    }
+    for signal in signals_in(watched) {
+        let is_signal = ScmpArgCompare::new(0, ScmpCompareOp::Equal, signal as u64);
+        let sets = ScmpArgCompare::new(1, ScmpCompareOp::NotEqual, 0);
+        // `signal(2)`'s second argument is the handler itself: SIG_DFL is 0.
+        for (name, conditions) in [
+            ("rt_sigaction", &[is_signal, sets][..]),
+            ("sigaction", &[is_signal, sets][..]),
+            ("signal", &[is_signal][..]),
+        ] {
+            // On an ABI without the syscall (x86_64's `signal`) libseccomp
+            // leaves that ABI's program alone.
+            ctx.add_rule_conditional(ScmpAction::Notify, ScmpSyscall::from_name(name)?, conditions)
+                .with_context(|| format!("libseccomp: add notify rule for {name}({signal}, ...)"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Compiles the filter to classic BPF: a `sock_filter` array as bytes.
-pub fn compile(syscalls: &[String]) -> Result<Vec<u8>> {
+/// `watched`: the signals whose handler changes are trapped too (a mask).
+pub fn compile(syscalls: &[String], watched: u64) -> Result<Vec<u8>> {
     let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).context("libseccomp: new filter")?;
     // no_new_privs is the launcher's decision (it depends on CAP_SYS_ADMIN),
     // not libseccomp's; we load the program ourselves anyway.
@@ -43,6 +75,7 @@ pub fn compile(syscalls: &[String]) -> Result<Vec<u8>> {
         ctx.add_rule(ScmpAction::Notify, syscall)
             .with_context(|| format!("libseccomp: add notify rule for {name}"))?;
     }
+    add_handler_rules(&mut ctx, watched)?;
     // libseccomp 2.5 exports only to an fd; a memfd keeps it off the disk.
     // SAFETY: the name is a NUL-terminated literal; the result is checked.
     let raw = unsafe { libc::memfd_create(c"sigvisor-bpf".as_ptr(), libc::MFD_CLOEXEC) };
@@ -114,9 +147,11 @@ mod tests {
 
     #[test]
     fn compiles_for_every_abi() {
-        let one = compile(&["close".into()]).unwrap();
-        let two = compile(&["close".into(), "openat".into()]).unwrap();
+        let one = compile(&["close".into()], 0).unwrap();
+        let two = compile(&["close".into(), "openat".into()], 0).unwrap();
         assert!(two.len() > one.len());
-        assert!(compile(&["no_such_syscall".into()]).is_err());
+        let watching = compile(&["close".into()], sigvisor_proto::watched_signals(libc::SIGILL)).unwrap();
+        assert!(watching.len() > one.len());
+        assert!(compile(&["no_such_syscall".into()], 0).is_err());
     }
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sigvisor_proto::{Metadata, NEVER_TRAPPED};
+use sigvisor_proto::{Metadata, HANDLER_SYSCALLS, NEVER_TRAPPED};
 
 /// Exit status for the launcher's own failures, as `env` and `timeout` use.
 const FAILED: u8 = 125;
@@ -43,6 +43,15 @@ struct Args {
     /// A syscall to trap; repeat for several. Default: close.
     #[arg(long = "syscall", value_name = "NAME")]
     syscalls: Vec<String>,
+    /// The signal the supervisor will send (a name such as SIGILL, or a
+    /// number). The filter also traps the calls that change its handler and
+    /// the fault signals' (rt_sigaction, execve), so the supervisor knows
+    /// which processes can take it without dying.
+    #[arg(long, value_name = "SIGNAL", default_value = "SIGILL", value_parser = sigvisor_proto::parse_signal)]
+    signal: i32,
+    /// Trap no handler changes (tests of the supervisor's /proc fallback).
+    #[arg(long, hide = true)]
+    no_handler_rules: bool,
     /// Free text passed to the supervisor with the listener.
     #[arg(long, value_name = "TEXT")]
     metadata: Option<String>,
@@ -102,7 +111,11 @@ fn main() -> ExitCode {
             NEVER_TRAPPED.join(", ")
         ));
     }
-    let program = match filter::compile(&args.syscalls) {
+    if let Some(bad) = args.syscalls.iter().find(|s| HANDLER_SYSCALLS.contains(&s.as_str())) {
+        return fail(format_args!("--syscall {bad}: reserved, sigvisor traps it itself to know handlers"));
+    }
+    let watched = if args.no_handler_rules { 0 } else { sigvisor_proto::watched_signals(args.signal) };
+    let program = match filter::compile(&args.syscalls, watched) {
         Ok(p) => p,
         Err(e) => return fail(format_args!("{e:#}")),
     };
@@ -134,7 +147,8 @@ fn main() -> ExitCode {
     // allocate (a trapped brk or mmap would wait for an absent supervisor).
     let pid = std::process::id() as i32;
     let message = |wait_killable| {
-        let metadata = Metadata { wait_killable, launcher: true, user: args.metadata.clone() };
+        let metadata =
+            Metadata { wait_killable, launcher: true, user: args.metadata.clone(), watched_signals: watched };
         sigvisor_proto::encode(pid, &metadata, &args.container_id, &args.bundle)
     };
     let (killable_message, plain_message) = (message(true), message(false));

@@ -30,6 +30,100 @@ pub const MAX_FDS: usize = 16;
 /// notification for them would never be answered.
 pub const NEVER_TRAPPED: &[&str] = &["sendmsg", "execve", "execveat", "exit", "exit_group"];
 
+/// Syscalls sigvisor traps for itself, so that a profile cannot name them:
+/// the handler changes it watches (see `watched_signals`).
+pub const HANDLER_SYSCALLS: &[&str] = &["rt_sigaction", "sigaction", "signal"];
+
+/// The fault signals. A handler a process installed for one of these is a
+/// crash handler (Go's runtime, HotSpot, faulthandler, crash reporters all
+/// install one function for several of them), which a sent signal kills.
+pub const FAULT_SIGNALS: [i32; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGABRT];
+
+/// The signals whose handlers the filter watches when the supervisor sends
+/// `signal`: that one and the fault signals. A set of signals is a mask,
+/// bit N-1 for signal N.
+pub fn watched_signals(signal: i32) -> u64 {
+    FAULT_SIGNALS.iter().chain([&signal]).fold(0, |mask, &s| mask | signal_bit(s))
+}
+
+/// Signal `signal`'s bit in a mask; 0 for a number that is no signal.
+pub fn signal_bit(signal: i32) -> u64 {
+    if (1..=64).contains(&signal) {
+        1 << (signal - 1)
+    } else {
+        0
+    }
+}
+
+/// The signals of a mask, in order.
+pub fn signals_in(mask: u64) -> impl Iterator<Item = i32> {
+    (1..=64).filter(move |&s| mask & signal_bit(s) != 0)
+}
+
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+/// The name sigvisor prints for a signal number.
+pub fn signal_name(signal: i32) -> String {
+    match SIGNALS.iter().find(|(_, n)| *n == signal) {
+        Some((name, _)) => format!("SIG{name}"),
+        None => format!("signal {signal}"),
+    }
+}
+
+/// `SIGILL`, `ILL` (any case) or a number; SIGKILL and SIGSTOP cannot be
+/// caught, so they could only ever kill or stop the target.
+pub fn parse_signal(value: &str) -> Result<i32, String> {
+    let accepted = "accepted: a signal name such as SIGILL or ILL, or a number from 1 to 64 \
+                    other than 9 (SIGKILL) and 19 (SIGSTOP)";
+    let upper = value.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let number = match SIGNALS.iter().find(|(name, _)| *name == bare) {
+        Some((_, n)) => *n,
+        None => match value.trim().parse::<i32>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => return Err(format!("invalid value {value:?}; {accepted}")),
+        },
+    };
+    if number == libc::SIGKILL || number == libc::SIGSTOP {
+        return Err(format!(
+            "invalid value {value:?}: it cannot be caught, so it could only kill or stop the target; {accepted}"
+        ));
+    }
+    Ok(number)
+}
+
 /// `listenerMetadata` as written by sigvisor (the launcher, or an OCI config
 /// that sigvisor patched). Runtimes pass the configured string through
 /// untouched; any string that is not this JSON object is treated as opaque
@@ -47,6 +141,15 @@ pub struct Metadata {
     /// Free text the user attached (`sigvisor-launch --metadata`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The signals (a mask, see `signal_bit`) whose handler changes the
+    /// filter traps, with `execve` and `execveat`; 0 for a filter that
+    /// traps none of them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub watched_signals: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Metadata {
@@ -195,12 +298,21 @@ mod tests {
 
     #[test]
     fn metadata_round_trip_and_foreign_text() {
-        let m = Metadata { wait_killable: true, launcher: true, user: Some("x".into()) };
+        let m = Metadata { wait_killable: true, launcher: true, user: Some("x".into()), watched_signals: 5 };
         assert_eq!(Metadata::parse(Some(&m.to_json())), m);
         let foreign = Metadata::parse(Some("set by an operator"));
         assert!(!foreign.wait_killable);
         assert_eq!(foreign.user.as_deref(), Some("set by an operator"));
         assert_eq!(Metadata::parse(None), Metadata::default());
+    }
+
+    #[test]
+    fn watched_signals_are_the_fault_signals_and_the_sent_one() {
+        let watched: Vec<i32> = signals_in(watched_signals(libc::SIGUSR1)).collect();
+        assert_eq!(watched, [4, 6, 7, 8, 10, 11]);
+        assert_eq!(watched_signals(libc::SIGILL).count_ones(), 5);
+        assert_eq!(parse_signal("usr1"), Ok(libc::SIGUSR1));
+        assert_eq!(signal_name(libc::SIGILL), "SIGILL");
     }
 
     #[test]
@@ -226,7 +338,7 @@ mod tests {
 
     #[test]
     fn encode_decodes() {
-        let m = Metadata { wait_killable: true, launcher: true, user: None };
+        let m = Metadata { wait_killable: true, launcher: true, user: None, watched_signals: 0 };
         let bytes = encode(1234, &m, "c1", "/b");
         let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let h = decode(&bytes, vec![fd]).unwrap();

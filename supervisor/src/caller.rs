@@ -1,209 +1,576 @@
-//! The calling threads of one listener, and the handles kept open on each.
+//! The calling threads and processes of one listener.
 //!
-//! Looking at a caller costs a procfs read per notification, the biggest
-//! single cost on the notification path (open+read+close of
-//! `/proc/<tid>/status` is ~15 µs here; `pread` of a kept-open
-//! `/proc/<tid>/stat` ~4 µs, docs/benchmarks.md). So each tid gets two
-//! handles, opened once: its `stat` file and (when it is to be signalled) a
-//! `PIDFD_THREAD` pidfd.
+//! Each thread seen gets a handle opened once: a `PIDFD_THREAD` pidfd (6.9),
+//! or before that its kept-open `/proc/<tid>/stat`. The handle pins the
+//! thread it was opened for (its `struct pid`), never a later thread that
+//! reuses the tid, so one cheap probe per notification (signal 0 through
+//! the pidfd) proves that the cached entry still names the caller. A dead
+//! one is reopened, with /proc read once.
 //!
-//! Both pin the thread they were opened for (its `struct pid`), never a later
-//! thread that reuses the tid. That makes the cache safe: a successful
-//! `pread` proves the pinned thread is alive now, so it is the one thread
-//! that holds this tid, the caller. A dead one reads ESRCH, and its entry is
-//! reopened. What the handles show is read fresh every time: handlers change
-//! with `sigaction` and `execve`, so "catches the signal" is never cached.
+//! Each process gets its handler table (`handlers.rs`), kept current from
+//! the bookkeeping calls the filter traps. Nothing on the notification path
+//! reads /proc once a process is known, except what a profile's selection
+//! asks for (`min-threads`, `comm`) and a Trace whose signal the filter does
+//! not watch.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-/// Entries kept at most per listener (each holds up to three fds). When
-/// full, those of exited threads go first; if all still live, all go and
-/// are reopened on demand.
+use sigvisor_proto::signal_bit;
+
+use crate::handlers::{self, Action, Disposition, HandlerCall, HandlerCalls, Table, Verdict};
+use crate::seccomp::{Listener, Notification};
+
+/// Threads (and, apart, processes) kept at most per listener. When full,
+/// the dead go first; if all still live, all go and are reopened on demand.
 const MAX_ENTRIES: usize = 256;
 
 /// `PIDFD_THREAD` (= O_EXCL, Linux 6.9); not in libc yet.
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+/// `PIDFD_SIGNAL_THREAD` (Linux 6.9); not in libc yet.
+pub const PIDFD_SIGNAL_THREAD: libc::c_uint = 1;
 
-/// A calling thread, as its handles show it now.
+/// How long a handler change waits for a signal already sent to be
+/// delivered under the old handler (it is, as soon as its thread returns
+/// from the trapped call; only a thread that blocks the signal keeps it).
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// The bookkeeping syscalls' numbers on this machine's ABIs.
+pub fn handler_calls() -> &'static HandlerCalls {
+    static CALLS: OnceLock<HandlerCalls> = OnceLock::new();
+    CALLS.get_or_init(HandlerCalls::new)
+}
+
+/// A calling thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub tid: i32,
     pub tgid: i32,
-    /// The thread's name (`comm`).
-    pub name: String,
-    /// Threads in its process.
-    pub threads: u32,
-    /// Whether its process has a handler for the signal asked about.
-    pub catches: bool,
+    /// The thread's name (`comm`) when it was first seen.
+    pub name: Arc<str>,
 }
 
-struct Entry {
-    stat: File,
+/// What pins a thread: a `PIDFD_THREAD` pidfd, or (before 6.9) its stat file.
+pub enum Pin {
+    Pidfd(OwnedFd),
+    Stat(File),
+}
+
+/// Cleared on the first EINVAL from `pidfd_open(.., PIDFD_THREAD)`.
+static THREAD_PIDFDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+impl Pin {
+    fn open(tid: i32) -> io::Result<Pin> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if THREAD_PIDFDS.load(Relaxed) {
+            // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+            if fd >= 0 {
+                // SAFETY: the kernel just returned this fd (O_CLOEXEC); nobody else owns it.
+                return Ok(Pin::Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }));
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+            tracing::info!("kernel has no PIDFD_THREAD (Linux < 6.9): pinning threads by their stat file");
+            THREAD_PIDFDS.store(false, Relaxed);
+        }
+        File::open(format!("/proc/{tid}/stat")).map(Pin::Stat)
+    }
+
+    /// Whether the pinned thread is alive, and so the one holding its tid.
+    fn alive(&self) -> bool {
+        match self {
+            // SAFETY: signal 0 with a null siginfo only checks the target.
+            Pin::Pidfd(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    0,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    PIDFD_SIGNAL_THREAD,
+                ) == 0
+            },
+            Pin::Stat(file) => file.read_at(&mut [0u8; 1], 0).is_ok(),
+        }
+    }
+}
+
+struct Thread {
     tgid: i32,
-    pidfd: Option<OwnedFd>,
+    name: Arc<str>,
+    pin: Pin,
+    /// A signal sent to it whose delivery is not confirmed yet.
+    in_flight: Option<i32>,
+    /// Its `/proc/<tid>/stat`, kept open where handlers are read from /proc.
+    stat: Option<File>,
+}
+
+/// A handler change the kernel may not have made yet: decisions for the
+/// process need `before` and the current table to agree until it has.
+struct Pending {
+    /// The thread that made the call.
+    tid: i32,
+    arch: u32,
+    before: Table,
+    /// An `execve`, which may yet fail (and leave the handlers as they were).
+    exec: bool,
+}
+
+/// How a process's table became known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// From an `execve` on: exact.
+    Exec,
+    /// Copied from its parent's at a fork.
+    Fork,
+    /// First seen mid-life: /proc's caught or not, no addresses.
+    Proc,
+}
+
+struct Process {
+    /// Start time (clock ticks since boot): tells processes with one pid apart.
+    start: u64,
+    table: Table,
+    source: Source,
+    /// Whether `source` was counted in `Knowledge` (at its first decision).
+    counted: bool,
+    pending: Option<Pending>,
+    /// When the table last changed, in the same ticks (see `inherit`).
+    changed_at: u64,
+    /// Signallable calls seen, for `when`.
+    calls: u64,
     /// `/proc/<tgid>/comm`, opened when a profile selects by name.
     comm: Option<File>,
-    /// The process's start time, read when a profile counts calls.
-    process_start: Option<u64>,
 }
 
-/// A process across pid reuse: its tgid and its start time.
-type ProcessKey = (i32, u64);
+/// How processes' handlers became known, for the Trace status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Knowledge {
+    /// `execve`s seen: the table is exact from there on.
+    pub exec: u64,
+    /// Processes decided on with the table their parent had at the fork.
+    pub fork: u64,
+    /// Processes decided on with only /proc's caught/not caught.
+    pub proc: u64,
+    /// Decisions that read /proc because the filter does not watch the signal.
+    pub proc_reads: u64,
+    /// Bookkeeping calls answered (handler changes and execs).
+    pub handler_calls: u64,
+}
 
 pub struct Callers {
-    entries: HashMap<i32, Entry>,
-    /// Signallable calls seen per process, for `when`.
-    counts: HashMap<ProcessKey, u64>,
-    buf: Vec<u8>,
+    /// The signals whose handler changes the filter traps (a mask).
+    pub watched: u64,
+    threads: HashMap<i32, Thread>,
+    processes: HashMap<i32, Process>,
+    pub knowledge: Knowledge,
 }
 
 impl Callers {
-    pub fn new() -> Self {
-        Callers { entries: HashMap::new(), counts: HashMap::new(), buf: vec![0; 1024] }
+    pub fn new(watched: u64) -> Self {
+        Callers {
+            watched,
+            threads: HashMap::new(),
+            processes: HashMap::new(),
+            knowledge: Knowledge::default(),
+        }
     }
 
-    /// Thread `tid` now, and whether it catches `signal`; None if it is gone.
-    pub fn look(&mut self, tid: i32, signal: i32) -> Option<Caller> {
-        let stat = self.read_stat(tid).or_else(|| {
-            self.entries.remove(&tid);
-            self.open(tid)?;
-            self.read_stat(tid)
-        })?;
-        // stat's sigcatch holds signals 1-31 only: real-time ones need status.
-        let caught = if signal < 32 {
-            stat.catches_bits
-        } else {
-            u64::from_str_radix(&status_field(tid, "SigCgt")?, 16).ok()?
-        };
-        let mut caller = stat.caller;
-        caller.catches = caught & (1 << (signal - 1)) != 0;
+    /// The notification's caller, from its cached entry when that still
+    /// pins a live thread, else looked up afresh; None if it is gone.
+    pub fn caller(&mut self, listener: &Listener, notif: &Notification) -> Option<Caller> {
+        let tid = notif.pid as i32;
+        let cached = self.threads.get(&tid).is_some_and(|t| t.pin.alive());
+        if !cached {
+            self.open(listener, notif)?;
+        }
+        let thread = self.threads.get(&tid)?;
+        let caller = Caller { tid, tgid: thread.tgid, name: Arc::clone(&thread.name) };
+        self.settle(tid, caller.tgid, cached);
         Some(caller)
     }
 
-    /// The thread's pidfd, opened on first use. Err(EINVAL) on kernels
-    /// without PIDFD_THREAD. The caller must check ID_VALID *after* this
-    /// returns, which proves a new pidfd names the notification's caller.
-    pub fn pidfd(&mut self, tid: i32) -> io::Result<BorrowedFd<'_>> {
-        let entry = self.entries.get_mut(&tid).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
-        let pidfd = match entry.pidfd {
-            Some(ref fd) => fd,
-            None => entry.pidfd.insert(open_thread_pidfd(tid)?),
+    /// The pin of a thread `caller` returned.
+    pub fn pin(&self, tid: i32) -> Option<&Pin> {
+        self.threads.get(&tid).map(|t| &t.pin)
+    }
+
+    /// Whether `signal` may be sent to the caller's process now.
+    pub fn verdict(&mut self, caller: &Caller, signal: i32, any_handler: bool) -> Verdict {
+        if self.watched & signal_bit(signal) == 0 {
+            // The filter does not tell this signal's changes: /proc, each time.
+            self.knowledge.proc_reads += 1;
+            return match self.caught_now(caller.tid, signal) {
+                Some(caught) => Table::from_caught(caught).verdict(signal, any_handler),
+                None => Verdict::Unknown,
+            };
+        }
+        let Some(process) = self.processes.get_mut(&caller.tgid) else { return Verdict::Unknown };
+        if !process.counted {
+            process.counted = true;
+            match process.source {
+                Source::Exec => {}
+                Source::Fork => self.knowledge.fork += 1,
+                Source::Proc => self.knowledge.proc += 1,
+            }
+        }
+        let now = process.table.verdict(signal, any_handler);
+        let Some(pending) = &process.pending else { return now };
+        let both = handlers::both(now, pending.before.verdict(signal, any_handler));
+        if both == now || pending.exec {
+            return both;
+        }
+        // The change makes the signal sendable: only once the kernel made it.
+        if still_changing(pending.tid, pending.arch) {
+            return both;
+        }
+        process.pending = None;
+        now
+    }
+
+    /// After a signal was sent: remember it is on its way, and that a
+    /// one-shot handler is SIG_DFL once it is delivered.
+    pub fn signalled(&mut self, caller: &Caller, signal: i32) {
+        if let Some(thread) = self.threads.get_mut(&caller.tid) {
+            thread.in_flight = Some(signal);
+        }
+        if let Some(process) = self.processes.get_mut(&caller.tgid) {
+            if let Disposition::Handler { once: true, .. } = process.table.get(signal) {
+                process.table.set(signal, Disposition::NotCaught);
+            }
+        }
+    }
+
+    /// A bookkeeping call, before its answer: records what it changes.
+    pub fn observe(&mut self, listener: &Listener, notif: &Notification, call: HandlerCall) {
+        self.knowledge.handler_calls += 1;
+        if notif.pid == 0 {
+            return;
+        }
+        let Some(caller) = self.caller(listener, notif) else { return };
+        let (tid, arch) = (caller.tid, notif.data.arch);
+        if call == HandlerCall::Exec {
+            self.knowledge.exec += 1;
+            let Some(process) = self.processes.get_mut(&caller.tgid) else { return };
+            let before = match process.pending.take() {
+                Some(p) => p.before.meet(&process.table),
+                None => process.table.clone(),
+            };
+            process.table.reset();
+            process.source = Source::Exec;
+            process.pending = Some(Pending { tid, arch, before, exec: true });
+            process.changed_at = ticks_now();
+            return;
+        }
+        let compat = handlers::is_compat(arch, notif.data.nr);
+        let (signal, action) = handlers::sigaction_of(call, compat, &notif.data.args);
+        if self.watched & signal_bit(signal) == 0 {
+            return;
+        }
+        let new = match action {
+            Action::Nothing => return,
+            Action::Now(disposition) => disposition,
+            Action::Read { at, len } => {
+                let mut bytes = [0u8; 16];
+                let buf = &mut bytes[..len.min(16)];
+                match read_memory(tid, at, buf) {
+                    // Read from the caller's memory only if it still waits.
+                    Ok(()) if listener.id_valid(notif.id) => {
+                        handlers::decode(call, compat, buf).unwrap_or(Disposition::Unknown)
+                    }
+                    Ok(()) => return,
+                    // The kernel cannot read it either: the call fails.
+                    Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return,
+                    Err(e) => {
+                        tracing::debug!("reading tid {tid}'s sigaction: {e}");
+                        Disposition::Unknown
+                    }
+                }
+            }
         };
-        Ok(pidfd.as_fd())
+        // A signal already sent is delivered to whatever handler is there
+        // when its thread returns: let it land before the handler changes.
+        self.drain(caller.tgid, signal);
+        let Some(process) = self.processes.get_mut(&caller.tgid) else { return };
+        process.changed_at = ticks_now();
+        match &mut process.pending {
+            // Another thread's exec may succeed, and the new image will not
+            // have this handler; if it fails, the process will.
+            Some(p) if p.exec => p.before.set(signal, new),
+            pending => {
+                let before = match pending.take() {
+                    Some(p) => p.before.meet(&process.table),
+                    None => process.table.clone(),
+                };
+                process.table.set(signal, new);
+                process.pending = Some(Pending { tid, arch, before, exec: false });
+            }
+        }
+    }
+
+    /// The signals the thread's process catches, read now: a `pread` of its
+    /// kept-open stat file, whose `sigcatch` holds signals 1-31 (the fault
+    /// signals among them); a real-time signal needs `status`.
+    fn caught_now(&mut self, tid: i32, signal: i32) -> Option<u64> {
+        if signal >= 32 {
+            return read_status(tid).map(|s| s.caught);
+        }
+        let thread = self.threads.get_mut(&tid)?;
+        let stat = match thread.stat {
+            Some(ref file) => file,
+            None => thread.stat.insert(File::open(format!("/proc/{tid}/stat")).ok()?),
+        };
+        let mut buf = [0u8; 1024];
+        let n = stat.read_at(&mut buf, 0).ok()?;
+        stat_field(std::str::from_utf8(buf.get(..n)?).ok()?, 34)
+    }
+
+    /// The number of threads in the caller's process, read now.
+    pub fn threads(&self, caller: &Caller) -> Option<u32> {
+        read_status(caller.tid).map(|s| s.threads)
     }
 
     /// The name of the caller's process (its main thread's comm), read now:
-    /// `execve` and `prctl(PR_SET_NAME)` change it. Call after `look`.
-    pub fn process_name(&mut self, tid: i32) -> Option<String> {
-        let entry = self.entries.get_mut(&tid)?;
-        let comm = match entry.comm {
+    /// `execve` and `prctl(PR_SET_NAME)` change it.
+    pub fn process_name(&mut self, caller: &Caller) -> Option<String> {
+        let process = self.processes.get_mut(&caller.tgid)?;
+        let comm = match process.comm {
             Some(ref file) => file,
-            None => entry.comm.insert(File::open(format!("/proc/{}/comm", entry.tgid)).ok()?),
+            None => process.comm.insert(File::open(format!("/proc/{}/comm", caller.tgid)).ok()?),
         };
-        let n = comm.read_at(&mut self.buf, 0).ok()?;
-        let name = std::str::from_utf8(self.buf.get(..n)?).ok()?;
+        let mut buf = [0u8; 64];
+        let n = comm.read_at(&mut buf, 0).ok()?;
+        let name = std::str::from_utf8(buf.get(..n)?).ok()?;
         Some(name.trim_end_matches('\n').to_owned())
     }
 
     /// Counts one more signallable call of the caller's process and returns
-    /// the count (1 for its first). Processes are told apart by start time,
-    /// so a reused pid starts again from 1. Call after `look`.
-    pub fn count_call(&mut self, tid: i32) -> Option<u64> {
-        let entry = self.entries.get_mut(&tid)?;
-        let start = match entry.process_start {
-            Some(start) => start,
-            None => *entry.process_start.insert(process_start(entry.tgid)?),
-        };
-        if self.counts.len() >= MAX_ENTRIES && !self.counts.contains_key(&(entry.tgid, start)) {
-            forget_exited(&mut self.counts);
-        }
-        let count = self.counts.entry((entry.tgid, start)).or_default();
-        *count += 1;
-        Some(*count)
+    /// the count (1 for its first).
+    pub fn count_call(&mut self, caller: &Caller) -> Option<u64> {
+        let process = self.processes.get_mut(&caller.tgid)?;
+        process.calls += 1;
+        Some(process.calls)
     }
 
     /// Drops what is kept for `tid` (its caller left before being signalled,
     /// so a pidfd opened since may name another thread).
     pub fn forget(&mut self, tid: i32) {
-        self.entries.remove(&tid);
+        self.threads.remove(&tid);
     }
 
-    fn open(&mut self, tid: i32) -> Option<()> {
-        if self.entries.len() >= MAX_ENTRIES {
-            let mut probe = [0u8; 1];
-            self.entries.retain(|_, e| e.stat.read_at(&mut probe, 0).is_ok());
-            if self.entries.len() >= MAX_ENTRIES {
-                self.entries.clear();
-            }
+    /// A new entry for the notification's caller: pin it, read /proc once,
+    /// then prove with ID_VALID that both were the caller (it was alive and
+    /// waiting throughout, so no other thread held its tid).
+    fn open(&mut self, listener: &Listener, notif: &Notification) -> Option<()> {
+        let tid = notif.pid as i32;
+        self.make_room();
+        let pin = Pin::open(tid).ok()?;
+        let status = read_status(tid)?;
+        let start = process_start(status.tgid)?;
+        if !listener.id_valid(notif.id) {
+            return None;
         }
-        let stat = File::open(format!("/proc/{tid}/stat")).ok()?;
-        // The tgid is not in stat; it never changes for a thread, so once.
-        let tgid = status_field(tid, "Tgid")?.parse().ok()?;
-        self.entries.insert(tid, Entry { stat, tgid, pidfd: None, comm: None, process_start: None });
+        let tgid = status.tgid;
+        if self.processes.get(&tgid).is_none_or(|p| p.start != start) {
+            let process = self.first_seen(&status, start);
+            self.processes.insert(tgid, process);
+        }
+        let name = Arc::from(status.name.as_str());
+        self.threads.insert(tid, Thread { tgid, name, pin, in_flight: None, stat: None });
         Some(())
     }
 
-    fn read_stat(&mut self, tid: i32) -> Option<Stat> {
-        let entry = self.entries.get(&tid)?;
-        let n = entry.stat.read_at(&mut self.buf, 0).ok()?;
-        parse_stat(tid, entry.tgid, self.buf.get(..n)?)
+    /// A process seen for the first time. After a fork its handlers are its
+    /// parent's, if the parent's table was settled before the child started
+    /// and agrees with what /proc shows of the child; otherwise only /proc's
+    /// caught/not caught is known.
+    fn first_seen(&mut self, status: &Status, start: u64) -> Process {
+        let caught = status.caught & self.watched;
+        let inherited = self.processes.get(&status.ppid).filter(|parent| {
+            parent.pending.is_none()
+                && parent.changed_at + 2 < start
+                && parent.table.caught(self.watched) == caught
+                && process_start(status.ppid) == Some(parent.start)
+        });
+        let (table, source) = match inherited {
+            Some(parent) => (parent.table.clone(), Source::Fork),
+            None => (Table::from_caught(status.caught), Source::Proc),
+        };
+        Process { start, table, source, counted: false, pending: None, changed_at: 0, calls: 0, comm: None }
+    }
+
+    /// Ends a pending change once the notification's thread shows it is
+    /// over: the thread that made the call makes another one, or (for an
+    /// exec) what it left behind tells success from failure.
+    fn settle(&mut self, tid: i32, tgid: i32, same_thread: bool) {
+        let watched = self.watched;
+        let exec_tid_dead =
+            |threads: &HashMap<i32, Thread>, exec_tid: i32| threads.get(&exec_tid).map(|t| !t.pin.alive());
+        let Some(pending) = self.processes.get(&tgid).and_then(|p| p.pending.as_ref()) else { return };
+        let failed = match (pending.exec, tid == pending.tid) {
+            (false, true) => Some(false),
+            (false, false) => None,
+            // The same thread, still under its old tid: the exec failed.
+            (true, true) if same_thread && tid != tgid => Some(true),
+            // The leader exec'd and calls again: /proc shows which image.
+            (true, true) if same_thread => read_status(tid).map(|s| {
+                let table = &self.processes[&tgid].table;
+                s.caught & watched & !table.caught(watched) != 0
+            }),
+            // The tid was reused: the exec'ing thread became the leader.
+            (true, true) => Some(false),
+            // A non-leader exec'd; the leader's tid calls: if the exec'ing
+            // thread's old tid is dead, it took the leader's.
+            (true, false) if tid == tgid => {
+                exec_tid_dead(&self.threads, pending.tid).filter(|&d| d).map(|_| false)
+            }
+            (true, false) => None,
+        };
+        let Some(failed) = failed else { return };
+        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        let Some(pending) = process.pending.take() else { return };
+        if failed {
+            process.table = pending.before;
+        } else if pending.exec {
+            // The old image's threads are gone; names are read afresh.
+            self.threads.retain(|&t, thread| thread.tgid != tgid || t == tid);
+            if let Some(status) = read_status(tid) {
+                if let Some(thread) = self.threads.get_mut(&tid) {
+                    thread.name = Arc::from(status.name.as_str());
+                }
+            }
+        }
+    }
+
+    /// Waits until every signal `signal` sent to a thread of `tgid` has been
+    /// delivered (its pending bit is clear, or the thread gone).
+    fn drain(&mut self, tgid: i32, signal: i32) {
+        for (&tid, thread) in &mut self.threads {
+            if thread.tgid == tgid && thread.in_flight == Some(signal) {
+                wait_delivered(tid, signal);
+                thread.in_flight = None;
+            }
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.threads.len() >= MAX_ENTRIES {
+            self.threads.retain(|_, t| t.pin.alive());
+            if self.threads.len() >= MAX_ENTRIES {
+                for (&tid, thread) in &self.threads {
+                    if let Some(signal) = thread.in_flight {
+                        wait_delivered(tid, signal);
+                    }
+                }
+                self.threads.clear();
+            }
+        }
+        if self.processes.len() >= MAX_ENTRIES {
+            // A live process never loses its table or its count.
+            self.processes.retain(|&tgid, p| process_start(tgid) == Some(p.start));
+        }
     }
 }
 
-struct Stat {
-    caller: Caller,
-    catches_bits: u64,
-}
-
-/// Splits `pid (comm) state ppid …` into comm and the fields from 3 (state)
-/// on. comm may hold spaces and parentheses: it ends at the last ')'.
-fn split_stat(text: &str) -> Option<(&str, std::str::SplitAsciiWhitespace<'_>)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    Some((text.get(open + 1..close)?, text.get(close + 1..)?.split_ascii_whitespace()))
-}
-
-/// num_threads is field 20, sigcatch 34.
-fn parse_stat(tid: i32, tgid: i32, text: &[u8]) -> Option<Stat> {
-    let (name, mut fields) = split_stat(std::str::from_utf8(text).ok()?)?;
-    let threads = fields.nth(20 - 3)?.parse().ok()?;
-    let catches_bits = fields.nth(34 - 20 - 1)?.parse().ok()?;
-    Some(Stat { caller: Caller { tid, tgid, name: name.to_owned(), threads, catches: false }, catches_bits })
-}
-
-fn open_thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+fn wait_delivered(tid: i32, signal: i32) {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while read_status(tid).is_some_and(|s| s.pending & signal_bit(signal) != 0) {
+        if Instant::now() > deadline {
+            tracing::warn!(
+                "tid {tid} has kept signal {signal} pending for {DRAIN_LIMIT:?} (does it block it?); \
+                 its handler changes now"
+            );
+            return;
+        }
+        std::thread::yield_now();
     }
-    // SAFETY: the kernel just returned this fd (O_CLOEXEC); nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Field 22 (starttime) of `/proc/<tgid>/stat`: fixed for a process's life,
-/// across `execve` too.
+/// Whether thread `tid` is still inside a handler-changing call (of `arch`),
+/// per `/proc/<tid>/syscall`: "running", another call, or no thread, is no.
+fn still_changing(tid: i32, arch: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{tid}/syscall")) else { return false };
+    let nr = text.split_ascii_whitespace().next().and_then(|n| n.parse::<i32>().ok());
+    nr.is_some_and(|nr| handler_calls().is_sigaction(arch, nr))
+}
+
+/// Reads `buf.len()` bytes at `at` in thread `tid`'s process.
+fn read_memory(tid: i32, at: u64, buf: &mut [u8]) -> io::Result<()> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: at as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: one local iovec over `buf`, which we own for the call; the
+    // remote address is only read by the kernel, in the other process.
+    let n = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
+    match n {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n if n as usize == buf.len() => Ok(()),
+        _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
+    }
+}
+
+/// The fields of `/proc/<tid>/status` sigvisor uses.
+struct Status {
+    name: String,
+    tgid: i32,
+    ppid: i32,
+    threads: u32,
+    /// `SigCgt`: the process's caught signals.
+    caught: u64,
+    /// `SigPnd`: signals pending for this thread.
+    pending: u64,
+}
+
+fn read_status(tid: i32) -> Option<Status> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    parse_status(&text)
+}
+
+fn parse_status(text: &str) -> Option<Status> {
+    let mut status = Status { name: String::new(), tgid: 0, ppid: 0, threads: 0, caught: 0, pending: 0 };
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        match key {
+            "Name" => status.name = value.to_owned(),
+            "Tgid" => status.tgid = value.parse().ok()?,
+            "PPid" => status.ppid = value.parse().ok()?,
+            "Threads" => status.threads = value.parse().ok()?,
+            "SigCgt" => status.caught = u64::from_str_radix(value, 16).ok()?,
+            "SigPnd" => status.pending = u64::from_str_radix(value, 16).ok()?,
+            _ => {}
+        }
+    }
+    (status.tgid > 0).then_some(status)
+}
+
+/// Field `n` (1-based, as proc(5) numbers them; 3 or more) of a stat line.
+fn stat_field(text: &str, n: usize) -> Option<u64> {
+    // comm may hold spaces and parentheses: it ends at the last ')'.
+    let after = text.get(text.rfind(')')? + 1..)?;
+    after.split_ascii_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Field 22 (starttime, clock ticks since boot) of `/proc/<tgid>/stat`:
+/// fixed for a process's life, across `execve` too.
 fn process_start(tgid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
-    split_stat(&text)?.1.nth(22 - 3)?.parse().ok()
+    stat_field(&std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?, 22)
 }
 
-/// Drops the `when` counts of processes that have exited (their tgid is
-/// gone, or now belongs to a process started at another time). A live
-/// process never loses its count, or `when: 3` could fire twice.
-fn forget_exited(counts: &mut HashMap<ProcessKey, u64>) {
-    counts.retain(|&(tgid, start), _| process_start(tgid) == Some(start));
-}
-
-/// One field of `/proc/<tid>/status` (open, read, close: the slow path).
-fn status_field(tid: i32, key: &str) -> Option<String> {
-    let mut text = String::new();
-    File::open(format!("/proc/{tid}/status")).ok()?.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(':')).map(|v| v.trim().to_owned())
+/// Now, in the clock ticks of `starttime`.
+fn ticks_now() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ts.tv_sec as u64 * hz + ts.tv_nsec as u64 * hz / 1_000_000_000
 }
 
 #[cfg(test)]
@@ -211,33 +578,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn looks_at_own_threads() {
-        let mut callers = Callers::new();
+    fn reads_own_status_and_start() {
         let me = std::process::id() as i32;
-        let caller = callers.look(me, libc::SIGUSR1).expect("self is alive");
-        assert_eq!(caller.tgid, me);
-        assert!(caller.threads >= 1);
-        assert!(!caller.name.is_empty());
-        // Twice: the second read goes through the kept-open handle (the
-        // thread count may differ: the test harness runs other tests).
-        let again = callers.look(me, libc::SIGUSR1).expect("still alive");
-        assert_eq!((again.tid, again.tgid, &again.name), (caller.tid, caller.tgid, &caller.name));
-        assert!(callers.look(i32::MAX, libc::SIGUSR1).is_none());
-        let name = callers.process_name(me).expect("own comm");
-        assert!(!name.is_empty() && !name.ends_with('\n'));
-        assert_eq!(callers.count_call(me), Some(1));
-        assert_eq!(callers.count_call(me), Some(2));
+        let status = read_status(me).expect("own status");
+        assert_eq!(status.tgid, me);
+        assert!(status.threads >= 1 && !status.name.is_empty());
+        let start = process_start(me).expect("own start");
+        assert!(start <= ticks_now());
+        assert!(read_status(i32::MAX).is_none());
     }
 
     #[test]
-    fn exited_processes_lose_their_counts_live_ones_keep_them() {
+    fn own_thread_pin_is_alive_and_memory_readable() {
         let me = std::process::id() as i32;
-        let mine = (me, process_start(me).expect("own start time"));
-        let mut counts: HashMap<ProcessKey, u64> = (1..=300).map(|n| ((i32::MAX - n, 1), 1)).collect();
-        counts.insert(mine, 7);
-        forget_exited(&mut counts);
-        assert_eq!(counts.len(), 1);
-        assert_eq!(counts[&mine], 7);
+        let pin = Pin::open(me).expect("pin self");
+        assert!(pin.alive());
+        let value: u64 = 0x1234_5678_9abc_def0;
+        let mut buf = [0u8; 8];
+        read_memory(me, &value as *const u64 as u64, &mut buf).expect("read own memory");
+        assert_eq!(u64::from_ne_bytes(buf), value);
+        let err = read_memory(me, 8, &mut buf).expect_err("page 0");
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
     }
 
     #[test]
@@ -246,9 +607,17 @@ mod tests {
         for n in 4..=40 {
             text.push_str(&format!(" {n}"));
         }
-        let stat = parse_stat(42, 40, text.as_bytes()).unwrap();
-        assert_eq!(stat.caller.name, "a) b (c)");
-        assert_eq!(stat.caller.threads, 20);
-        assert_eq!(stat.catches_bits, 34);
+        assert_eq!(stat_field(&text, 22), Some(22));
+        assert_eq!(stat_field(&text, 34), Some(34));
+        assert_eq!(stat_field(&text, 60), None);
+    }
+
+    #[test]
+    fn status_fields() {
+        let text = "Name:\tgo (x)\nTgid:\t42\nPPid:\t1\nThreads:\t3\nSigPnd:\t0000000000000004\nSigCgt:\tfffffffe7fc1feff\n";
+        let status = parse_status(text).expect("parses");
+        assert_eq!((status.name.as_str(), status.tgid, status.ppid, status.threads), ("go (x)", 42, 1, 3));
+        assert_eq!(status.pending, signal_bit(libc::SIGQUIT));
+        assert!(status.caught & signal_bit(libc::SIGILL) != 0);
     }
 }

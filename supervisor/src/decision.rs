@@ -4,8 +4,9 @@ use std::fmt;
 
 use crate::caller::{Caller, Callers};
 use crate::container;
+use crate::handlers::Verdict;
 use crate::profile::Policy;
-use crate::seccomp::Notification;
+use crate::seccomp::{Listener, Notification};
 
 /// Why a notification was answered without a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,6 +28,11 @@ pub enum Skip {
     RuntimeInit,
     /// The caller's process does not catch the signal; it would die of it.
     NoHandler,
+    /// Its handler for the signal is also its handler for a fault signal:
+    /// a crash handler, which a sent signal kills (handlers.rs).
+    CrashHandler,
+    /// Its handler changed in a way sigvisor could not read.
+    HandlerUnknown,
     /// Its process has fewer threads than `min-threads`.
     MinThreads,
     /// Its process name does not match `comm`.
@@ -46,6 +52,8 @@ impl fmt::Display for Skip {
             Skip::SignalFailed => "signal-failed",
             Skip::RuntimeInit => "runtime-init",
             Skip::NoHandler => "no-handler",
+            Skip::CrashHandler => "crash-handler",
+            Skip::HandlerUnknown => "handler-unknown",
             Skip::MinThreads => "min-threads",
             Skip::Comm => "comm",
             Skip::When => "when",
@@ -68,23 +76,22 @@ pub struct Decider {
 }
 
 impl Decider {
-    /// The decision for one notification. Cheap refusals come first, so a
-    /// listener that never signals costs no /proc read.
-    pub fn decide(&mut self, policy: &Policy, notif: &Notification) -> Decision {
+    /// The decision for one notification. Cheap refusals come first; the
+    /// handler check reads the process's table, not /proc.
+    pub fn decide(&mut self, policy: &Policy, listener: &Listener, notif: &Notification) -> Decision {
         if !self.wait_killable {
             return Decision::Skip(Skip::FilterNotKillable, None);
         }
-        let tid = notif.pid as i32;
-        if tid == 0 {
+        if notif.pid == 0 {
             return Decision::Skip(Skip::CallerNotVisible, None);
         }
-        let Some(caller) = self.callers.look(tid, policy.signal) else {
+        let Some(caller) = self.callers.caller(listener, notif) else {
             return Decision::Skip(Skip::CallerGone, None);
         };
         // Read at most once per notification, and only if a check needs it.
         let mut process_name = None;
         if let Some(init) = self.runtime_init {
-            let name = process_name.insert(self.callers.process_name(tid));
+            let name = process_name.insert(self.callers.process_name(&caller));
             if name.as_deref().is_some_and(container::is_runtime_init) {
                 return Decision::Skip(Skip::RuntimeInit, Some(caller));
             }
@@ -93,21 +100,27 @@ impl Decider {
                 self.runtime_init = None;
             }
         }
-        if !caller.catches {
-            return Decision::Skip(Skip::NoHandler, Some(caller));
+        let skip = match self.callers.verdict(&caller, policy.signal, policy.any_handler) {
+            Verdict::Signal => None,
+            Verdict::NoHandler => Some(Skip::NoHandler),
+            Verdict::CrashHandler => Some(Skip::CrashHandler),
+            Verdict::Unknown => Some(Skip::HandlerUnknown),
+        };
+        if let Some(why) = skip {
+            return Decision::Skip(why, Some(caller));
         }
-        if caller.threads < policy.min_threads {
+        if policy.min_threads > 1 && self.callers.threads(&caller).is_none_or(|n| n < policy.min_threads) {
             return Decision::Skip(Skip::MinThreads, Some(caller));
         }
         if let Some(pattern) = &policy.comm {
-            let name = process_name.get_or_insert_with(|| self.callers.process_name(tid));
+            let name = process_name.get_or_insert_with(|| self.callers.process_name(&caller));
             if !name.as_deref().is_some_and(|name| pattern.matches(name)) {
                 return Decision::Skip(Skip::Comm, Some(caller));
             }
         }
         // Counted last, so `when` numbers the calls every other check let through.
         if let Some(when) = &policy.when {
-            if !self.callers.count_call(tid).is_some_and(|n| when.selects(n)) {
+            if !self.callers.count_call(&caller).is_some_and(|n| when.selects(n)) {
                 return Decision::Skip(Skip::When, Some(caller));
             }
         }

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use libseccomp::{ScmpArch, ScmpSyscall};
+use libseccomp::ScmpSyscall;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -164,7 +164,7 @@ impl Describer {
                 .then(|| ContainerRef { id: &self.origin.id, name: self.origin.name() }),
             pid: caller.map_or(0, |c| c.tgid),
             tid: notif.pid as i32,
-            comm: caller.map_or("", |c| c.name.as_str()),
+            comm: caller.map_or("", |c| &*c.name),
             syscall: &pending.syscall,
             args: notif.data.args,
             path: pending.path.as_deref(),
@@ -181,16 +181,8 @@ impl Describer {
 
 /// The name of syscall `nr` of the ABI `arch` (an AUDIT_ARCH_* value).
 fn syscall_name(arch: u32, nr: i32) -> String {
-    const X32_BIT: i32 = 0x4000_0000;
-    let abi = match arch {
-        0xC000_003E if nr & X32_BIT != 0 => Some(ScmpArch::X32),
-        0xC000_003E => Some(ScmpArch::X8664),
-        0x4000_0003 => Some(ScmpArch::X86),
-        0xC000_00B7 => Some(ScmpArch::Aarch64),
-        0x4000_0028 => Some(ScmpArch::Arm),
-        _ => None,
-    };
-    abi.and_then(|abi| ScmpSyscall::from(nr).get_name_by_arch(abi).ok())
+    crate::seccomp::abi(arch, nr)
+        .and_then(|abi| ScmpSyscall::from(nr).get_name_by_arch(abi).ok())
         .unwrap_or_else(|| format!("syscall {nr}"))
 }
 

@@ -10,6 +10,7 @@ mod container;
 mod control;
 mod decision;
 mod events;
+mod handlers;
 mod handoff;
 mod notify;
 mod oci;
@@ -176,7 +177,8 @@ struct OciArgs {
     /// The socket of the `sigvisor serve` that will supervise the container.
     #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Trap the syscalls this profile names (default: close).
+    /// Trap the syscalls this profile names, and watch the handler of its
+    /// signal (default: close, SIGILL).
     #[arg(long, value_name = "PROFILE")]
     profile: Option<PathBuf>,
     /// listener: the runtime's filter notifies sigvisor; wrap: sigvisor-launch
@@ -225,20 +227,21 @@ fn patch_options(
     runtime: String,
     container_id: Option<String>,
 ) -> Result<oci::PatchOptions, ExitCode> {
-    let syscalls = match &common.profile {
+    let (syscalls, signal) = match &common.profile {
         Some(path) => match profile::load(path) {
-            Ok((_, policy)) => policy.syscalls,
+            Ok((_, policy)) => (policy.syscalls, policy.signal),
             Err(e) => {
                 eprintln!("sigvisor: {e}");
                 return Err(ExitCode::from(USAGE));
             }
         },
-        None => vec!["close".to_owned()],
+        None => (vec!["close".to_owned()], libc::SIGILL),
     };
     Ok(oci::PatchOptions {
         bundle: PathBuf::new(),
         socket: common.socket,
         syscalls,
+        signal,
         mode: common.mode,
         runtime,
         launcher: common.launcher,

@@ -26,7 +26,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Semaphore;
 
-use crate::caller::Callers;
+use crate::caller::{self, Callers};
 use crate::decision::{Decider, Decision, Skip};
 use crate::events::Describer;
 use crate::registry::TraceHandle;
@@ -86,6 +86,7 @@ impl Handler {
     pub fn new(
         selected: Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)>,
         wait_killable: bool,
+        watched_signals: u64,
         runtime_init: Option<i32>,
         describer: Describer,
     ) -> Handler {
@@ -94,7 +95,7 @@ impl Handler {
             None => (None, Arc::default()),
         };
         Handler {
-            decider: Decider { wait_killable, runtime_init, callers: Callers::new() },
+            decider: Decider { wait_killable, runtime_init, callers: Callers::new(watched_signals) },
             trace,
             stats,
             describer,
@@ -117,27 +118,37 @@ impl Handler {
             }
             Err(e) => return Err(e),
         };
+        // sigvisor's own calls (handler changes, execs): recorded, answered,
+        // never signalled, whatever the Trace's state.
+        if let Some(call) = caller::handler_calls().classify(notif.data.arch, notif.data.nr) {
+            self.decider.callers.observe(listener, &notif, call);
+            let answered = response::answer(listener, notif.id);
+            let mut stats = shared::lock(&self.stats);
+            stats.handlers = self.decider.callers.knowledge;
+            if let Err(e) = answered {
+                stats.error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid));
+            }
+            return Ok(());
+        }
         let mut stats = shared::lock(&self.stats);
         stats.notified(notif.pid as i32);
         // A stopped or unstarted Trace: one atomic load, then the answer.
         let config = self.trace.as_ref().filter(|t| t.active()).map(|t| t.config());
         let (caller, skipped) = match &config {
             None => (None, Some(if self.trace.is_some() { Skip::NotStarted } else { Skip::NotSelected })),
-            Some(config) => match self.decider.decide(&config.policy, &notif) {
+            Some(config) => match self.decider.decide(&config.policy, listener, &notif) {
                 Decision::Signal(caller) => {
                     let signal = config.policy.signal;
-                    match signal::signal_caller(
-                        listener,
-                        notif.id,
-                        &mut self.decider.callers,
-                        &caller,
-                        signal,
-                    ) {
+                    match signal::signal_caller(listener, &notif, &self.decider.callers, &caller, signal) {
                         Ok(()) => {
+                            self.decider.callers.signalled(&caller, signal);
                             stats.signalled(&caller);
                             (Some(caller), None)
                         }
-                        Err(SignalError::CallerGone) => (Some(caller), Some(Skip::CallerGone)),
+                        Err(SignalError::CallerGone) => {
+                            self.decider.callers.forget(caller.tid);
+                            (Some(caller), Some(Skip::CallerGone))
+                        }
                         Err(SignalError::Os(e)) => {
                             stats.error(format_args!("signalling tid {}: {e}", caller.tid));
                             (Some(caller), Some(Skip::SignalFailed))
@@ -150,6 +161,7 @@ impl Handler {
         if let Some(why) = skipped {
             stats.skipped(why, caller.as_ref());
         }
+        stats.handlers = self.decider.callers.knowledge;
         let events = config.filter(|c| c.sink.wants_events());
         let pending = events.as_ref().map(|_| self.describer.before_answer(listener, &notif));
         let result: Cow<'static, str> = match response::answer(listener, notif.id) {

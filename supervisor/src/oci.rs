@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSeccompFilterFlag, LinuxSyscallBuilder,
-    Mount, Spec,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Mount, Spec,
 };
 use sigvisor_proto::Metadata;
 
@@ -41,6 +41,8 @@ pub struct PatchOptions {
     pub bundle: PathBuf,
     pub socket: PathBuf,
     pub syscalls: Vec<String>,
+    /// The signal the Trace sends (the filter watches its handler).
+    pub signal: i32,
     pub mode: Mode,
     /// The runtime that will run the bundle (for `Mode::Auto`).
     pub runtime: String,
@@ -105,9 +107,90 @@ pub fn ensure_served(socket: &Path) -> Result<()> {
     Ok(())
 }
 
+fn arg(index: usize, op: LinuxSeccompOperator, value: u64) -> Result<LinuxSeccompArg> {
+    Ok(LinuxSeccompArgBuilder::default().index(index).op(op).value(value).build()?)
+}
+
+fn rule(name: &str, action: LinuxSeccompAction, args: Vec<LinuxSeccompArg>) -> Result<LinuxSyscall> {
+    let mut builder = LinuxSyscallBuilder::default().names(vec![name.to_owned()]).action(action);
+    if !args.is_empty() {
+        builder = builder.args(args);
+    }
+    Ok(builder.build()?)
+}
+
+/// The action a profile gives every call of `name`: its rule's, else the
+/// default; None where a rule with argument checks decides.
+fn action_of(seccomp: &LinuxSeccomp, rules: &[LinuxSyscall], name: &str) -> Option<LinuxSeccompAction> {
+    let naming: Vec<&LinuxSyscall> = rules.iter().filter(|r| r.names().iter().any(|n| n == name)).collect();
+    if naming.iter().any(|r| r.args().as_ref().is_some_and(|a| !a.is_empty())) {
+        return None;
+    }
+    Some(naming.first().map_or(seccomp.default_action(), |r| r.action()))
+}
+
+/// The rules that tell sigvisor every handler change of the `watched`
+/// signals (handlers.rs): `rt_sigaction` notifies when it sets one of them,
+/// `execve` and `execveat` always; and the signals they can watch (0 where
+/// the profile decides those calls with argument checks of its own).
+///
+/// Only calls the profile lets run are trapped (a CONTINUE must never run
+/// a call the container's profile refused). libseccomp drops conditional
+/// rules for a syscall that also has an unconditional one, so
+/// rt_sigaction's other calls get the action they had by rules of their own.
+fn handler_rules(
+    seccomp: &LinuxSeccomp,
+    rules: &[LinuxSyscall],
+    watched: u64,
+) -> Result<(Vec<LinuxSyscall>, u64)> {
+    use LinuxSeccompAction::{
+        ScmpActAllow, ScmpActErrno, ScmpActKill, ScmpActKillProcess, ScmpActKillThread, ScmpActLog,
+    };
+    use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpGt, ScmpCmpLt, ScmpCmpNe};
+    let notify = LinuxSeccompAction::ScmpActNotify;
+    let runs = |a: &LinuxSeccompAction| matches!(a, ScmpActAllow | ScmpActLog);
+    let refused = |a: &LinuxSeccompAction| {
+        matches!(a, ScmpActErrno | ScmpActKill | ScmpActKillProcess | ScmpActKillThread)
+    };
+    let mut added = Vec::new();
+    let mut watchable = watched;
+    for name in ["execve", "execveat"] {
+        match action_of(seccomp, rules, name) {
+            Some(a) if runs(&a) => added.push(rule(name, notify, vec![])?),
+            // A process that cannot exec keeps its handlers.
+            Some(a) if refused(&a) => {}
+            _ => watchable = 0,
+        }
+    }
+    match action_of(seccomp, rules, "rt_sigaction") {
+        Some(other) if runs(&other) => {
+            for signal in sigvisor_proto::signals_in(watched) {
+                let sets = vec![arg(0, ScmpCmpEq, signal as u64)?, arg(1, ScmpCmpNe, 0)?];
+                added.push(rule("rt_sigaction", notify, sets)?);
+            }
+            if other != seccomp.default_action() {
+                // Queries; other signals; numbers that are no signal.
+                added.push(rule("rt_sigaction", other, vec![arg(1, ScmpCmpEq, 0)?])?);
+                for signal in (1..=64).filter(|&s| watched & sigvisor_proto::signal_bit(s) == 0) {
+                    added.push(rule("rt_sigaction", other, vec![arg(0, ScmpCmpEq, signal as u64)?])?);
+                }
+                added.push(rule("rt_sigaction", other, vec![arg(0, ScmpCmpLt, 1)?])?);
+                added.push(rule("rt_sigaction", other, vec![arg(0, ScmpCmpGt, 64)?])?);
+            }
+        }
+        Some(a) if refused(&a) => {}
+        _ => watchable = 0,
+    }
+    if watchable == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    Ok((added, watchable))
+}
+
 /// Listener mode: the syscalls notify, taken out of every other rule (a
-/// syscall named by two rules is an error in libseccomp), and the rest of
-/// the profile (default action, architectures, other rules) kept.
+/// syscall named by two rules is an error in libseccomp), with the rules
+/// that tell handler changes, and the rest of the profile (default action,
+/// architectures, other rules) kept.
 fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut seccomp: LinuxSeccomp = match linux.seccomp() {
@@ -115,9 +198,13 @@ fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
         None => LinuxSeccompBuilder::default().default_action(LinuxSeccompAction::ScmpActAllow).build()?,
     };
     let mut rules = seccomp.syscalls().clone().unwrap_or_default();
+    let (handler_rules, watched) =
+        handler_rules(&seccomp, &rules, sigvisor_proto::watched_signals(opts.signal))?;
+    let taken = |name: &String| {
+        opts.syscalls.contains(name) || handler_rules.iter().any(|r| r.names().contains(name))
+    };
     for rule in &mut rules {
-        let names: Vec<String> =
-            rule.names().iter().filter(|n| !opts.syscalls.contains(n)).cloned().collect();
+        let names: Vec<String> = rule.names().iter().filter(|n| !taken(n)).cloned().collect();
         rule.set_names(names);
     }
     rules.retain(|r| !r.names().is_empty());
@@ -127,9 +214,10 @@ fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
             .action(LinuxSeccompAction::ScmpActNotify)
             .build()?,
     );
+    rules.extend(handler_rules);
     seccomp.set_syscalls(Some(rules));
     seccomp.set_listener_path(Some(opts.socket.clone()));
-    let metadata = Metadata { wait_killable: true, launcher: false, user: None };
+    let metadata = Metadata { wait_killable: true, launcher: false, user: None, watched_signals: watched };
     seccomp.set_listener_metadata(Some(metadata.to_json()));
     let mut flags = seccomp.flags().clone().unwrap_or_default();
     if !flags.contains(&LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv) {
@@ -168,6 +256,7 @@ fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     for syscall in &opts.syscalls {
         wrapped.extend(["--syscall".to_owned(), syscall.clone()]);
     }
+    wrapped.extend(["--signal".to_owned(), opts.signal.to_string()]);
     wrapped.push("--".to_owned());
     wrapped.extend(args);
     process.set_args(Some(wrapped));

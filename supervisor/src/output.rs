@@ -25,9 +25,26 @@ struct Summary<'a> {
     errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_error: Option<&'a str>,
+    /// How sigvisor knows each process's signal handlers.
+    handlers: Handlers,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     containers: &'a [ContainerLine],
     threads: Vec<ThreadLine<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Handlers {
+    /// Handler changes and execs trapped to follow them (not in `notifications`).
+    calls: u64,
+    /// execs seen: from each on, the process's handlers are known exactly.
+    execs: u64,
+    /// Processes first seen after a fork, which took their parent's handlers.
+    inherited: u64,
+    /// Processes first seen mid-life: /proc tells caught or not, not which handler.
+    first_seen: u64,
+    /// Decisions that read /proc, for a signal the filter does not watch.
+    proc_reads: u64,
 }
 
 /// One container's share of a trace served by `sigvisor serve`.
@@ -91,6 +108,13 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
         withdrawn: stats.withdrawn,
         errors: stats.errors,
         last_error: stats.last_error.as_deref(),
+        handlers: Handlers {
+            calls: stats.handlers.handler_calls,
+            execs: stats.handlers.exec,
+            inherited: stats.handlers.fork,
+            first_seen: stats.handlers.proc,
+            proc_reads: stats.handlers.proc_reads,
+        },
         containers,
         threads,
     };
@@ -102,6 +126,20 @@ pub const NOT_KILLABLE_WARNING: &str = "the seccomp filter does not wait killabl
     (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV is missing: Linux < 5.19, or a runtime that cannot set it); \
     a signal would interrupt the trapped syscall (EINTR, a leaked fd, or a restart loop), \
     so notifications are answered without a signal";
+
+/// The warning of a Trace with `handler: any`.
+pub const ANY_HANDLER_WARNING: &str = "handler: any: crash handlers are signalled too \
+    (Go's runtime, the JVM and Python's faulthandler die of the signal)";
+
+/// The warning a trace carries when its filter does not watch its signal's handler.
+pub fn not_watched_warning(signal: i32) -> String {
+    format!(
+        "the seccomp filter does not trap handler changes for {} (a runtime's own filter without \
+         sigvisor's rules, or one built for another signal): handlers are read from /proc at every \
+         call, and a crash handler is recognised only by its process catching a fault signal too",
+        profile::signal_name(signal)
+    )
+}
 
 /// The Trace with `status` filled: state, warning and summary.
 pub fn with_status(

@@ -16,7 +16,9 @@ pub const GADGETS: &[&str] = &["signal"];
 pub const RUN_MODES: &[&str] = &["Auto", "Manual"];
 pub const OUTPUT_MODES: &[&str] = &["Status", "Stream", "File"];
 /// Accepted keys of `spec.parameters`, documented in docs/profiles.md.
-pub const PARAMETERS: &[&str] = &["signal", "syscalls", "min-threads", "comm", "when"];
+pub const PARAMETERS: &[&str] = &["signal", "handler", "syscalls", "min-threads", "comm", "when"];
+/// Values of `spec.parameters.handler`.
+pub const HANDLERS: &[&str] = &["own", "any"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -110,6 +112,9 @@ pub struct TraceStatus {
 pub struct Policy {
     /// Signal sent to the calling thread.
     pub signal: i32,
+    /// `handler: any`: crash handlers are signalled too (the user knows
+    /// better); by default only a handler meant for this signal is.
+    pub any_handler: bool,
     /// Syscall names the filter traps.
     pub syscalls: Vec<String>,
     /// Only processes with at least this many threads are signalled.
@@ -206,6 +211,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
 fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Result<Policy, ProfileError> {
     let mut policy = Policy {
         signal: libc::SIGILL,
+        any_handler: false,
         syscalls: vec!["close".into()],
         min_threads: 1,
         comm: None,
@@ -221,6 +227,10 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
         };
         match key.as_str() {
             "signal" => policy.signal = parse_signal(&value).map_err(|m| check.err(&field, m))?,
+            "handler" => {
+                check.one_of(&field, &value, HANDLERS)?;
+                policy.any_handler = value == "any";
+            }
             "syscalls" => policy.syscalls = parse_syscalls(&value).map_err(|m| check.err(&field, m))?,
             "min-threads" => {
                 policy.min_threads = parse_min_threads(&value).map_err(|m| check.err(&field, m))?
@@ -237,67 +247,7 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
     Ok(policy)
 }
 
-const SIGNALS: &[(&str, i32)] = &[
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("STKFLT", libc::SIGSTKFLT),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("PWR", libc::SIGPWR),
-    ("SYS", libc::SIGSYS),
-];
-
-/// The name sigvisor prints for a signal number.
-pub fn signal_name(signal: i32) -> String {
-    match SIGNALS.iter().find(|(_, n)| *n == signal) {
-        Some((name, _)) => format!("SIG{name}"),
-        None => format!("signal {signal}"),
-    }
-}
-
-/// `SIGILL`, `ILL` (any case) or a number; SIGKILL and SIGSTOP cannot be
-/// caught, so they could only ever kill or stop the target.
-pub fn parse_signal(value: &str) -> Result<i32, String> {
-    let accepted = "accepted: a signal name such as SIGILL or ILL, or a number from 1 to 64 \
-                    other than 9 (SIGKILL) and 19 (SIGSTOP)";
-    let upper = value.trim().to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let number = match SIGNALS.iter().find(|(name, _)| *name == bare) {
-        Some((_, n)) => *n,
-        None => match value.trim().parse::<i32>() {
-            Ok(n) if (1..=64).contains(&n) => n,
-            _ => return Err(format!("invalid value {value:?}; {accepted}")),
-        },
-    };
-    if number == libc::SIGKILL || number == libc::SIGSTOP {
-        return Err(format!("invalid value {value:?}: it cannot be caught, so it could only kill or stop the target; {accepted}"));
-    }
-    Ok(number)
-}
+pub use sigvisor_proto::{parse_signal, signal_name};
 
 /// Comma-separated syscall names known to libseccomp, minus those the
 /// launcher itself must call after loading the filter.
@@ -310,6 +260,13 @@ pub fn parse_syscalls(value: &str) -> Result<Vec<String>, String> {
         ));
     }
     for name in &names {
+        if sigvisor_proto::HANDLER_SYSCALLS.contains(&name.as_str()) {
+            return Err(format!(
+                "invalid value {name:?}: sigvisor traps it itself, to know each process's signal handlers \
+                 (reserved: {})",
+                sigvisor_proto::HANDLER_SYSCALLS.join(", ")
+            ));
+        }
         if sigvisor_proto::NEVER_TRAPPED.contains(&name.as_str()) {
             return Err(format!(
                 "invalid value {name:?}: the launcher needs it to start the target; it cannot be trapped \
@@ -435,6 +392,6 @@ spec:
         let e = err(&format!("{SEED}  parameters:\n    syscalls: execve\n"));
         assert!(e.message.contains("cannot be trapped"), "{e}");
         let e = err(&format!("{SEED}  parameters:\n    colour: red\n"));
-        assert!(e.message.contains("accepted: signal, syscalls, min-threads, comm, when"), "{e}");
+        assert!(e.message.contains("accepted: signal, handler, syscalls, min-threads, comm, when"), "{e}");
     }
 }

@@ -286,13 +286,17 @@ impl Registry {
         &self,
         origin: &Origin,
         wait_killable: bool,
+        watched_signals: u64,
     ) -> Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)> {
         let mut traces = self.lock();
         let entry = traces
             .values_mut()
             .find(|e| self.on_node(&e.trace) && origin.matches(e.trace.spec.filter.as_ref()))?;
+        let signal = entry.handle.config().policy.signal;
         if !wait_killable {
             entry.warning = Some(output::NOT_KILLABLE_WARNING.to_owned());
+        } else if watched_signals & sigvisor_proto::signal_bit(signal) == 0 {
+            entry.warning = Some(output::not_watched_warning(signal));
         }
         let stats = Arc::new(Mutex::new(Stats::default()));
         entry.listeners.push(ListenerRecord { origin: origin.clone(), stats: Arc::clone(&stats) });
@@ -336,9 +340,18 @@ impl Registry {
         let elsewhere = (!self.on_node(&entry.trace)).then(|| {
             format!("for node {:?}; this is node {:?}: it never acts here", entry.trace.spec.node, self.node)
         });
-        let warning = elsewhere.as_deref().or(entry.warning.as_deref());
-        let mut view =
-            output::with_status(&entry.trace, entry.state.as_str(), warning, &policy, &total, &containers);
+        let any_handler = policy.any_handler.then_some(output::ANY_HANDLER_WARNING);
+        let warnings: Vec<&str> =
+            [elsewhere.as_deref(), entry.warning.as_deref(), any_handler].into_iter().flatten().collect();
+        let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+        let mut view = output::with_status(
+            &entry.trace,
+            entry.state.as_str(),
+            warning.as_deref(),
+            &policy,
+            &total,
+            &containers,
+        );
         if let Some(status) = view.status.as_mut() {
             status.operation_error.clone_from(&entry.operation_error);
         }

@@ -87,6 +87,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     for syscall in &opts.policy.syscalls {
         command.arg("--syscall").arg(syscall);
     }
+    command.arg("--signal").arg(opts.policy.signal.to_string());
     command.arg("--").args(&opts.cmd);
     if let Some(&limit) = ORIGINAL_FD_LIMIT.get() {
         // SAFETY: the closure runs between fork and exec and only calls

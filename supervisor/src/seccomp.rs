@@ -3,7 +3,30 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use libseccomp::ScmpArch;
+
 pub use libc::seccomp_notif as Notification;
+
+/// The ABIs sigvisor's filters cover, by their `AUDIT_ARCH_*` value (the
+/// `arch` of a notification).
+pub const ABIS: &[(u32, ScmpArch)] = &[
+    (0xC000_003E, ScmpArch::X8664),
+    (0x4000_0003, ScmpArch::X86),
+    (0xC000_003E, ScmpArch::X32),
+    (0xC000_00B7, ScmpArch::Aarch64),
+    (0x4000_0028, ScmpArch::Arm),
+];
+
+/// The ABI of a notification: x32 shares x86_64's audit arch and sets a bit
+/// in the syscall number.
+pub fn abi(arch: u32, nr: i32) -> Option<ScmpArch> {
+    const X32_BIT: i32 = 0x4000_0000;
+    match arch {
+        0xC000_003E if nr & X32_BIT != 0 => Some(ScmpArch::X32),
+        0xC000_003E => Some(ScmpArch::X8664),
+        _ => ABIS.iter().find(|(a, _)| *a == arch).map(|(_, abi)| *abi),
+    }
+}
 
 /// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (Linux 6.6), not in libc yet.
 const FD_SYNC_WAKE_UP: u64 = 1;

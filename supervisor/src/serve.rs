@@ -113,7 +113,8 @@ async fn connection(
 pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: Arc<Context>) -> Stats {
     let origin = Origin::of(&handoff);
     let wait_killable = handoff.metadata.wait_killable;
-    let selected = registry.select(&origin, wait_killable);
+    let watched = handoff.metadata.watched_signals;
+    let selected = registry.select(&origin, wait_killable, watched);
     let label = origin.label();
     match &selected {
         Some((trace, _)) => tracing::info!(
@@ -128,7 +129,7 @@ pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: A
     let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
     let describer = Describer::new(registry.node.clone(), origin);
     let retire = selected.clone();
-    let handler = Handler::new(selected, wait_killable, runtime_init, describer);
+    let handler = Handler::new(selected, wait_killable, watched, runtime_init, describer);
     let stats = notify::supervise(Listener::new(handoff.listener), handler, ctx).await;
     if let Some((trace, counters)) = retire {
         registry.retire(&trace.name, &counters);

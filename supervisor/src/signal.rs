@@ -1,25 +1,24 @@
-//! Signal exactly the thread that made the trapped syscall.
+//! Signal exactly the thread that made the trapped syscall, and tell its
+//! handler which call it was.
 //!
-//! `notif.pid` is a tid, and tids are recycled: by the time we act, the
-//! caller may have died and its tid been reused. The race-free sequence
-//! (Linux 6.9) is: open a pidfd for the tid (pins one thread), then
-//! ID_VALID (the notification is still pending, so its caller was alive
-//! when the pidfd was opened: the pidfd is the caller), then signal
-//! through the pidfd. Older kernels get ID_VALID then tgkill, which leaves
-//! a window of a few instructions.
+//! `notif.pid` is a tid, and tids are recycled. The caller's entry pins one
+//! thread (`caller.rs`) and was just proven alive; ID_VALID then proves the
+//! caller still waits, so it held the tid throughout and the pin is it. The
+//! signal goes through the pin (`pidfd_send_signal`, Linux 6.9); older
+//! kernels get `rt_tgsigqueueinfo` after ID_VALID, which leaves a window of
+//! a few instructions.
+//!
+//! The signal carries `si_code = SI_QUEUE` (a process may queue those to
+//! another it may kill) and a `si_value` naming the call: the low 32 bits
+//! are its first argument (for close, the fd), the high 32 bits its syscall
+//! number in the caller's ABI. An `SA_SIGINFO` handler reads the fd from
+//! `si_value.sival_int`.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsRawFd;
 
-use crate::caller::{Caller, Callers};
-use crate::seccomp::Listener;
-
-/// `PIDFD_SIGNAL_THREAD` (Linux 6.9); not in libc yet.
-const PIDFD_SIGNAL_THREAD: libc::c_uint = 1;
-
-/// Cleared on the first EINVAL from `pidfd_open(.., PIDFD_THREAD)`.
-static THREAD_PIDFDS: AtomicBool = AtomicBool::new(true);
+use crate::caller::{Caller, Callers, Pin, PIDFD_SIGNAL_THREAD};
+use crate::seccomp::{Listener, Notification};
 
 #[derive(Debug)]
 pub enum SignalError {
@@ -28,63 +27,65 @@ pub enum SignalError {
     Os(io::Error),
 }
 
+/// `siginfo_t` for SI_QUEUE as the 64-bit kernel ABI lays it out: signo,
+/// errno, code, padding, then `_rt` (pid, uid, sigval), 128 bytes in all.
+#[repr(C)]
+struct QueuedInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _pad: i32,
+    pid: i32,
+    uid: u32,
+    value: u64,
+    _rest: [u64; 12],
+}
+
+const _: () = assert!(std::mem::size_of::<QueuedInfo>() == std::mem::size_of::<libc::siginfo_t>());
+
+/// The `si_value` for a notification: syscall number, then first argument.
+pub fn value_of(notif: &Notification) -> u64 {
+    (u64::from(notif.data.nr as u32) << 32) | (notif.data.args[0] & 0xffff_ffff)
+}
+
 pub fn signal_caller(
     listener: &Listener,
-    id: u64,
-    callers: &mut Callers,
+    notif: &Notification,
+    callers: &Callers,
     caller: &Caller,
     signal: i32,
 ) -> Result<(), SignalError> {
-    if THREAD_PIDFDS.load(Ordering::Relaxed) {
-        match callers.pidfd(caller.tid) {
-            // ID_VALID after the pidfd exists: the call is still pending, so
-            // its caller lived when the pidfd was opened; the pidfd is it.
-            Ok(pidfd) if listener.id_valid(id) => return send_via_pidfd(pidfd, signal),
-            Ok(_) => {
-                callers.forget(caller.tid);
-                return Err(SignalError::CallerGone);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::info!(
-                    "kernel has no PIDFD_THREAD (Linux < 6.9): signalling with tgkill after ID_VALID"
-                );
-                THREAD_PIDFDS.store(false, Ordering::Relaxed);
-            }
-            Err(e) => return Err(gone_or(e)),
-        }
-    }
-    if !listener.id_valid(id) {
+    let info = QueuedInfo {
+        signo: signal,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _pad: 0,
+        // SAFETY: getpid and getuid cannot fail.
+        pid: unsafe { libc::getpid() },
+        // SAFETY: as above.
+        uid: unsafe { libc::getuid() },
+        value: value_of(notif),
+        _rest: [0; 12],
+    };
+    let info = &info as *const QueuedInfo;
+    if !listener.id_valid(notif.id) {
         return Err(SignalError::CallerGone);
     }
-    // SAFETY: tgkill takes plain integers.
-    let ret = unsafe { libc::syscall(libc::SYS_tgkill, caller.tgid, caller.tid, signal) };
-    if ret < 0 {
-        return Err(gone_or(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn gone_or(e: io::Error) -> SignalError {
-    if e.raw_os_error() == Some(libc::ESRCH) {
-        SignalError::CallerGone
-    } else {
-        SignalError::Os(e)
-    }
-}
-
-fn send_via_pidfd(pidfd: BorrowedFd<'_>, signal: i32) -> Result<(), SignalError> {
-    // SAFETY: a null siginfo makes the kernel fill in SI_USER itself.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            PIDFD_SIGNAL_THREAD,
-        )
+    let ret = match callers.pin(caller.tid) {
+        // SAFETY: info points at a whole siginfo_t-sized struct we own.
+        Some(Pin::Pidfd(pidfd)) => unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, info, PIDFD_SIGNAL_THREAD)
+        },
+        // SAFETY: as above.
+        _ => unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, caller.tgid, caller.tid, signal, info) },
     };
     if ret < 0 {
-        return Err(gone_or(io::Error::last_os_error()));
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::ESRCH) {
+            SignalError::CallerGone
+        } else {
+            SignalError::Os(e)
+        });
     }
     Ok(())
 }

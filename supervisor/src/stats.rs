@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::caller::Caller;
+use crate::caller::{Caller, Knowledge};
 use crate::decision::Skip;
 
 /// Per-thread entries kept at most; past that, threads are counted in
@@ -21,6 +21,8 @@ pub struct Stats {
     pub errors: u64,
     pub last_error: Option<String>,
     pub threads: HashMap<i32, ThreadStats>,
+    /// How the listener knows its processes' handlers.
+    pub handlers: Knowledge,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,9 +40,9 @@ impl Stats {
         }
         let entry = self.threads.entry(tid).or_default();
         if let Some(c) = caller {
-            if entry.pid != c.tgid || entry.name != c.name {
+            if entry.pid != c.tgid || *entry.name != *c.name {
                 entry.pid = c.tgid;
-                entry.name.clone_from(&c.name);
+                entry.name = c.name.to_string();
             }
         }
         Some(entry)
@@ -82,6 +84,12 @@ impl Stats {
             *self.skipped.entry(*why).or_default() += n;
         }
         self.withdrawn += other.withdrawn;
+        let (mine, theirs) = (&mut self.handlers, &other.handlers);
+        mine.exec += theirs.exec;
+        mine.fork += theirs.fork;
+        mine.proc += theirs.proc;
+        mine.proc_reads += theirs.proc_reads;
+        mine.handler_calls += theirs.handler_calls;
         self.errors += other.errors;
         if other.last_error.is_some() {
             self.last_error.clone_from(&other.last_error);

@@ -39,6 +39,12 @@ pub fn closer() -> &'static str {
     env!("SIGVISOR_FIXTURE_CLOSER")
 }
 
+/// The Go fixture target (tests/fixtures/plaingo), if Go was installed
+/// when the tests were built.
+pub fn plaingo() -> Option<&'static str> {
+    option_env!("SIGVISOR_FIXTURE_PLAINGO")
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
 }
@@ -156,7 +162,9 @@ pub fn assert_precise(report: &Value) {
     assert_eq!(field(report, "mismatched_threads"), 0, "one signal per close in every thread: {report}");
 }
 
-/// Asserts exactly `n` signals arrived, each precise, and no close suffered.
+/// Asserts exactly `n` signals arrived, each precise and naming its call
+/// (SI_QUEUE, the fd and the syscall number in `si_value`), and no close
+/// suffered.
 pub fn assert_signalled(report: &Value, n: i64) {
     assert_eq!(field(report, "signals"), n, "signals: {report}");
     assert_eq!(
@@ -164,7 +172,7 @@ pub fn assert_signalled(report: &Value, n: i64) {
         n,
         "every signal after its close, at the syscall's return: {report}"
     );
-    for bad in ["early", "outside", "bad_pc", "close_errors", "eintr", "leaked"] {
+    for bad in ["early", "outside", "bad_pc", "bad_value", "close_errors", "eintr", "leaked"] {
         assert_eq!(field(report, bad), 0, "{bad}: {report}");
     }
 }
@@ -212,5 +220,16 @@ pub fn profile_with(name: &str, parameters: &[(&str, &str)]) -> PathBuf {
     }
     let path = scratch(&format!("{name}-profile")).join("profile.yaml");
     std::fs::write(&path, text).expect("write profile");
+    path
+}
+
+/// A script that runs sigvisor-launch with `flag` (a hidden test option),
+/// for `sigvisor run --launcher`.
+pub fn launcher_with(name: &str, flag: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scratch(name).join("launch");
+    let script = format!("#!/bin/sh\nexec '{}' {flag} \"$@\"\n", bin("sigvisor-launch").display());
+    std::fs::write(&path, script).expect("write launcher wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
     path
 }

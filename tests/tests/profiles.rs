@@ -94,7 +94,7 @@ fn bad_fields_are_refused_with_field_value_and_accepted_values() {
             vec![
                 "spec.parameters.colour",
                 "unknown parameter",
-                "accepted: signal, syscalls, min-threads, comm, when",
+                "accepted: signal, handler, syscalls, min-threads, comm, when",
             ],
         ),
         (

@@ -187,14 +187,7 @@ fn launcher_refuses_syscalls_it_needs_itself() {
 /// signal and CONTINUE is safe, so sigvisor must observe only, and say so.
 #[test]
 fn filter_that_cannot_wait_killable_is_observed_without_signals() {
-    let dir = scratch("not-killable");
-    let wrapper = dir.join("launch-like-runc");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nexec '{}' --no-wait-killable \"$@\"\n", bin("sigvisor-launch").display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = launcher_with("not-killable", "--no-wait-killable");
     let extra = ["--launcher", wrapper.to_str().unwrap()];
     for restart in [false, true] {
         let mut args = vec!["--threads", "4", "--closes", "1000"];

@@ -1,0 +1,367 @@
+//! Each supervised process's signal handlers, known from the kernel's own
+//! events rather than guessed from /proc (design.md §8).
+//!
+//! The filter traps every call that sets a handler for a watched signal
+//! (the one sigvisor sends and the fault signals) and every `execve`. While
+//! the caller waits for the answer, the supervisor reads the new handler from
+//! its memory and records it here. `execve` resets caught handlers to the
+//! default; `fork` copies the table; threads share it.
+//!
+//! Catching a signal is not surviving it: Go's runtime, HotSpot and
+//! CPython's faulthandler catch SIGILL only to crash. They install one
+//! function for several fault signals at once, which is what tells a crash
+//! handler from a handler meant for sigvisor's signal.
+//!
+//! This module is bookkeeping only, without syscalls, so the rules can be
+//! unit-tested as they are.
+
+use libseccomp::{ScmpArch, ScmpSyscall};
+use sigvisor_proto::{signal_bit, FAULT_SIGNALS};
+
+/// `SA_RESETHAND`: the kernel resets the handler to SIG_DFL when it delivers.
+const SA_RESETHAND: u64 = 0x8000_0000;
+/// What i386's `signal(2)` sets: `SA_ONESHOT | SA_NOMASK`.
+const SIGNAL_FLAGS: u64 = SA_RESETHAND | 0x4000_0000;
+
+/// What a signal does to a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Disposition {
+    /// SIG_DFL or SIG_IGN: a sent signal kills, stops or is dropped.
+    #[default]
+    NotCaught,
+    /// A handler at this address; `once` if it was installed with
+    /// SA_RESETHAND, so that the first delivery makes it SIG_DFL again.
+    Handler { address: u64, once: bool },
+    /// Caught by a handler whose address is unknown: all /proc's `SigCgt`
+    /// tells of a process first seen mid-life.
+    Caught,
+    /// Changed in a way sigvisor could not read (the caller's memory was
+    /// unreadable): never signalled, and may be any fault signal's handler.
+    Unknown,
+}
+
+impl Disposition {
+    /// From a `sigaction`'s handler word and flags.
+    pub fn set(handler: u64, flags: u64) -> Disposition {
+        match handler {
+            // SIG_DFL, SIG_IGN
+            0 | 1 => Disposition::NotCaught,
+            address => Disposition::Handler { address, once: flags & SA_RESETHAND != 0 },
+        }
+    }
+
+    fn caught(self) -> bool {
+        self != Disposition::NotCaught
+    }
+
+    /// Whether the same function may handle both (an unknown address may be
+    /// any function).
+    fn may_share(self, other: Disposition) -> bool {
+        match (self, other) {
+            (Disposition::NotCaught, _) | (_, Disposition::NotCaught) => false,
+            (Disposition::Handler { address: a, .. }, Disposition::Handler { address: b, .. }) => a == b,
+            _ => true,
+        }
+    }
+}
+
+/// Whether a signal may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Signal,
+    /// Not caught: the signal would kill, stop, or do nothing.
+    NoHandler,
+    /// Caught by the process's handler for a fault signal too.
+    CrashHandler,
+    /// The handler could not be read.
+    Unknown,
+}
+
+/// The dispositions of signals 1 to 64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table([Disposition; 64]);
+
+impl Default for Table {
+    fn default() -> Table {
+        Table([Disposition::NotCaught; 64])
+    }
+}
+
+impl Table {
+    /// What /proc shows: `SigCgt`, a mask of caught signals.
+    pub fn from_caught(mask: u64) -> Table {
+        let mut table = Table::default();
+        for signal in sigvisor_proto::signals_in(mask) {
+            table.set(signal, Disposition::Caught);
+        }
+        table
+    }
+
+    pub fn get(&self, signal: i32) -> Disposition {
+        usize::try_from(signal - 1).ok().and_then(|i| self.0.get(i).copied()).unwrap_or_default()
+    }
+
+    pub fn set(&mut self, signal: i32, disposition: Disposition) {
+        if let Some(slot) = usize::try_from(signal - 1).ok().and_then(|i| self.0.get_mut(i)) {
+            *slot = disposition;
+        }
+    }
+
+    /// `execve`: caught signals go back to SIG_DFL (ignored ones stay
+    /// ignored, which for sigvisor is the same: not caught).
+    pub fn reset(&mut self) {
+        *self = Table::default();
+    }
+
+    /// The signals of `mask` that are caught.
+    pub fn caught(&self, mask: u64) -> u64 {
+        sigvisor_proto::signals_in(mask).filter(|&s| self.get(s).caught()).fold(0, |m, s| m | signal_bit(s))
+    }
+
+    /// Whether `signal` may be sent: only to a handler, and by default only
+    /// to one that is not also a fault signal's handler.
+    pub fn verdict(&self, signal: i32, any_handler: bool) -> Verdict {
+        let mine = self.get(signal);
+        match mine {
+            Disposition::NotCaught => return Verdict::NoHandler,
+            Disposition::Unknown => return Verdict::Unknown,
+            _ => {}
+        }
+        let crash = FAULT_SIGNALS.iter().any(|&fault| fault != signal && mine.may_share(self.get(fault)));
+        if crash && !any_handler {
+            Verdict::CrashHandler
+        } else {
+            Verdict::Signal
+        }
+    }
+
+    /// One table for two that may each be the true one, as strict as both:
+    /// a signal that differs becomes `Unknown` where one side does not catch
+    /// it, else `Caught` (some handler, which may be any other's).
+    pub fn meet(&self, other: &Table) -> Table {
+        let mut met = Table::default();
+        for (slot, (&a, &b)) in met.0.iter_mut().zip(self.0.iter().zip(other.0.iter())) {
+            *slot = match (a, b) {
+                _ if a == b => a,
+                (
+                    Disposition::Handler { .. } | Disposition::Caught,
+                    Disposition::Handler { .. } | Disposition::Caught,
+                ) => Disposition::Caught,
+                _ => Disposition::Unknown,
+            };
+        }
+        met
+    }
+}
+
+/// The verdict where either table may be the true one: a signal only if
+/// both allow it; otherwise the first one's reason.
+pub fn both(first: Verdict, second: Verdict) -> Verdict {
+    match (first, second) {
+        (Verdict::Signal, other) => other,
+        (first, _) => first,
+    }
+}
+
+/// A call the filter traps for sigvisor's own bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerCall {
+    /// `rt_sigaction(signal, act, oact, sigsetsize)`.
+    RtSigaction,
+    /// i386's `sigaction(signal, act, oact)` (struct old_sigaction).
+    OldSigaction,
+    /// i386's `signal(signal, handler)`.
+    Signal,
+    /// `execve` or `execveat`.
+    Exec,
+}
+
+/// Syscall numbers of the bookkeeping calls, per ABI.
+pub struct HandlerCalls(Vec<(u32, i32, HandlerCall)>);
+
+impl HandlerCalls {
+    /// For the ABIs a filter of this machine covers.
+    pub fn new() -> HandlerCalls {
+        let names = [
+            ("rt_sigaction", HandlerCall::RtSigaction),
+            ("sigaction", HandlerCall::OldSigaction),
+            ("signal", HandlerCall::Signal),
+            ("execve", HandlerCall::Exec),
+            ("execveat", HandlerCall::Exec),
+        ];
+        let mut calls = Vec::new();
+        for (audit, abi) in crate::seccomp::ABIS {
+            for (name, call) in names {
+                // A negative number is libseccomp's: the ABI has no such call.
+                if let Ok(nr) = ScmpSyscall::from_name_by_arch(name, *abi).map(i32::from) {
+                    if nr >= 0 {
+                        calls.push((*audit, nr, call));
+                    }
+                }
+            }
+        }
+        HandlerCalls(calls)
+    }
+
+    pub fn classify(&self, arch: u32, nr: i32) -> Option<HandlerCall> {
+        self.0.iter().find(|(a, n, _)| *a == arch && *n == nr).map(|(_, _, call)| *call)
+    }
+
+    /// Whether `nr` of `arch` is one that changes handlers (for /proc's
+    /// `syscall`: is the thread still inside such a call?).
+    pub fn is_sigaction(&self, arch: u32, nr: i32) -> bool {
+        self.classify(arch, nr).is_some_and(|c| c != HandlerCall::Exec)
+    }
+}
+
+/// Where in the caller's memory a sigaction call's new handler is, and how
+/// to decode it: `Read { at, len }`, then `decode`.
+pub enum Action {
+    /// The call changes nothing sigvisor watches (fails, or a query).
+    Nothing,
+    /// `signal(2)`: the handler is an argument.
+    Now(Disposition),
+    /// Read `len` bytes at `at` in the caller's memory, then `decode`.
+    Read { at: u64, len: usize },
+}
+
+/// The signal a sigaction call is about, and where its handler is.
+pub fn sigaction_of(call: HandlerCall, compat: bool, args: &[u64; 6]) -> (i32, Action) {
+    let signal = args[0] as u32 as i32;
+    let action = match call {
+        HandlerCall::Exec => Action::Nothing,
+        HandlerCall::Signal => Action::Now(Disposition::set(args[1] & 0xffff_ffff, SIGNAL_FLAGS)),
+        // A NULL act is a query; a sigsetsize other than 8 is EINVAL.
+        _ if args[1] == 0 => Action::Nothing,
+        HandlerCall::RtSigaction if args[3] != 8 => Action::Nothing,
+        // struct old_sigaction { handler; mask; flags; restorer } (u32 each).
+        HandlerCall::OldSigaction => Action::Read { at: args[1], len: 12 },
+        // struct sigaction as the kernel takes it: handler, flags, … (a word each).
+        HandlerCall::RtSigaction => Action::Read { at: args[1], len: if compat { 8 } else { 16 } },
+    };
+    (signal, action)
+}
+
+/// The disposition in the bytes `Action::Read` asked for.
+pub fn decode(call: HandlerCall, compat: bool, bytes: &[u8]) -> Option<Disposition> {
+    let word = |at: usize, len: usize| -> Option<u64> {
+        let mut b = [0u8; 8];
+        b.get_mut(..len)?.copy_from_slice(bytes.get(at..at + len)?);
+        Some(u64::from_ne_bytes(b))
+    };
+    let (handler, flags) = match call {
+        HandlerCall::OldSigaction => (word(0, 4)?, word(8, 4)?),
+        HandlerCall::RtSigaction if compat => (word(0, 4)?, word(4, 4)?),
+        HandlerCall::RtSigaction => (word(0, 8)?, word(8, 8)?),
+        _ => return None,
+    };
+    Some(Disposition::set(handler, flags))
+}
+
+/// Whether a notification comes from a 32-bit ABI (i386 or x32), whose
+/// `struct sigaction` has 4-byte words.
+pub fn is_compat(arch: u32, nr: i32) -> bool {
+    matches!(crate::seccomp::abi(arch, nr), Some(ScmpArch::X86 | ScmpArch::X32 | ScmpArch::Arm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ILL: i32 = libc::SIGILL;
+    const SEGV: i32 = libc::SIGSEGV;
+
+    fn handler(address: u64) -> Disposition {
+        Disposition::Handler { address, once: false }
+    }
+
+    #[test]
+    fn a_handler_of_its_own_is_signalled_a_shared_one_is_not() {
+        let mut table = Table::default();
+        assert_eq!(table.verdict(ILL, false), Verdict::NoHandler);
+        // Go's runtime: one function for every signal.
+        for s in 1..=64 {
+            table.set(s, handler(0x1000));
+        }
+        assert_eq!(table.verdict(ILL, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, true), Verdict::Signal);
+        assert_eq!(table.verdict(libc::SIGUSR1, false), Verdict::CrashHandler);
+        // The gosignal demo: its own C handler for SIGILL.
+        table.set(ILL, handler(0x2000));
+        assert_eq!(table.verdict(ILL, false), Verdict::Signal);
+        // An unknown address may be the crash handler.
+        table.set(SEGV, Disposition::Caught);
+        assert_eq!(table.verdict(ILL, false), Verdict::CrashHandler);
+        table.set(SEGV, Disposition::Unknown);
+        assert_eq!(table.verdict(ILL, false), Verdict::CrashHandler);
+        table.set(ILL, Disposition::Unknown);
+        assert_eq!(table.verdict(ILL, true), Verdict::Unknown);
+        table.reset();
+        assert_eq!(table.verdict(ILL, true), Verdict::NoHandler);
+    }
+
+    #[test]
+    fn proc_only_knowledge_is_conservative() {
+        let caught = |signals: &[i32]| signals.iter().fold(0, |m, &s| m | signal_bit(s));
+        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, false), Verdict::Signal);
+        let faulty = Table::from_caught(caught(&[ILL, SEGV]));
+        assert_eq!(faulty.verdict(ILL, false), Verdict::CrashHandler);
+        assert_eq!(faulty.caught(caught(&[ILL, libc::SIGBUS])), caught(&[ILL]));
+    }
+
+    #[test]
+    fn two_possible_tables_signal_only_where_both_would() {
+        let mut before = Table::default();
+        before.set(ILL, handler(0x2000));
+        let mut after = before.clone();
+        after.set(ILL, Disposition::NotCaught);
+        assert_eq!(before.meet(&after).verdict(ILL, false), Verdict::Unknown);
+        after.set(ILL, handler(0x3000));
+        after.set(SEGV, handler(0x3000));
+        assert_eq!(before.verdict(ILL, false), Verdict::Signal);
+        assert_eq!(after.verdict(ILL, false), Verdict::CrashHandler);
+        assert_eq!(before.meet(&after).verdict(ILL, false), Verdict::CrashHandler);
+        assert_eq!(both(before.verdict(ILL, false), after.verdict(ILL, false)), Verdict::CrashHandler);
+        assert_eq!(both(Verdict::NoHandler, Verdict::CrashHandler), Verdict::NoHandler);
+        assert_eq!(before.meet(&before), before);
+    }
+
+    #[test]
+    fn decodes_each_abis_struct() {
+        let mut native = [0u8; 16];
+        native[..8].copy_from_slice(&0x55_0000_1234u64.to_ne_bytes());
+        native[8..].copy_from_slice(&SA_RESETHAND.to_ne_bytes());
+        assert_eq!(
+            decode(HandlerCall::RtSigaction, false, &native),
+            Some(Disposition::Handler { address: 0x55_0000_1234, once: true })
+        );
+        let mut compat = [0u8; 8];
+        compat[..4].copy_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(decode(HandlerCall::RtSigaction, true, &compat), Some(Disposition::NotCaught));
+        let mut old = [0u8; 12];
+        old[..4].copy_from_slice(&0x8048000u32.to_ne_bytes());
+        assert_eq!(decode(HandlerCall::OldSigaction, true, &old), Some(handler(0x8048000)));
+        assert_eq!(decode(HandlerCall::RtSigaction, false, &native[..8]), None);
+    }
+
+    #[test]
+    fn queries_and_bad_sizes_change_nothing() {
+        let nothing = |call, args: [u64; 6]| matches!(sigaction_of(call, false, &args).1, Action::Nothing);
+        assert!(nothing(HandlerCall::RtSigaction, [4, 0, 0x10, 8, 0, 0]));
+        assert!(nothing(HandlerCall::RtSigaction, [4, 0x10, 0, 16, 0, 0]));
+        assert!(!nothing(HandlerCall::RtSigaction, [4, 0x10, 0, 8, 0, 0]));
+        let (signal, action) = sigaction_of(HandlerCall::Signal, true, &[4, 0x8048000, 0, 0, 0, 0]);
+        assert_eq!(signal, ILL);
+        assert!(matches!(action, Action::Now(Disposition::Handler { once: true, .. })));
+    }
+
+    #[test]
+    fn knows_the_bookkeeping_calls_of_each_abi() {
+        let calls = HandlerCalls::new();
+        assert_eq!(calls.classify(0xC000_003E, 13), Some(HandlerCall::RtSigaction));
+        assert_eq!(calls.classify(0xC000_003E, 59), Some(HandlerCall::Exec));
+        assert_eq!(calls.classify(0x4000_0003, 174), Some(HandlerCall::RtSigaction));
+        assert_eq!(calls.classify(0x4000_0003, 48), Some(HandlerCall::Signal));
+        assert_eq!(calls.classify(0xC000_003E, 3), None);
+    }
+}
