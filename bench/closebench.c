@@ -2,6 +2,8 @@
  * closebench: N closes in one thread, timed; prints ns per close.
  * With --handler, a minimal SIGILL handler counts signals (and the count is
  * checked against N so a benchmark can't pass by signalling nothing).
+ * With --crash-handler, the same handler is SIGSEGV's too: a crash handler
+ * to sigvisor, which never signals it (the count must stay 0).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -17,11 +19,12 @@ static void on_sigill(int sig) { (void)sig; signals++; }
 
 int main(int argc, char **argv) {
     long n = argc > 1 ? atol(argv[1]) : 20000;
-    int handler = argc > 2 && !strcmp(argv[2], "--handler");
-    if (handler) {
+    int crash = argc > 2 && !strcmp(argv[2], "--crash-handler");
+    if (crash || (argc > 2 && !strcmp(argv[2], "--handler"))) {
         struct sigaction sa = {0};
         sa.sa_handler = on_sigill;
         sigaction(SIGILL, &sa, NULL);
+        if (crash) sigaction(SIGSEGV, &sa, NULL);
     }
     int devnull = open("/dev/null", O_RDONLY);
     struct timespec a, b;

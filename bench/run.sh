@@ -13,11 +13,13 @@ cc -O2 -o "$out/closebench" bench/closebench.c
 profile=profiles/signal.yaml
 status=$(mktemp)
 no_killable=$(mktemp)
+no_rules=$(mktemp)
 stopped=$(mktemp --suffix=.yaml)
 sed 's/^metadata:/metadata:\n  annotations:\n    gadget.kinvolk.io\/operation: stop/' "$profile" > "$stopped"
 printf '#!/bin/sh\nexec %s --no-wait-killable "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_killable"
-chmod +x "$no_killable"
-trap 'rm -f "$status" "$no_killable" "$stopped"' EXIT
+printf '#!/bin/sh\nexec %s --no-handler-rules "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_rules"
+chmod +x "$no_killable" "$no_rules"
+trap 'rm -f "$status" "$no_killable" "$no_rules" "$stopped"' EXIT
 
 # name | command prefix | handler flag | signals expected
 configs=(
@@ -26,6 +28,8 @@ configs=(
   "sigvisor, loop=hot (own thread)|$out/sigvisor run --loop hot --status-file $status $profile --|--handler|$closes"
   "sigvisor, loop=adaptive (default)|$out/sigvisor run --status-file $status $profile --|--handler|$closes"
   "sigvisor, no handler (skip path)|$out/sigvisor run --status-file $status $profile --||0"
+  "sigvisor, crash handler (skip path)|$out/sigvisor run --status-file $status $profile --|--crash-handler|0"
+  "sigvisor, handlers from /proc (no rules)|$out/sigvisor run --launcher $no_rules --status-file $status $profile --|--handler|$closes"
   "sigvisor, trace stopped (answered at once)|$out/sigvisor run --status-file $status $stopped --|--handler|0"
   "sigvisor, filter not killable (observe only)|$out/sigvisor run --launcher $no_killable --status-file $status $profile --|--handler|0"
 )

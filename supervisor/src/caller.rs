@@ -3,8 +3,8 @@
 //! Each thread seen gets a handle opened once: a `PIDFD_THREAD` pidfd (6.9),
 //! or before that its kept-open `/proc/<tid>/stat`. The handle pins the
 //! thread it was opened for (its `struct pid`), never a later thread that
-//! reuses the tid, so one cheap probe per notification (signal 0 through
-//! the pidfd) proves that the cached entry still names the caller. A dead
+//! reuses the tid, so one cheap probe per notification (a zero-timeout
+//! poll of the pidfd) proves that the cached entry still names the caller. A dead
 //! one is reopened, with /proc read once.
 //!
 //! Each process gets its handler table (`handlers.rs`), kept current from
@@ -85,18 +85,15 @@ impl Pin {
     }
 
     /// Whether the pinned thread is alive, and so the one holding its tid.
+    /// A thread pidfd polls readable once its thread has exited (6.9): a
+    /// zero-timeout poll is the cheapest syscall that asks.
     fn alive(&self) -> bool {
         match self {
-            // SAFETY: signal 0 with a null siginfo only checks the target.
-            Pin::Pidfd(fd) => unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    0,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    PIDFD_SIGNAL_THREAD,
-                ) == 0
-            },
+            Pin::Pidfd(fd) => {
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one pollfd we own, for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
+            }
             Pin::Stat(file) => file.read_at(&mut [0u8; 1], 0).is_ok(),
         }
     }
@@ -599,6 +596,23 @@ mod tests {
         assert_eq!(u64::from_ne_bytes(buf), value);
         let err = read_memory(me, 8, &mut buf).expect_err("page 0");
         assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+    }
+
+    #[test]
+    fn a_pin_outlives_its_thread_and_says_so() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).expect("send tid");
+            go_rx.recv().ok();
+        });
+        let tid = tid_rx.recv().expect("tid");
+        let pin = Pin::open(tid).expect("pin the thread");
+        assert!(pin.alive());
+        go_tx.send(()).expect("let it end");
+        thread.join().expect("join");
+        assert!(!pin.alive(), "an exited thread's pin must read dead");
     }
 
     #[test]
