@@ -40,7 +40,9 @@ fn add_handler_rules(ctx: &mut ScmpFilterContext, watched: u64) -> Result<()> {
             .with_context(|| format!("libseccomp: add notify rule for {name}"))?;
     }
     for signal in signals_in(watched) {
-        let is_signal = ScmpArgCompare::new(0, ScmpCompareOp::Equal, signal as u64);
+        // The kernel takes the signal as an int: compare its low 32 bits
+        // only, or junk above them would set a handler unseen.
+        let is_signal = ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(0xffff_ffff), signal as u64);
         let sets = ScmpArgCompare::new(1, ScmpCompareOp::NotEqual, 0);
         // `signal(2)`'s second argument is the handler itself: SIG_DFL is 0.
         for (name, conditions) in [

@@ -334,4 +334,56 @@ mod tests {
     fn auto_mode_by_runtime() {
         assert_eq!(runtime_mode("/nonexistent-runtime"), Mode::Wrap);
     }
+
+    fn profile(json: serde_json::Value) -> (LinuxSeccomp, Vec<LinuxSyscall>) {
+        let seccomp: LinuxSeccomp = serde_json::from_value(json).expect("a seccomp section");
+        let rules = seccomp.syscalls().clone().unwrap_or_default();
+        (seccomp, rules)
+    }
+
+    fn names(rules: &[LinuxSyscall]) -> Vec<String> {
+        rules.iter().map(|r| format!("{}/{:?}", r.names()[0], r.action())).collect()
+    }
+
+    #[test]
+    fn handler_rules_trap_only_what_the_profile_lets_run() {
+        let watched = sigvisor_proto::watched_signals(libc::SIGILL);
+        // Everything allowed: exec and the five watched signals' rt_sigaction.
+        let (seccomp, rules) = profile(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"}));
+        let (added, got) = handler_rules(&seccomp, &rules, watched).unwrap();
+        assert_eq!(got, watched);
+        assert_eq!(added.len(), 2 + 5);
+        assert!(added.iter().all(|r| r.action() == LinuxSeccompAction::ScmpActNotify));
+        let sets = added.iter().find(|r| r.names()[0] == "rt_sigaction").unwrap().args().clone().unwrap();
+        assert_eq!((sets[0].index(), sets[0].value(), sets[1].index()), (0, libc::SIGILL as u64, 1));
+
+        // Docker's shape: deny by default, rt_sigaction and execve allowed by
+        // a plain rule: rt_sigaction's other calls keep being allowed.
+        let (seccomp, rules) = profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["rt_sigaction", "execve", "close"], "action": "SCMP_ACT_ALLOW"}],
+        }));
+        let (added, got) = handler_rules(&seccomp, &rules, watched).unwrap();
+        assert_eq!(got, watched);
+        let allowed = added.iter().filter(|r| r.action() == LinuxSeccompAction::ScmpActAllow).count();
+        // Queries, the 59 other signal numbers, below 1, above 64.
+        assert_eq!(allowed, 1 + 59 + 2, "{:?}", names(&added));
+        assert!(!names(&added).contains(&"execveat/ScmpActNotify".to_owned()), "execveat is refused");
+
+        // A profile that refuses both: nothing trapped, nothing can change.
+        let (seccomp, rules) = profile(serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO"}));
+        let (added, got) = handler_rules(&seccomp, &rules, watched).unwrap();
+        assert!(added.is_empty());
+        assert_eq!(got, watched);
+
+        // rt_sigaction decided by argument checks of the profile's own: left alone.
+        let (seccomp, rules) = profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["rt_sigaction"], "action": "SCMP_ACT_ERRNO",
+                          "args": [{"index": 0, "value": 9, "op": "SCMP_CMP_EQ"}]}],
+        }));
+        let (added, got) = handler_rules(&seccomp, &rules, watched).unwrap();
+        assert!(added.is_empty());
+        assert_eq!(got, 0);
+    }
 }
