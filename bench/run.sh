@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Cost of one close(2) under each way of supervising it, side by side in one
 # run (absolute numbers drift between runs and machines: compare the ratios).
+# Each row's ratio is to its yardstick, bench/minsup.c, a minimal C
+# supervisor: "C loop" (RECV -> tgkill -> SEND, the limit for a signalled
+# close) or "C bare" (RECV -> SEND, the limit for one answered unsignalled).
 # Usage: bench/run.sh [CLOSES] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 closes=${1:-20000}
 rounds=${2:-5}
-scripts/need-packages libseccomp-dev pkg-config gcc >&2
+scripts/need-packages libseccomp-dev pkg-config gcc strace >&2
 cargo build --release --workspace -q
 out=target/release
-cc -O2 -o "$out/closebench" bench/closebench.c
+# Static: no ld.so closes before the handler exists (strace would signal them).
+cc -O2 -static -pthread -o "$out/closebench" bench/closebench.c
+cc -O2 -pthread -o "$out/minsup" bench/minsup.c
 profile=profiles/signal.yaml
 status=$(mktemp)
 no_killable=$(mktemp)
@@ -21,27 +26,36 @@ printf '#!/bin/sh\nexec %s --no-handler-rules "$@"\n' "$PWD/$out/sigvisor-launch
 chmod +x "$no_killable" "$no_rules"
 trap 'rm -f "$status" "$no_killable" "$no_rules" "$stopped"' EXIT
 
-# name | command prefix | handler flag | signals expected
+run="$out/sigvisor run --status-file $status"
+t8="--threads 8"
+per8=$((closes / 4))
+slow=$((closes / 10))
+# name | command prefix | closebench flags | closes per thread | signals expected | yardstick
 configs=(
-  "no interception||--handler|0"
-  "sigvisor, loop=async (epoll)|$out/sigvisor run --loop async --status-file $status $profile --|--handler|$closes"
-  "sigvisor, loop=hot (own thread)|$out/sigvisor run --loop hot --status-file $status $profile --|--handler|$closes"
-  "sigvisor, loop=adaptive (default)|$out/sigvisor run --status-file $status $profile --|--handler|$closes"
-  "sigvisor, no handler (skip path)|$out/sigvisor run --status-file $status $profile --||0"
-  "sigvisor, crash handler (skip path)|$out/sigvisor run --status-file $status $profile --|--crash-handler|0"
-  "sigvisor, handlers from /proc (no rules)|$out/sigvisor run --launcher $no_rules --status-file $status $profile --|--handler|$closes"
-  "sigvisor, trace stopped (answered at once)|$out/sigvisor run --status-file $status $stopped --|--handler|0"
-  "sigvisor, filter not killable (observe only)|$out/sigvisor run --launcher $no_killable --status-file $status $profile --|--handler|0"
+  "no interception||--handler|$closes|0|"
+  "C loop: RECV, tgkill, SEND (the limit)|$out/minsup|--handler|$closes|$closes|loop"
+  "C bare: RECV, SEND (no signal)|$out/minsup --no-signal|--handler|$closes|0|bare"
+  "sigvisor, loop=adaptive (default)|$run $profile --|--handler|$closes|$closes|loop"
+  "sigvisor, loop=hot (own thread)|$run --loop hot $profile --|--handler|$closes|$closes|loop"
+  "sigvisor, loop=async (epoll)|$run --loop async $profile --|--handler|$closes|$closes|loop"
+  "sigvisor, no handler (skip path)|$run $profile --||$closes|0|bare"
+  "sigvisor, crash handler (skip path)|$run $profile --|--crash-handler|$closes|0|bare"
+  "sigvisor, trace stopped (answered at once)|$run $stopped --|--handler|$closes|0|bare"
+  "sigvisor, filter not killable (observe only)|$run --launcher $no_killable $profile --|--handler|$closes|0|bare"
+  "sigvisor, handlers from /proc (no rules)|$run --launcher $no_rules $profile --|--handler|$closes|$closes|loop"
+  "C loop, 8 threads|$out/minsup|--handler $t8|$per8|$((per8 * 8))|loop8"
+  "sigvisor, default, 8 threads|$run $profile --|--handler $t8|$per8|$((per8 * 8))|loop8"
+  "strace -f -e inject=close:signal=SIGILL|strace -qq -o /dev/null -f -e trace=close -e inject=close:signal=SIGILL|--handler|$slow|$slow|loop"
 )
 
-printf '%-46s %10s %10s %8s\n' "mechanism ($closes closes, $rounds rounds)" "median µs" "best µs" "ratio"
-base=""
+printf '%-46s %10s %10s %8s  %s\n' "mechanism ($rounds rounds)" "median µs" "best µs" "ratio" "to"
+declare -A yardstick
 for entry in "${configs[@]}"; do
-  IFS='|' read -r name prefix flag expect <<<"$entry"
+  IFS='|' read -r name prefix flags n expect ref <<<"$entry"
   samples=()
   for _ in $(seq "$rounds"); do
     # shellcheck disable=SC2086
-    read -r ns got < <($prefix $out/closebench "$closes" $flag)
+    read -r ns got < <($prefix $out/closebench "$n" $flags)
     if [ "$got" != "$expect" ]; then
       echo "$name: expected $expect signals, got $got" >&2
       exit 1
@@ -51,7 +65,14 @@ for entry in "${configs[@]}"; do
   sorted=($(printf '%s\n' "${samples[@]}" | sort -n))
   median=${sorted[$((rounds / 2))]}
   best=${sorted[0]}
-  [ -n "$base" ] || base=$median
-  awk -v n="$name" -v m="$median" -v b="$best" -v base="$base" \
-    'BEGIN { printf "%-46s %10.2f %10.2f %7.1fx\n", n, m / 1000, b / 1000, m / base }'
+  case "$name" in
+    "C loop: "*) yardstick[loop]=$median ;;
+    "C bare: "*) yardstick[bare]=$median ;;
+    "C loop, 8 threads") yardstick[loop8]=$median ;;
+  esac
+  base=""
+  [ -z "$ref" ] || base=${yardstick[$ref]:-}
+  awk -v n="$name" -v m="$median" -v b="$best" -v base="$base" -v ref="$ref" \
+    'BEGIN { printf "%-46s %10.2f %10.2f ", n, m / 1000, b / 1000;
+             if (base != "") printf "%7.2fx  %s\n", m / base, ref; else printf "%8s\n", "" }'
 done
