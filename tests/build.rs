@@ -1,5 +1,6 @@
-//! Builds the fixture targets (the C closer; plaingo, a Go program with no
-//! handler of its own, when Go is installed) and tells the tests where they are.
+//! Builds the fixture targets (the C closer and adversary; plaingo, a Go
+//! program with no handler of its own, when Go is installed) and tells the
+//! tests where they are.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,12 +8,14 @@ use std::process::Command;
 fn main() {
     let src = "fixtures/closer.c";
     println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-changed=fixtures/adversary.c");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let compiler = cc::Build::new().get_compiler();
     // A dynamic build for the host, a static one for busybox container rootfs.
-    for (name, env, extra) in [
-        ("closer", "SIGVISOR_FIXTURE_CLOSER", None),
-        ("closer-static", "SIGVISOR_FIXTURE_CLOSER_STATIC", Some("-static")),
+    for (name, env, extra, src) in [
+        ("closer", "SIGVISOR_FIXTURE_CLOSER", None, src),
+        ("closer-static", "SIGVISOR_FIXTURE_CLOSER_STATIC", Some("-static"), src),
+        ("adversary", "SIGVISOR_FIXTURE_ADVERSARY", None, "fixtures/adversary.c"),
     ] {
         let out = out_dir.join(name);
         let status = Command::new(compiler.path())

@@ -38,7 +38,11 @@ pub const PIDFD_SIGNAL_THREAD: libc::c_uint = 1;
 /// How long a handler change waits for a signal already sent to be
 /// delivered under the old handler (it is, as soon as its thread returns
 /// from the trapped call; only a thread that blocks the signal keeps it).
-const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+const DRAIN_LIMIT: Duration = Duration::from_millis(200);
+
+/// How long a handler change waits for another thread's earlier change to
+/// be made, so that the two reach the kernel in the order they were answered.
+const ORDER_LIMIT: Duration = Duration::from_millis(100);
 
 /// The bookkeeping syscalls' numbers on this machine's ABIs.
 pub fn handler_calls() -> &'static HandlerCalls {
@@ -114,8 +118,15 @@ struct Thread {
 struct Pending {
     /// The thread that made the call.
     tid: i32,
-    arch: u32,
     before: Table,
+    /// The signal a sigaction set (0 for an exec), and whether the change
+    /// leaves it caught: a change of caught or not shows in /proc's `SigCgt`
+    /// once made.
+    signal: i32,
+    caught: bool,
+    /// The thread's voluntary context switches while it waited for the
+    /// answer: one more, and it has slept since, so it is past the call.
+    switches: u64,
     /// An `execve`, which may yet fail (and leave the handlers as they were).
     exec: bool,
 }
@@ -125,9 +136,8 @@ struct Pending {
 enum Source {
     /// From an `execve` on: exact.
     Exec,
-    /// Copied from its parent's at a fork.
-    Fork,
-    /// First seen mid-life: /proc's caught or not, no addresses.
+    /// First seen without an exec: a fork child (or the first process of a
+    /// filter, until it execs). /proc's caught or not, taken as inherited.
     Proc,
 }
 
@@ -139,8 +149,6 @@ struct Process {
     /// Whether `source` was counted in `Knowledge` (at its first decision).
     counted: bool,
     pending: Option<Pending>,
-    /// When the table last changed, in the same ticks (see `inherit`).
-    changed_at: u64,
     /// Signallable calls seen, for `when`.
     calls: u64,
     /// `/proc/<tgid>/comm`, opened when a profile selects by name.
@@ -152,9 +160,8 @@ struct Process {
 pub struct Knowledge {
     /// `execve`s seen: the table is exact from there on.
     pub exec: u64,
-    /// Processes decided on with the table their parent had at the fork.
-    pub fork: u64,
-    /// Processes decided on with only /proc's caught/not caught.
+    /// Processes decided on before any exec sigvisor saw (fork children):
+    /// /proc's caught/not caught, and no inherited handler is signalled.
     pub proc: u64,
     /// Decisions that read /proc because the filter does not watch the signal.
     pub proc_reads: u64,
@@ -205,30 +212,43 @@ impl Callers {
             // The filter does not tell this signal's changes: /proc, each time.
             self.knowledge.proc_reads += 1;
             return match self.caught_now(caller.tid, signal) {
-                Some(caught) => Table::from_caught(caught).verdict(signal, any_handler),
+                Some(caught) => Table::from_caught(caught).verdict(signal, any_handler, true),
                 None => Verdict::Unknown,
             };
         }
         let Some(process) = self.processes.get_mut(&caller.tgid) else { return Verdict::Unknown };
         if !process.counted {
             process.counted = true;
-            match process.source {
-                Source::Exec => {}
-                Source::Fork => self.knowledge.fork += 1,
-                Source::Proc => self.knowledge.proc += 1,
+            if process.source == Source::Proc {
+                self.knowledge.proc += 1;
             }
         }
-        let now = process.table.verdict(signal, any_handler);
-        let Some(pending) = &process.pending else { return now };
-        let both = handlers::both(now, pending.before.verdict(signal, any_handler));
-        if both == now || pending.exec {
-            return both;
+        let now = process.table.verdict(signal, any_handler, false);
+        let held_back = match &process.pending {
+            Some(p) => handlers::both(now, p.before.verdict(signal, any_handler, false)),
+            None => now,
+        };
+        if held_back != now {
+            // The change makes the signal sendable: only once the kernel made
+            // it, and then as /proc shows it.
+            let pending = process.pending.as_ref().filter(|p| !p.exec && change_made(p));
+            let Some(pending) = pending else { return held_back };
+            let changed = pending.signal;
+            process.pending = None;
+            check_with_proc(process, caller.tid, changed);
+            return process.table.verdict(signal, any_handler, false);
         }
-        // The change makes the signal sendable: only once the kernel made it.
-        if still_changing(pending.tid, pending.arch) {
-            return both;
+        if now == Verdict::Signal {
+            if let Disposition::Handler { once: true, .. } = process.table.get(signal) {
+                // A one-shot handler goes with any delivery, not only ours.
+                if self.caught_now(caller.tid, signal).is_none_or(|c| c & signal_bit(signal) == 0) {
+                    if let Some(process) = self.processes.get_mut(&caller.tgid) {
+                        process.table.set(signal, Disposition::NotCaught);
+                    }
+                    return Verdict::NoHandler;
+                }
+            }
         }
-        process.pending = None;
         now
     }
 
@@ -252,7 +272,7 @@ impl Callers {
             return;
         }
         let Some(caller) = self.caller(listener, notif) else { return };
-        let (tid, arch) = (caller.tid, notif.data.arch);
+        let tid = caller.tid;
         if call == HandlerCall::Exec {
             self.knowledge.exec += 1;
             let Some(process) = self.processes.get_mut(&caller.tgid) else { return };
@@ -262,11 +282,11 @@ impl Callers {
             };
             process.table.reset();
             process.source = Source::Exec;
-            process.pending = Some(Pending { tid, arch, before, exec: true });
-            process.changed_at = ticks_now();
+            process.pending =
+                Some(Pending { tid, before, signal: 0, caught: false, switches: 0, exec: true });
             return;
         }
-        let compat = handlers::is_compat(arch, notif.data.nr);
+        let compat = handlers::is_compat(notif.data.arch, notif.data.nr);
         let (signal, action) = handlers::sigaction_of(call, compat, &notif.data.args);
         if self.watched & signal_bit(signal) == 0 {
             return;
@@ -274,42 +294,57 @@ impl Callers {
         let new = match action {
             Action::Nothing => return,
             Action::Now(disposition) => disposition,
-            Action::Read { at, len } => {
-                let mut bytes = [0u8; 16];
-                let buf = &mut bytes[..len.min(16)];
-                match read_memory(tid, at, buf) {
-                    // Read from the caller's memory only if it still waits.
-                    Ok(()) if listener.id_valid(notif.id) => {
-                        handlers::decode(call, compat, buf).unwrap_or(Disposition::Unknown)
-                    }
-                    Ok(()) => return,
-                    // The kernel cannot read it either: the call fails.
-                    Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return,
-                    Err(e) => {
-                        tracing::debug!("reading tid {tid}'s sigaction: {e}");
-                        Disposition::Unknown
-                    }
+            Action::Read { at, len } => match read_sigaction(tid, at, len) {
+                // Read from the caller's memory only if it still waits.
+                Ok(bytes) if listener.id_valid(notif.id) => {
+                    handlers::decode(call, compat, &bytes[..len]).unwrap_or(Disposition::Unknown)
                 }
-            }
+                Ok(_) => return,
+                // The kernel cannot read it either: the call fails.
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return,
+                Err(e) => {
+                    tracing::debug!("reading tid {tid}'s sigaction: {e}");
+                    Disposition::Unknown
+                }
+            },
         };
         // A signal already sent is delivered to whatever handler is there
         // when its thread returns: let it land before the handler changes.
         self.drain(caller.tgid, signal);
+        let switches = read_status(tid).map_or(u64::MAX, |s| s.switches);
         let Some(process) = self.processes.get_mut(&caller.tgid) else { return };
-        process.changed_at = ticks_now();
-        match &mut process.pending {
-            // Another thread's exec may succeed, and the new image will not
+        if process.pending.as_ref().is_some_and(|p| p.exec) {
+            // Another thread's exec: if it succeeds, the new image will not
             // have this handler; if it fails, the process will.
-            Some(p) if p.exec => p.before.set(signal, new),
-            pending => {
-                let before = match pending.take() {
-                    Some(p) => p.before.meet(&process.table),
-                    None => process.table.clone(),
-                };
-                process.table.set(signal, new);
-                process.pending = Some(Pending { tid, arch, before, exec: false });
+            if let Some(p) = process.pending.as_mut() {
+                p.before.set(signal, new);
+            }
+            return;
+        }
+        // Another thread's change, answered earlier, must be made first, or
+        // the kernel could make the two in the other order.
+        if let Some(earlier) = process.pending.take() {
+            let deadline = Instant::now() + ORDER_LIMIT;
+            while !change_made(&earlier) && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            if change_made(&earlier) {
+                check_with_proc(process, earlier.tid, earlier.signal);
+                process.pending = None;
+            } else {
+                // Either order may happen: the table holds for both.
+                let met = process.table.get(signal).meet(new);
+                process.table.set(signal, met);
+                let before = earlier.before.meet(&process.table);
+                let caught = process.table.caught(signal_bit(signal)) != 0;
+                process.pending = Some(Pending { tid, before, signal, caught, switches, exec: false });
+                return;
             }
         }
+        let before = process.table.clone();
+        process.table.set(signal, new);
+        let caught = process.table.caught(signal_bit(signal)) != 0;
+        process.pending = Some(Pending { tid, before, signal, caught, switches, exec: false });
     }
 
     /// The signals the thread's process catches, read now: a `pread` of its
@@ -376,7 +411,7 @@ impl Callers {
         }
         let tgid = status.tgid;
         if self.processes.get(&tgid).is_none_or(|p| p.start != start) {
-            let process = self.first_seen(&status, start);
+            let process = Callers::first_seen(&status, start);
             self.processes.insert(tgid, process);
         }
         let name = Arc::from(status.name.as_str());
@@ -384,23 +419,18 @@ impl Callers {
         Some(())
     }
 
-    /// A process seen for the first time. After a fork its handlers are its
-    /// parent's, if the parent's table was settled before the child started
-    /// and agrees with what /proc shows of the child; otherwise only /proc's
-    /// caught/not caught is known.
-    fn first_seen(&mut self, status: &Status, start: u64) -> Process {
-        let caught = status.caught & self.watched;
-        let inherited = self.processes.get(&status.ppid).filter(|parent| {
-            parent.pending.is_none()
-                && parent.changed_at + 2 < start
-                && parent.table.caught(self.watched) == caught
-                && process_start(status.ppid) == Some(parent.start)
-        });
-        let (table, source) = match inherited {
-            Some(parent) => (parent.table.clone(), Source::Fork),
-            None => (Table::from_caught(status.caught), Source::Proc),
-        };
-        Process { start, table, source, counted: false, pending: None, changed_at: 0, calls: 0, comm: None }
+    /// A process seen for the first time without an exec: a fork child.
+    /// Its handlers are what /proc shows, all taken as inherited.
+    fn first_seen(status: &Status, start: u64) -> Process {
+        Process {
+            start,
+            table: Table::from_caught(status.caught),
+            source: Source::Proc,
+            counted: false,
+            pending: None,
+            calls: 0,
+            comm: None,
+        }
     }
 
     /// Ends a pending change once the notification's thread shows it is
@@ -490,12 +520,65 @@ fn wait_delivered(tid: i32, signal: i32) {
     }
 }
 
-/// Whether thread `tid` is still inside a handler-changing call (of `arch`),
-/// per `/proc/<tid>/syscall`: "running", another call, or no thread, is no.
-fn still_changing(tid: i32, arch: u32) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{tid}/syscall")) else { return false };
-    let nr = text.split_ascii_whitespace().next().and_then(|n| n.parse::<i32>().ok());
-    nr.is_some_and(|nr| handler_calls().is_sigaction(arch, nr))
+/// Whether the kernel has made a sigaction change whose call was answered.
+/// Setting a handler never sleeps, so its thread is past the call once it
+/// sleeps or has slept since it was answered (/proc's state, and its
+/// voluntary context switches); "running" is not enough: a thread just woken
+/// from the wait runs before it makes the change. A change of caught or not
+/// also shows in `SigCgt`. A thread that is gone is past it too.
+fn change_made(pending: &Pending) -> bool {
+    let Some(status) = read_status(pending.tid) else { return true };
+    let bit = signal_bit(pending.signal);
+    let flips = pending.caught != (pending.before.caught(bit) != 0);
+    status.state != b'R'
+        || status.switches > pending.switches
+        || (flips && (status.caught & bit != 0) == pending.caught)
+}
+
+/// Once a change is made, /proc has the last word on whether the signal is
+/// caught: not caught is not caught (a one-shot handler that another signal
+/// used up); caught where the table says not (the caller's memory changed
+/// between sigvisor's read and the kernel's) is a handler of unknown origin.
+fn check_with_proc(process: &mut Process, tid: i32, signal: i32) {
+    if signal == 0 {
+        return;
+    }
+    let recorded = process.table.caught(signal_bit(signal)) != 0;
+    match read_status(tid).map(|s| s.caught & signal_bit(signal) != 0) {
+        Some(false) if recorded => process.table.set(signal, Disposition::NotCaught),
+        Some(true) if !recorded => process.table.set(signal, Disposition::Unknown),
+        _ => {}
+    }
+}
+
+/// Reads a `struct sigaction` (`len` bytes, at most 32) at `at` in thread
+/// `tid`'s process, if its pages are in memory: a missing page could be one
+/// a userfaultfd serves, and the read would wait for it for ever.
+fn read_sigaction(tid: i32, at: u64, len: usize) -> io::Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    let buf = bytes.get_mut(..len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if !resident(tid, at, len) {
+        return Err(io::Error::new(io::ErrorKind::WouldBlock, "not resident: it could block"));
+    }
+    read_memory(tid, at, buf)?;
+    Ok(bytes)
+}
+
+/// Whether every page of `[at, at+len)` in `tid`'s process is in memory or
+/// in swap (`/proc/<tid>/pagemap`); true where pagemap cannot be read.
+fn resident(tid: i32, at: u64, len: usize) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let Ok(pagemap) = File::open(format!("/proc/{tid}/pagemap")) else { return true };
+    let (first, last) = (at / page, (at + len.max(1) as u64 - 1) / page);
+    (first..=last).all(|index| {
+        let mut entry = [0u8; 8];
+        match pagemap.read_at(&mut entry, index * 8) {
+            // Bit 63: present; bit 62: swapped.
+            Ok(8) => u64::from_ne_bytes(entry) >> 62 != 0,
+            _ => true,
+        }
+    })
 }
 
 /// Reads `buf.len()` bytes at `at` in thread `tid`'s process.
@@ -522,6 +605,10 @@ struct Status {
     caught: u64,
     /// `SigPnd`: signals pending for this thread.
     pending: u64,
+    /// `State`'s letter: `R` running or runnable, `S`, `D`… asleep.
+    state: u8,
+    /// `voluntary_ctxt_switches`: how often the thread went to sleep.
+    switches: u64,
 }
 
 fn read_status(tid: i32) -> Option<Status> {
@@ -530,7 +617,16 @@ fn read_status(tid: i32) -> Option<Status> {
 }
 
 fn parse_status(text: &str) -> Option<Status> {
-    let mut status = Status { name: String::new(), tgid: 0, ppid: 0, threads: 0, caught: 0, pending: 0 };
+    let mut status = Status {
+        name: String::new(),
+        tgid: 0,
+        ppid: 0,
+        threads: 0,
+        caught: 0,
+        pending: 0,
+        state: 0,
+        switches: 0,
+    };
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else { continue };
         let value = value.trim();
@@ -541,6 +637,8 @@ fn parse_status(text: &str) -> Option<Status> {
             "Threads" => status.threads = value.parse().ok()?,
             "SigCgt" => status.caught = u64::from_str_radix(value, 16).ok()?,
             "SigPnd" => status.pending = u64::from_str_radix(value, 16).ok()?,
+            "State" => status.state = value.bytes().next()?,
+            "voluntary_ctxt_switches" => status.switches = value.parse().ok()?,
             _ => {}
         }
     }
@@ -560,16 +658,6 @@ fn process_start(tgid: i32) -> Option<u64> {
     stat_field(&std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?, 22)
 }
 
-/// Now, in the clock ticks of `starttime`.
-fn ticks_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ts.tv_sec as u64 * hz + ts.tv_nsec as u64 * hz / 1_000_000_000
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,8 +668,10 @@ mod tests {
         let status = read_status(me).expect("own status");
         assert_eq!(status.tgid, me);
         assert!(status.threads >= 1 && !status.name.is_empty());
-        let start = process_start(me).expect("own start");
-        assert!(start <= ticks_now());
+        assert!(process_start(me).is_some());
+        // SAFETY: gettid has no preconditions.
+        let this = read_status(unsafe { libc::gettid() }).expect("this thread's status");
+        assert_eq!(this.state, b'R', "this thread runs");
         assert!(read_status(i32::MAX).is_none());
     }
 
@@ -596,6 +686,8 @@ mod tests {
         assert_eq!(u64::from_ne_bytes(buf), value);
         let err = read_memory(me, 8, &mut buf).expect_err("page 0");
         assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+        assert!(resident(me, &value as *const u64 as u64, 8));
+        assert!(!resident(me, 8, 8), "page 0 is never mapped");
     }
 
     #[test]
@@ -628,10 +720,12 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let text = "Name:\tgo (x)\nTgid:\t42\nPPid:\t1\nThreads:\t3\nSigPnd:\t0000000000000004\nSigCgt:\tfffffffe7fc1feff\n";
+        let text = "Name:\tgo (x)\nState:\tS (sleeping)\nTgid:\t42\nPPid:\t1\nThreads:\t3\n\
+                    SigPnd:\t0000000000000004\nSigCgt:\tfffffffe7fc1feff\nvoluntary_ctxt_switches:\t7\n";
         let status = parse_status(text).expect("parses");
         assert_eq!((status.name.as_str(), status.tgid, status.ppid, status.threads), ("go (x)", 42, 1, 3));
         assert_eq!(status.pending, signal_bit(libc::SIGQUIT));
         assert!(status.caught & signal_bit(libc::SIGILL) != 0);
+        assert_eq!((status.state, status.switches), (b'S', 7));
     }
 }

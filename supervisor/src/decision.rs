@@ -33,6 +33,9 @@ pub enum Skip {
     CrashHandler,
     /// Its handler changed in a way sigvisor could not read.
     HandlerUnknown,
+    /// Its handler came from its parent at fork; not signalled until the
+    /// process installs one itself or execs (handlers.rs).
+    Inherited,
     /// Its process has fewer threads than `min-threads`.
     MinThreads,
     /// Its process name does not match `comm`.
@@ -54,6 +57,7 @@ impl fmt::Display for Skip {
             Skip::NoHandler => "no-handler",
             Skip::CrashHandler => "crash-handler",
             Skip::HandlerUnknown => "handler-unknown",
+            Skip::Inherited => "inherited",
             Skip::MinThreads => "min-threads",
             Skip::Comm => "comm",
             Skip::When => "when",
@@ -105,6 +109,7 @@ impl Decider {
             Verdict::NoHandler => Some(Skip::NoHandler),
             Verdict::CrashHandler => Some(Skip::CrashHandler),
             Verdict::Unknown => Some(Skip::HandlerUnknown),
+            Verdict::Inherited => Some(Skip::Inherited),
         };
         if let Some(why) = skip {
             return Decision::Skip(why, Some(caller));

@@ -5,7 +5,13 @@
 //! (the one sigvisor sends and the fault signals) and every `execve`. While
 //! the caller waits for the answer, the supervisor reads the new handler from
 //! its memory and records it here. `execve` resets caught handlers to the
-//! default; `fork` copies the table; threads share it.
+//! default; threads share the table.
+//!
+//! A handler a process got from its parent at `fork` is never signalled:
+//! fork children block signals and reset handlers before they exec
+//! (posix_spawn, CPython's subprocess), and a shell's subshell re-raises a
+//! trapped signal with its default action. Such a process is signalled once
+//! it installs the handler itself, or execs a program that does.
 //!
 //! Catching a signal is not surviving it: Go's runtime, HotSpot and
 //! CPython's faulthandler catch SIGILL only to crash. They install one
@@ -32,8 +38,9 @@ pub enum Disposition {
     /// A handler at this address; `once` if it was installed with
     /// SA_RESETHAND, so that the first delivery makes it SIG_DFL again.
     Handler { address: u64, once: bool },
-    /// Caught by a handler whose address is unknown: all /proc's `SigCgt`
-    /// tells of a process first seen mid-life.
+    /// Caught by a handler whose address is unknown, which the process
+    /// did not install itself since sigvisor knows it: a fork child's
+    /// inheritance, as /proc's `SigCgt` shows it.
     Caught,
     /// Changed in a way sigvisor could not read (the caller's memory was
     /// unreadable): never signalled, and may be any fault signal's handler.
@@ -52,6 +59,16 @@ impl Disposition {
 
     fn caught(self) -> bool {
         self != Disposition::NotCaught
+    }
+
+    /// One disposition for two that may each be the true one: the same, or
+    /// `Unknown` (never signalled, and may be any fault signal's handler).
+    pub fn meet(self, other: Disposition) -> Disposition {
+        if self == other {
+            self
+        } else {
+            Disposition::Unknown
+        }
     }
 
     /// Whether the same function may handle both (an unknown address may be
@@ -75,6 +92,8 @@ pub enum Verdict {
     CrashHandler,
     /// The handler could not be read.
     Unknown,
+    /// The handler came from the parent at fork (see the module's doc).
+    Inherited,
 }
 
 /// The dispositions of signals 1 to 64.
@@ -118,13 +137,17 @@ impl Table {
         sigvisor_proto::signals_in(mask).filter(|&s| self.get(s).caught()).fold(0, |m, s| m | signal_bit(s))
     }
 
-    /// Whether `signal` may be sent: only to a handler, and by default only
-    /// to one that is not also a fault signal's handler.
-    pub fn verdict(&self, signal: i32, any_handler: bool) -> Verdict {
+    /// Whether `signal` may be sent: only to a handler the process
+    /// installed itself, and by default only to one that is not also a fault
+    /// signal's handler. `trust_caught`: a `Caught` signal counts as
+    /// installed (a table read from /proc alone, where nothing better is
+    /// known), else it is inherited.
+    pub fn verdict(&self, signal: i32, any_handler: bool, trust_caught: bool) -> Verdict {
         let mine = self.get(signal);
         match mine {
             Disposition::NotCaught => return Verdict::NoHandler,
             Disposition::Unknown => return Verdict::Unknown,
+            Disposition::Caught if !trust_caught => return Verdict::Inherited,
             _ => {}
         }
         let crash = FAULT_SIGNALS.iter().any(|&fault| fault != signal && mine.may_share(self.get(fault)));
@@ -135,20 +158,11 @@ impl Table {
         }
     }
 
-    /// One table for two that may each be the true one, as strict as both:
-    /// a signal that differs becomes `Unknown` where one side does not catch
-    /// it, else `Caught` (some handler, which may be any other's).
+    /// One table for two that may each be the true one (`Disposition::meet`).
     pub fn meet(&self, other: &Table) -> Table {
         let mut met = Table::default();
         for (slot, (&a, &b)) in met.0.iter_mut().zip(self.0.iter().zip(other.0.iter())) {
-            *slot = match (a, b) {
-                _ if a == b => a,
-                (
-                    Disposition::Handler { .. } | Disposition::Caught,
-                    Disposition::Handler { .. } | Disposition::Caught,
-                ) => Disposition::Caught,
-                _ => Disposition::Unknown,
-            };
+            *slot = a.meet(b);
         }
         met
     }
@@ -206,16 +220,9 @@ impl HandlerCalls {
     pub fn classify(&self, arch: u32, nr: i32) -> Option<HandlerCall> {
         self.0.iter().find(|(a, n, _)| *a == arch && *n == nr).map(|(_, _, call)| *call)
     }
-
-    /// Whether `nr` of `arch` is one that changes handlers (for /proc's
-    /// `syscall`: is the thread still inside such a call?).
-    pub fn is_sigaction(&self, arch: u32, nr: i32) -> bool {
-        self.classify(arch, nr).is_some_and(|c| c != HandlerCall::Exec)
-    }
 }
 
-/// Where in the caller's memory a sigaction call's new handler is, and how
-/// to decode it: `Read { at, len }`, then `decode`.
+/// What a sigaction call sets, and where to find it.
 pub enum Action {
     /// The call changes nothing sigvisor watches (fails, or a query).
     Nothing,
@@ -234,10 +241,13 @@ pub fn sigaction_of(call: HandlerCall, compat: bool, args: &[u64; 6]) -> (i32, A
         // A NULL act is a query; a sigsetsize other than 8 is EINVAL.
         _ if args[1] == 0 => Action::Nothing,
         HandlerCall::RtSigaction if args[3] != 8 => Action::Nothing,
-        // struct old_sigaction { handler; mask; flags; restorer } (u32 each).
-        HandlerCall::OldSigaction => Action::Read { at: args[1], len: 12 },
-        // struct sigaction as the kernel takes it: handler, flags, … (a word each).
-        HandlerCall::RtSigaction => Action::Read { at: args[1], len: if compat { 8 } else { 16 } },
+        // The whole struct, as the kernel reads it (a part it cannot read
+        // fails the call): struct old_sigaction { handler; mask; flags;
+        // restorer } (u32 each); compat_sigaction { handler; flags;
+        // restorer (u32 each); mask (u64) }; sigaction { handler; flags;
+        // restorer; mask } (u64 each).
+        HandlerCall::OldSigaction => Action::Read { at: args[1], len: 16 },
+        HandlerCall::RtSigaction => Action::Read { at: args[1], len: if compat { 20 } else { 32 } },
     };
     (signal, action)
 }
@@ -278,34 +288,37 @@ mod tests {
     #[test]
     fn a_handler_of_its_own_is_signalled_a_shared_one_is_not() {
         let mut table = Table::default();
-        assert_eq!(table.verdict(ILL, false), Verdict::NoHandler);
+        assert_eq!(table.verdict(ILL, false, false), Verdict::NoHandler);
         // Go's runtime: one function for every signal.
         for s in 1..=64 {
             table.set(s, handler(0x1000));
         }
-        assert_eq!(table.verdict(ILL, false), Verdict::CrashHandler);
-        assert_eq!(table.verdict(ILL, true), Verdict::Signal);
-        assert_eq!(table.verdict(libc::SIGUSR1, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, false, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, true, false), Verdict::Signal);
+        assert_eq!(table.verdict(libc::SIGUSR1, false, false), Verdict::CrashHandler);
         // The gosignal demo: its own C handler for SIGILL.
         table.set(ILL, handler(0x2000));
-        assert_eq!(table.verdict(ILL, false), Verdict::Signal);
+        assert_eq!(table.verdict(ILL, false, false), Verdict::Signal);
         // An unknown address may be the crash handler.
         table.set(SEGV, Disposition::Caught);
-        assert_eq!(table.verdict(ILL, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, false, false), Verdict::CrashHandler);
         table.set(SEGV, Disposition::Unknown);
-        assert_eq!(table.verdict(ILL, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, false, false), Verdict::CrashHandler);
         table.set(ILL, Disposition::Unknown);
-        assert_eq!(table.verdict(ILL, true), Verdict::Unknown);
+        assert_eq!(table.verdict(ILL, true, false), Verdict::Unknown);
         table.reset();
-        assert_eq!(table.verdict(ILL, true), Verdict::NoHandler);
+        assert_eq!(table.verdict(ILL, true, false), Verdict::NoHandler);
     }
 
     #[test]
-    fn proc_only_knowledge_is_conservative() {
+    fn proc_only_knowledge_is_conservative_and_inheritance_never_signalled() {
         let caught = |signals: &[i32]| signals.iter().fold(0, |m, &s| m | signal_bit(s));
-        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, false), Verdict::Signal);
+        // Trusted (a filter without sigvisor's rules): caught is a handler.
+        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, false, true), Verdict::Signal);
         let faulty = Table::from_caught(caught(&[ILL, SEGV]));
-        assert_eq!(faulty.verdict(ILL, false), Verdict::CrashHandler);
+        assert_eq!(faulty.verdict(ILL, false, true), Verdict::CrashHandler);
+        // Otherwise it is a fork child's inheritance: never signalled.
+        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, true, false), Verdict::Inherited);
         assert_eq!(faulty.caught(caught(&[ILL, libc::SIGBUS])), caught(&[ILL]));
     }
 
@@ -315,13 +328,16 @@ mod tests {
         before.set(ILL, handler(0x2000));
         let mut after = before.clone();
         after.set(ILL, Disposition::NotCaught);
-        assert_eq!(before.meet(&after).verdict(ILL, false), Verdict::Unknown);
+        assert_eq!(before.meet(&after).verdict(ILL, false, false), Verdict::Unknown);
         after.set(ILL, handler(0x3000));
         after.set(SEGV, handler(0x3000));
-        assert_eq!(before.verdict(ILL, false), Verdict::Signal);
-        assert_eq!(after.verdict(ILL, false), Verdict::CrashHandler);
-        assert_eq!(before.meet(&after).verdict(ILL, false), Verdict::CrashHandler);
-        assert_eq!(both(before.verdict(ILL, false), after.verdict(ILL, false)), Verdict::CrashHandler);
+        assert_eq!(before.verdict(ILL, false, false), Verdict::Signal);
+        assert_eq!(after.verdict(ILL, false, false), Verdict::CrashHandler);
+        assert_eq!(before.meet(&after).verdict(ILL, false, false), Verdict::Unknown);
+        assert_eq!(
+            both(before.verdict(ILL, false, false), after.verdict(ILL, false, false)),
+            Verdict::CrashHandler
+        );
         assert_eq!(both(Verdict::NoHandler, Verdict::CrashHandler), Verdict::NoHandler);
         assert_eq!(before.meet(&before), before);
     }
@@ -338,7 +354,7 @@ mod tests {
         let mut compat = [0u8; 8];
         compat[..4].copy_from_slice(&1u32.to_ne_bytes());
         assert_eq!(decode(HandlerCall::RtSigaction, true, &compat), Some(Disposition::NotCaught));
-        let mut old = [0u8; 12];
+        let mut old = [0u8; 16];
         old[..4].copy_from_slice(&0x8048000u32.to_ne_bytes());
         assert_eq!(decode(HandlerCall::OldSigaction, true, &old), Some(handler(0x8048000)));
         assert_eq!(decode(HandlerCall::RtSigaction, false, &native[..8]), None);

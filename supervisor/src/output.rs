@@ -39,10 +39,9 @@ struct Handlers {
     calls: u64,
     /// execs seen: from each on, the process's handlers are known exactly.
     execs: u64,
-    /// Processes first seen after a fork, which took their parent's handlers.
-    inherited: u64,
-    /// Processes first seen mid-life: /proc tells caught or not, not which handler.
-    first_seen: u64,
+    /// Processes first seen without an exec (fork children): their handlers
+    /// are inherited, never signalled until they install one themselves.
+    forked: u64,
     /// Decisions that read /proc, for a signal the filter does not watch.
     proc_reads: u64,
 }
@@ -111,8 +110,7 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
         handlers: Handlers {
             calls: stats.handlers.handler_calls,
             execs: stats.handlers.exec,
-            inherited: stats.handlers.fork,
-            first_seen: stats.handlers.proc,
+            forked: stats.handlers.proc,
             proc_reads: stats.handlers.proc_reads,
         },
         containers,

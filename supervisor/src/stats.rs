@@ -86,7 +86,6 @@ impl Stats {
         self.withdrawn += other.withdrawn;
         let (mine, theirs) = (&mut self.handlers, &other.handlers);
         mine.exec += theirs.exec;
-        mine.fork += theirs.fork;
         mine.proc += theirs.proc;
         mine.proc_reads += theirs.proc_reads;
         mine.handler_calls += theirs.handler_calls;

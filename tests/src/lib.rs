@@ -39,6 +39,11 @@ pub fn closer() -> &'static str {
     env!("SIGVISOR_FIXTURE_CLOSER")
 }
 
+/// The C fixture that changes its handlers adversarially (tests/fixtures/adversary.c).
+pub fn adversary() -> &'static str {
+    env!("SIGVISOR_FIXTURE_ADVERSARY")
+}
+
 /// The Go fixture target (tests/fixtures/plaingo), if Go was installed
 /// when the tests were built.
 pub fn plaingo() -> Option<&'static str> {

@@ -392,3 +392,58 @@ fn filter_without_handler_rules_falls_back_to_proc() {
     assert_untouched(&run.reports[0]);
     assert_eq!(run.skipped("crash-handler"), 1000, "{:?}", run.summary());
 }
+
+/// Handler changes that once killed their program under sigvisor (found by
+/// trying to): a one-shot handler the program used up itself, a fork child
+/// with an inherited one-shot handler, an `act` the kernel cannot read, and
+/// two threads installing and removing the handler at once while two others
+/// close. Each must run to exit 0 with every close returning 0.
+#[test]
+fn adversarial_handler_changes_never_kill() {
+    for mode in ["oneshot-raise", "fork-oneshot", "efault-act", "two-changers"] {
+        for round in 0..3 {
+            let status = scratch(&format!("adversary-{mode}")).join("status.yaml");
+            let mut cmd = run_command(&status, &seed_profile(), &[]);
+            let out = wait_bounded(cmd.arg(adversary()).arg(mode).spawn().expect("spawn sigvisor"), mode);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let run = Run::from_output(out, &status);
+            assert_eq!(
+                run.code, 0,
+                "{mode} round {round} (132: killed by SIGILL):\n{stdout}\n{}",
+                run.stderr
+            );
+            assert!(stdout.contains("\"failed\":0"), "{mode}: {stdout}");
+            assert_eq!(run.count("errors"), 0, "{mode}");
+        }
+    }
+}
+
+/// Fork children are not signalled through a handler they inherited: a
+/// shell's subshell re-raises a trapped signal with its default action, and
+/// CPython's subprocess child blocks every signal and resets handlers
+/// before it execs (a signal left pending would kill it then).
+#[test]
+fn fork_children_keep_their_output() {
+    let dir = scratch("fork-children");
+    std::fs::write(dir.join("input.txt"), "hello\n").unwrap();
+    // From a file, bash keeps the script open as fd 255, and each forked
+    // child closes it before it runs its command: a trapped close.
+    let script = "trap ':' ILL\n(cat input.txt)\nx=$(cat input.txt)\necho \"sub: $x\"\n";
+    std::fs::write(dir.join("script.sh"), script).unwrap();
+    let native = unsupervised(&dir, "bash", &["script.sh"]);
+    let (run, stdout) = supervised("bash-subshell", &seed_profile(), &dir, "bash", &["script.sh"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(stdout.as_bytes(), native.stdout, "{}", run.stderr);
+    assert!(run.skipped("inherited") > 0, "{:?}", run.summary());
+
+    let Some(python) = python3() else { return };
+    let script = "import faulthandler, os, signal, subprocess\n\
+                  faulthandler.register(signal.SIGUSR1, file=open(os.devnull, 'w'))\n\
+                  r = subprocess.run(['cat', 'input.txt'], capture_output=True)\n\
+                  print(r.returncode, r.stdout.decode().strip())\n";
+    let profile = profile_with("fork-children-usr1", &[("signal", "SIGUSR1")]);
+    let (run, stdout) = supervised("python-subprocess", &profile, &dir, &python, &["-c", script]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(stdout, "0 hello\n", "subprocess's child killed by SIGUSR1 is -10:\n{}", run.stderr);
+    assert!(run.count("signalsSent") > 0, "the parent's own closes: {:?}", run.summary());
+}
