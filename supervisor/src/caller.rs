@@ -206,13 +206,14 @@ impl Callers {
         self.threads.get(&tid).map(|t| &t.pin)
     }
 
-    /// Whether `signal` may be sent to the caller's process now.
-    pub fn verdict(&mut self, caller: &Caller, signal: i32, any_handler: bool) -> Verdict {
+    /// Whether `signal` may be sent to the caller's process now, for a call
+    /// made through a 32-bit ABI (`compat`) or not.
+    pub fn verdict(&mut self, caller: &Caller, signal: i32, any_handler: bool, compat: bool) -> Verdict {
         if self.watched & signal_bit(signal) == 0 {
             // The filter does not tell this signal's changes: /proc, each time.
             self.knowledge.proc_reads += 1;
             return match self.caught_now(caller.tid, signal) {
-                Some(caught) => Table::from_caught(caught).verdict(signal, any_handler, true),
+                Some(caught) => Table::from_caught(caught).verdict(signal, any_handler, true, compat),
                 None => Verdict::Unknown,
             };
         }
@@ -223,9 +224,9 @@ impl Callers {
                 self.knowledge.proc += 1;
             }
         }
-        let now = process.table.verdict(signal, any_handler, false);
+        let now = process.table.verdict(signal, any_handler, false, compat);
         let held_back = match &process.pending {
-            Some(p) => handlers::both(now, p.before.verdict(signal, any_handler, false)),
+            Some(p) => handlers::both(now, p.before.verdict(signal, any_handler, false, compat)),
             None => now,
         };
         if held_back != now {
@@ -236,24 +237,22 @@ impl Callers {
             let changed = pending.signal;
             process.pending = None;
             check_with_proc(process, caller.tid, changed);
-            return process.table.verdict(signal, any_handler, false);
+            return process.table.verdict(signal, any_handler, false, compat);
         }
-        if now == Verdict::Signal {
-            if let Disposition::Handler { once: true, .. } = process.table.get(signal) {
-                // A one-shot handler goes with any delivery, not only ours.
-                if self.caught_now(caller.tid, signal).is_none_or(|c| c & signal_bit(signal) == 0) {
-                    if let Some(process) = self.processes.get_mut(&caller.tgid) {
-                        process.table.set(signal, Disposition::NotCaught);
-                    }
-                    return Verdict::NoHandler;
+        if now == Verdict::Unknown && process.table.get(signal) == Disposition::Unknown {
+            // What sigvisor could not read, /proc may still settle: not caught.
+            if self.caught_now(caller.tid, signal).is_some_and(|c| c & signal_bit(signal) == 0) {
+                if let Some(process) = self.processes.get_mut(&caller.tgid) {
+                    process.table.set(signal, Disposition::NotCaught);
                 }
+                return Verdict::NoHandler;
             }
         }
         now
     }
 
-    /// After a signal was sent: remember it is on its way, and that a
-    /// one-shot handler is SIG_DFL once it is delivered.
+    /// After a signal was sent: remember it is on its way (and that a
+    /// one-shot handler, signalled under `handler: any`, goes at delivery).
     pub fn signalled(&mut self, caller: &Caller, signal: i32) {
         if let Some(thread) = self.threads.get_mut(&caller.tid) {
             thread.in_flight = Some(signal);

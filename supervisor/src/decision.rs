@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::caller::{Caller, Callers};
 use crate::container;
-use crate::handlers::Verdict;
+use crate::handlers::{self, Verdict};
 use crate::profile::Policy;
 use crate::seccomp::{Listener, Notification};
 
@@ -36,6 +36,8 @@ pub enum Skip {
     /// Its handler came from its parent at fork; not signalled until the
     /// process installs one itself or execs (handlers.rs).
     Inherited,
+    /// Its handler is one-shot (`SA_RESETHAND`), as crash handlers' are.
+    OneShot,
     /// Its process has fewer threads than `min-threads`.
     MinThreads,
     /// Its process name does not match `comm`.
@@ -58,6 +60,7 @@ impl fmt::Display for Skip {
             Skip::CrashHandler => "crash-handler",
             Skip::HandlerUnknown => "handler-unknown",
             Skip::Inherited => "inherited",
+            Skip::OneShot => "one-shot",
             Skip::MinThreads => "min-threads",
             Skip::Comm => "comm",
             Skip::When => "when",
@@ -104,12 +107,14 @@ impl Decider {
                 self.runtime_init = None;
             }
         }
-        let skip = match self.callers.verdict(&caller, policy.signal, policy.any_handler) {
+        let compat = handlers::is_compat(notif.data.arch, notif.data.nr);
+        let skip = match self.callers.verdict(&caller, policy.signal, policy.any_handler, compat) {
             Verdict::Signal => None,
             Verdict::NoHandler => Some(Skip::NoHandler),
             Verdict::CrashHandler => Some(Skip::CrashHandler),
             Verdict::Unknown => Some(Skip::HandlerUnknown),
             Verdict::Inherited => Some(Skip::Inherited),
+            Verdict::OneShot => Some(Skip::OneShot),
         };
         if let Some(why) = skip {
             return Decision::Skip(why, Some(caller));

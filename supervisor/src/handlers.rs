@@ -36,8 +36,10 @@ pub enum Disposition {
     #[default]
     NotCaught,
     /// A handler at this address; `once` if it was installed with
-    /// SA_RESETHAND, so that the first delivery makes it SIG_DFL again.
-    Handler { address: u64, once: bool },
+    /// SA_RESETHAND, so that the first delivery makes it SIG_DFL again;
+    /// `compat` if it was installed through a 32-bit ABI (whose addresses
+    /// are 32 bits: a 64-bit program's handler set that way cannot run).
+    Handler { address: u64, once: bool, compat: bool },
     /// Caught by a handler whose address is unknown, which the process
     /// did not install itself since sigvisor knows it: a fork child's
     /// inheritance, as /proc's `SigCgt` shows it.
@@ -48,12 +50,13 @@ pub enum Disposition {
 }
 
 impl Disposition {
-    /// From a `sigaction`'s handler word and flags.
-    pub fn set(handler: u64, flags: u64) -> Disposition {
+    /// From a `sigaction`'s handler word and flags, set through a 32-bit
+    /// ABI or not.
+    pub fn set(handler: u64, flags: u64, compat: bool) -> Disposition {
         match handler {
             // SIG_DFL, SIG_IGN
             0 | 1 => Disposition::NotCaught,
-            address => Disposition::Handler { address, once: flags & SA_RESETHAND != 0 },
+            address => Disposition::Handler { address, once: flags & SA_RESETHAND != 0, compat },
         }
     }
 
@@ -94,6 +97,10 @@ pub enum Verdict {
     Unknown,
     /// The handler came from the parent at fork (see the module's doc).
     Inherited,
+    /// A one-shot handler (`SA_RESETHAND`): crash handlers install theirs
+    /// so, to die of the signal they re-raise; and a handler the program
+    /// means to use once is not sigvisor's to use up.
+    OneShot,
 }
 
 /// The dispositions of signals 1 to 64.
@@ -142,12 +149,16 @@ impl Table {
     /// signal's handler. `trust_caught`: a `Caught` signal counts as
     /// installed (a table read from /proc alone, where nothing better is
     /// known), else it is inherited.
-    pub fn verdict(&self, signal: i32, any_handler: bool, trust_caught: bool) -> Verdict {
+    /// `compat`: whether the call to be signalled came through a 32-bit ABI
+    /// (a handler installed through the other ABI is not known to work).
+    pub fn verdict(&self, signal: i32, any_handler: bool, trust_caught: bool, compat: bool) -> Verdict {
         let mine = self.get(signal);
         match mine {
             Disposition::NotCaught => return Verdict::NoHandler,
             Disposition::Unknown => return Verdict::Unknown,
             Disposition::Caught if !trust_caught => return Verdict::Inherited,
+            Disposition::Handler { compat: installed, .. } if installed != compat => return Verdict::Unknown,
+            Disposition::Handler { once: true, .. } if !any_handler => return Verdict::OneShot,
             _ => {}
         }
         let crash = FAULT_SIGNALS.iter().any(|&fault| fault != signal && mine.may_share(self.get(fault)));
@@ -237,7 +248,7 @@ pub fn sigaction_of(call: HandlerCall, compat: bool, args: &[u64; 6]) -> (i32, A
     let signal = args[0] as u32 as i32;
     let action = match call {
         HandlerCall::Exec => Action::Nothing,
-        HandlerCall::Signal => Action::Now(Disposition::set(args[1] & 0xffff_ffff, SIGNAL_FLAGS)),
+        HandlerCall::Signal => Action::Now(Disposition::set(args[1] & 0xffff_ffff, SIGNAL_FLAGS, true)),
         // A NULL act is a query; a sigsetsize other than 8 is EINVAL.
         _ if args[1] == 0 => Action::Nothing,
         HandlerCall::RtSigaction if args[3] != 8 => Action::Nothing,
@@ -265,7 +276,7 @@ pub fn decode(call: HandlerCall, compat: bool, bytes: &[u8]) -> Option<Dispositi
         HandlerCall::RtSigaction => (word(0, 8)?, word(8, 8)?),
         _ => return None,
     };
-    Some(Disposition::set(handler, flags))
+    Some(Disposition::set(handler, flags, compat || call == HandlerCall::OldSigaction))
 }
 
 /// Whether a notification comes from a 32-bit ABI (i386 or x32), whose
@@ -282,43 +293,52 @@ mod tests {
     const SEGV: i32 = libc::SIGSEGV;
 
     fn handler(address: u64) -> Disposition {
-        Disposition::Handler { address, once: false }
+        Disposition::Handler { address, once: false, compat: false }
     }
 
     #[test]
     fn a_handler_of_its_own_is_signalled_a_shared_one_is_not() {
         let mut table = Table::default();
-        assert_eq!(table.verdict(ILL, false, false), Verdict::NoHandler);
+        assert_eq!(table.verdict(ILL, false, false, false), Verdict::NoHandler);
         // Go's runtime: one function for every signal.
         for s in 1..=64 {
             table.set(s, handler(0x1000));
         }
-        assert_eq!(table.verdict(ILL, false, false), Verdict::CrashHandler);
-        assert_eq!(table.verdict(ILL, true, false), Verdict::Signal);
-        assert_eq!(table.verdict(libc::SIGUSR1, false, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, false, false, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, true, false, false), Verdict::Signal);
+        assert_eq!(table.verdict(libc::SIGUSR1, false, false, false), Verdict::CrashHandler);
         // The gosignal demo: its own C handler for SIGILL.
         table.set(ILL, handler(0x2000));
-        assert_eq!(table.verdict(ILL, false, false), Verdict::Signal);
+        assert_eq!(table.verdict(ILL, false, false, false), Verdict::Signal);
         // An unknown address may be the crash handler.
         table.set(SEGV, Disposition::Caught);
-        assert_eq!(table.verdict(ILL, false, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, false, false, false), Verdict::CrashHandler);
         table.set(SEGV, Disposition::Unknown);
-        assert_eq!(table.verdict(ILL, false, false), Verdict::CrashHandler);
+        assert_eq!(table.verdict(ILL, false, false, false), Verdict::CrashHandler);
+        table.set(SEGV, handler(0x1000));
+        // Set through int $0x80 by a 64-bit program: not known to work.
+        table.set(ILL, Disposition::Handler { address: 0x2000, once: false, compat: true });
+        assert_eq!(table.verdict(ILL, false, false, false), Verdict::Unknown);
+        assert_eq!(table.verdict(ILL, false, false, true), Verdict::Signal);
+        // One-shot: never used up by sigvisor, unless the user says any.
+        table.set(ILL, Disposition::Handler { address: 0x2000, once: true, compat: false });
+        assert_eq!(table.verdict(ILL, false, false, false), Verdict::OneShot);
+        assert_eq!(table.verdict(ILL, true, false, false), Verdict::Signal);
         table.set(ILL, Disposition::Unknown);
-        assert_eq!(table.verdict(ILL, true, false), Verdict::Unknown);
+        assert_eq!(table.verdict(ILL, true, false, false), Verdict::Unknown);
         table.reset();
-        assert_eq!(table.verdict(ILL, true, false), Verdict::NoHandler);
+        assert_eq!(table.verdict(ILL, true, false, false), Verdict::NoHandler);
     }
 
     #[test]
     fn proc_only_knowledge_is_conservative_and_inheritance_never_signalled() {
         let caught = |signals: &[i32]| signals.iter().fold(0, |m, &s| m | signal_bit(s));
         // Trusted (a filter without sigvisor's rules): caught is a handler.
-        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, false, true), Verdict::Signal);
+        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, false, true, false), Verdict::Signal);
         let faulty = Table::from_caught(caught(&[ILL, SEGV]));
-        assert_eq!(faulty.verdict(ILL, false, true), Verdict::CrashHandler);
+        assert_eq!(faulty.verdict(ILL, false, true, false), Verdict::CrashHandler);
         // Otherwise it is a fork child's inheritance: never signalled.
-        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, true, false), Verdict::Inherited);
+        assert_eq!(Table::from_caught(caught(&[ILL])).verdict(ILL, true, false, false), Verdict::Inherited);
         assert_eq!(faulty.caught(caught(&[ILL, libc::SIGBUS])), caught(&[ILL]));
     }
 
@@ -328,14 +348,14 @@ mod tests {
         before.set(ILL, handler(0x2000));
         let mut after = before.clone();
         after.set(ILL, Disposition::NotCaught);
-        assert_eq!(before.meet(&after).verdict(ILL, false, false), Verdict::Unknown);
+        assert_eq!(before.meet(&after).verdict(ILL, false, false, false), Verdict::Unknown);
         after.set(ILL, handler(0x3000));
         after.set(SEGV, handler(0x3000));
-        assert_eq!(before.verdict(ILL, false, false), Verdict::Signal);
-        assert_eq!(after.verdict(ILL, false, false), Verdict::CrashHandler);
-        assert_eq!(before.meet(&after).verdict(ILL, false, false), Verdict::Unknown);
+        assert_eq!(before.verdict(ILL, false, false, false), Verdict::Signal);
+        assert_eq!(after.verdict(ILL, false, false, false), Verdict::CrashHandler);
+        assert_eq!(before.meet(&after).verdict(ILL, false, false, false), Verdict::Unknown);
         assert_eq!(
-            both(before.verdict(ILL, false, false), after.verdict(ILL, false, false)),
+            both(before.verdict(ILL, false, false, false), after.verdict(ILL, false, false, false)),
             Verdict::CrashHandler
         );
         assert_eq!(both(Verdict::NoHandler, Verdict::CrashHandler), Verdict::NoHandler);
@@ -349,14 +369,15 @@ mod tests {
         native[8..].copy_from_slice(&SA_RESETHAND.to_ne_bytes());
         assert_eq!(
             decode(HandlerCall::RtSigaction, false, &native),
-            Some(Disposition::Handler { address: 0x55_0000_1234, once: true })
+            Some(Disposition::Handler { address: 0x55_0000_1234, once: true, compat: false })
         );
         let mut compat = [0u8; 8];
         compat[..4].copy_from_slice(&1u32.to_ne_bytes());
         assert_eq!(decode(HandlerCall::RtSigaction, true, &compat), Some(Disposition::NotCaught));
         let mut old = [0u8; 16];
         old[..4].copy_from_slice(&0x8048000u32.to_ne_bytes());
-        assert_eq!(decode(HandlerCall::OldSigaction, true, &old), Some(handler(0x8048000)));
+        let installed = decode(HandlerCall::OldSigaction, true, &old);
+        assert_eq!(installed, Some(Disposition::Handler { address: 0x8048000, once: false, compat: true }));
         assert_eq!(decode(HandlerCall::RtSigaction, false, &native[..8]), None);
     }
 

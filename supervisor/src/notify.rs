@@ -31,7 +31,7 @@ use crate::decision::{Decider, Decision, Skip};
 use crate::events::Describer;
 use crate::registry::TraceHandle;
 use crate::response::{self, Answered};
-use crate::seccomp::{Listener, Readiness};
+use crate::seccomp::{Listener, Notification, Readiness, Ticker};
 use crate::shared;
 use crate::signal::{self, SignalError};
 use crate::stats::Stats;
@@ -51,7 +51,9 @@ pub enum LoopMode {
 const HOT_BURST: u32 = 64;
 const HOT_WINDOW: Duration = Duration::from_millis(50);
 /// A hot listener this long without a notification goes back to async.
-const HOT_IDLE_MS: i32 = 250;
+const HOT_IDLE: Duration = Duration::from_millis(250);
+/// How often a hot thread's RECV is interrupted to look for a hang-up.
+const HOT_TICK: Duration = Duration::from_millis(50);
 
 /// Shared by all listeners of a supervisor.
 pub struct Context {
@@ -109,15 +111,24 @@ impl Handler {
     /// One notification, from RECV to CONTINUE. Call only when `poll` said a
     /// notification waits. Err only if the listener itself is unusable.
     fn serve_one(&mut self, listener: &Listener) -> io::Result<()> {
-        let notif = match listener.recv() {
-            Ok(n) => n,
-            // The caller was killed or interrupted between poll and RECV.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                self.stats().withdrawn += 1;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
+        match listener.recv() {
+            Ok(notif) => self.answer(listener, notif),
+            Err(e) => self.recv_failed(e),
+        }
+    }
+
+    /// RECV's ENOENT: the caller was killed or interrupted before it; not
+    /// an error of the listener.
+    fn recv_failed(&mut self, e: io::Error) -> io::Result<()> {
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            self.stats().withdrawn += 1;
+            return Ok(());
+        }
+        Err(e)
+    }
+
+    /// A received notification: decide, signal, CONTINUE, count.
+    fn answer(&mut self, listener: &Listener, notif: Notification) -> io::Result<()> {
         // sigvisor's own calls (handler changes, execs): recorded, answered,
         // never signalled, whatever the Trace's state.
         if let Some(call) = caller::handler_calls().classify(notif.data.arch, notif.data.nr) {
@@ -279,14 +290,37 @@ async fn run_async(
     }
 }
 
-/// The hot loop, on a thread of its own: `poll(2)` on this one listener
-/// keeps the kernel's same-CPU wake-up that epoll loses.
+/// The hot loop, on a thread of its own, blocked in RECV itself as a
+/// minimal C supervisor is: `SYNC_WAKE_UP` hands the caller's CPU straight
+/// to it, with no `poll` before each RECV. RECV cannot tell that the filter
+/// has no task left, so a ticker interrupts it now and then (EINTR; no
+/// notification is lost), and the loop asks `poll` then.
 fn run_hot(listener: &Listener, handler: &mut Handler) -> io::Result<HotEnd> {
+    let _ticker = Ticker::start(HOT_TICK)?;
+    let mut quiet = Duration::ZERO;
     loop {
-        match listener.poll(HOT_IDLE_MS)? {
-            Readiness::Notification => handler.serve_one(listener)?,
-            Readiness::Hangup => return Ok(HotEnd::Hangup),
-            Readiness::Idle => return Ok(HotEnd::Idle),
+        match listener.recv_once() {
+            Ok(notif) => {
+                quiet = Duration::ZERO;
+                handler.answer(listener, notif)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => match listener.poll(0)? {
+                Readiness::Notification => {}
+                Readiness::Hangup => return Ok(HotEnd::Hangup),
+                Readiness::Idle => {
+                    quiet += HOT_TICK;
+                    if quiet >= HOT_IDLE {
+                        return Ok(HotEnd::Idle);
+                    }
+                }
+            },
+            // A withdrawn call, or (at once, for ever) a filter no task uses.
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ENOENT) && listener.poll(0)? == Readiness::Hangup {
+                    return Ok(HotEnd::Hangup);
+                }
+                handler.recv_failed(e)?
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
     LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Mount, Spec,
 };
 use sigvisor_proto::Metadata;
@@ -111,12 +111,34 @@ fn arg(index: usize, op: LinuxSeccompOperator, value: u64) -> Result<LinuxSeccom
     Ok(LinuxSeccompArgBuilder::default().index(index).op(op).value(value).build()?)
 }
 
+/// `args[0]` is `signal`, compared on its low 32 bits as the kernel reads
+/// an int (junk above them must not set a handler unseen).
+fn signal_is(signal: i32) -> Result<LinuxSeccompArg> {
+    Ok(LinuxSeccompArgBuilder::default()
+        .index(0_usize)
+        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+        .value(0xffff_ffff_u64)
+        .value_two(signal as u64)
+        .build()?)
+}
+
 fn rule(name: &str, action: LinuxSeccompAction, args: Vec<LinuxSeccompArg>) -> Result<LinuxSyscall> {
     let mut builder = LinuxSyscallBuilder::default().names(vec![name.to_owned()]).action(action);
     if !args.is_empty() {
         builder = builder.args(args);
     }
     Ok(builder.build()?)
+}
+
+/// The ABIs this machine runs: its own and its compat ones.
+fn native_abis() -> Vec<Arch> {
+    if cfg!(target_arch = "x86_64") {
+        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+    } else if cfg!(target_arch = "aarch64") {
+        vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The action a profile gives every call of `name`: its rule's, else the
@@ -130,9 +152,10 @@ fn action_of(seccomp: &LinuxSeccomp, rules: &[LinuxSyscall], name: &str) -> Opti
 }
 
 /// The rules that tell sigvisor every handler change of the `watched`
-/// signals (handlers.rs): `rt_sigaction` notifies when it sets one of them,
-/// `execve` and `execveat` always; and the signals they can watch (0 where
-/// the profile decides those calls with argument checks of its own).
+/// signals (handlers.rs): `rt_sigaction` (and i386's `sigaction` and
+/// `signal`) notify when they set one of them, `execve` and `execveat`
+/// always; and the signals they can watch (0 where the profile decides
+/// those calls with argument checks of its own).
 ///
 /// Only calls the profile lets run are trapped (a CONTINUE must never run
 /// a call the container's profile refused). libseccomp drops conditional
@@ -146,7 +169,7 @@ fn handler_rules(
     use LinuxSeccompAction::{
         ScmpActAllow, ScmpActErrno, ScmpActKill, ScmpActKillProcess, ScmpActKillThread, ScmpActLog,
     };
-    use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpGt, ScmpCmpLt, ScmpCmpNe};
+    use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpNe};
     let notify = LinuxSeccompAction::ScmpActNotify;
     let runs = |a: &LinuxSeccompAction| matches!(a, ScmpActAllow | ScmpActLog);
     let refused = |a: &LinuxSeccompAction| {
@@ -162,24 +185,32 @@ fn handler_rules(
             _ => watchable = 0,
         }
     }
-    match action_of(seccomp, rules, "rt_sigaction") {
-        Some(other) if runs(&other) => {
-            for signal in sigvisor_proto::signals_in(watched) {
-                let sets = vec![arg(0, ScmpCmpEq, signal as u64)?, arg(1, ScmpCmpNe, 0)?];
-                added.push(rule("rt_sigaction", notify, sets)?);
-            }
-            if other != seccomp.default_action() {
-                // Queries; other signals; numbers that are no signal.
-                added.push(rule("rt_sigaction", other, vec![arg(1, ScmpCmpEq, 0)?])?);
-                for signal in (1..=64).filter(|&s| watched & sigvisor_proto::signal_bit(s) == 0) {
-                    added.push(rule("rt_sigaction", other, vec![arg(0, ScmpCmpEq, signal as u64)?])?);
+    // rt_sigaction(sig, act, ...), i386's sigaction(sig, act, ...) and
+    // signal(sig, handler): those that set a watched signal's handler.
+    for (name, has_act) in [("rt_sigaction", true), ("sigaction", true), ("signal", false)] {
+        match action_of(seccomp, rules, name) {
+            Some(other) if runs(&other) => {
+                for signal in sigvisor_proto::signals_in(watched) {
+                    let mut sets = vec![signal_is(signal)?];
+                    if has_act {
+                        sets.push(arg(1, ScmpCmpNe, 0)?);
+                    }
+                    added.push(rule(name, notify, sets)?);
                 }
-                added.push(rule("rt_sigaction", other, vec![arg(0, ScmpCmpLt, 1)?])?);
-                added.push(rule("rt_sigaction", other, vec![arg(0, ScmpCmpGt, 64)?])?);
+                if other != seccomp.default_action() {
+                    // Queries and other signals keep their action. A number
+                    // that is no signal gets the default's error, not EINVAL.
+                    if has_act {
+                        added.push(rule(name, other, vec![arg(1, ScmpCmpEq, 0)?])?);
+                    }
+                    for signal in (1..=64).filter(|&s| watched & sigvisor_proto::signal_bit(s) == 0) {
+                        added.push(rule(name, other, vec![signal_is(signal)?])?);
+                    }
+                }
             }
+            Some(a) if refused(&a) => {}
+            _ => watchable = 0,
         }
-        Some(a) if refused(&a) => {}
-        _ => watchable = 0,
     }
     if watchable == 0 {
         return Ok((Vec::new(), 0));
@@ -195,7 +226,12 @@ fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut seccomp: LinuxSeccomp = match linux.seccomp() {
         Some(s) => s.clone(),
-        None => LinuxSeccompBuilder::default().default_action(LinuxSeccompAction::ScmpActAllow).build()?,
+        // No seccomp before: every ABI ran. A filter lists the ABIs it
+        // covers, and kills callers of any other.
+        None => LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .architectures(native_abis())
+            .build()?,
     };
     let mut rules = seccomp.syscalls().clone().unwrap_or_default();
     let (handler_rules, watched) =
@@ -352,10 +388,13 @@ mod tests {
         let (seccomp, rules) = profile(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"}));
         let (added, got) = handler_rules(&seccomp, &rules, watched).unwrap();
         assert_eq!(got, watched);
-        assert_eq!(added.len(), 2 + 5);
+        // exec, execveat; rt_sigaction, sigaction and signal for 5 signals.
+        assert_eq!(added.len(), 2 + 3 * 5);
         assert!(added.iter().all(|r| r.action() == LinuxSeccompAction::ScmpActNotify));
         let sets = added.iter().find(|r| r.names()[0] == "rt_sigaction").unwrap().args().clone().unwrap();
-        assert_eq!((sets[0].index(), sets[0].value(), sets[1].index()), (0, libc::SIGILL as u64, 1));
+        assert_eq!(sets[0].op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+        assert_eq!((sets[0].value(), sets[0].value_two()), (0xffff_ffff, Some(libc::SIGILL as u64)));
+        assert_eq!((sets[1].index(), sets[1].op()), (1, LinuxSeccompOperator::ScmpCmpNe));
 
         // Docker's shape: deny by default, rt_sigaction and execve allowed by
         // a plain rule: rt_sigaction's other calls keep being allowed.
@@ -366,8 +405,9 @@ mod tests {
         let (added, got) = handler_rules(&seccomp, &rules, watched).unwrap();
         assert_eq!(got, watched);
         let allowed = added.iter().filter(|r| r.action() == LinuxSeccompAction::ScmpActAllow).count();
-        // Queries, the 59 other signal numbers, below 1, above 64.
-        assert_eq!(allowed, 1 + 59 + 2, "{:?}", names(&added));
+        // rt_sigaction's queries and the 59 other signals; sigaction and
+        // signal are refused (the default), so nothing for them.
+        assert_eq!(allowed, 1 + 59, "{:?}", names(&added));
         assert!(!names(&added).contains(&"execveat/ScmpActNotify".to_owned()), "execveat is refused");
 
         // A profile that refuses both: nothing trapped, nothing can change.

@@ -75,6 +75,16 @@ impl Listener {
         }
     }
 
+    /// Receives one notification, blocking; EINTR if a signal (`Ticker`)
+    /// interrupted the wait, before any notification was taken.
+    pub fn recv_once(&self) -> io::Result<Notification> {
+        // SAFETY: seccomp_notif is plain old data; the kernel requires it zeroed.
+        let mut notif: Notification = unsafe { std::mem::zeroed() };
+        // SAFETY: RECV writes one seccomp_notif into the buffer we own.
+        check(unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) })?;
+        Ok(notif)
+    }
+
     /// Whether notification `id` is still pending: its caller is alive and
     /// waiting. Proves that a tid read from the notification still names it.
     pub fn id_valid(&self, id: u64) -> bool {
@@ -143,3 +153,56 @@ impl AsRawFd for Listener {
         self.raw()
     }
 }
+
+/// The signal a `Ticker` sends: a real-time one nothing else here uses.
+fn tick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 7
+}
+
+/// Interrupts this thread's blocking syscalls every `period` with a signal
+/// whose handler does nothing (without SA_RESTART, so they fail EINTR).
+pub struct Ticker(libc::timer_t);
+
+extern "C" fn on_tick(_: libc::c_int) {}
+
+impl Ticker {
+    pub fn start(period: std::time::Duration) -> io::Result<Ticker> {
+        static HANDLER: std::sync::Once = std::sync::Once::new();
+        HANDLER.call_once(|| {
+            // SAFETY: sigaction is plain old data; all-zero is its empty
+            // value. The handler is async-signal-safe (it does nothing).
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_tick as *const () as libc::sighandler_t;
+                libc::sigaction(tick_signal(), &action, std::ptr::null_mut());
+            }
+        });
+        // SAFETY: sigevent is plain old data; all-zero is its empty value.
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_THREAD_ID;
+        event.sigev_signo = tick_signal();
+        // SAFETY: gettid has no preconditions.
+        event.sigev_notify_thread_id = unsafe { libc::gettid() };
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: timer_create reads the sigevent and writes the timer id.
+        check(unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) })?;
+        let ticker = Ticker(timer);
+        let interval = libc::timespec { tv_sec: period.as_secs() as _, tv_nsec: period.subsec_nanos() as _ };
+        let spec = libc::itimerspec { it_interval: interval, it_value: interval };
+        // SAFETY: the timer was just created; settime reads the spec.
+        check(unsafe { libc::timer_settime(ticker.0, 0, &spec, std::ptr::null_mut()) })?;
+        Ok(ticker)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        // SAFETY: the timer is ours and deleted once; a signal it already
+        // queued is handled by the do-nothing handler.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}
+
+// SAFETY: a timer id is a plain handle the kernel owns; it names the same
+// timer from any thread.
+unsafe impl Send for Ticker {}

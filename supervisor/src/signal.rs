@@ -2,11 +2,12 @@
 //! handler which call it was.
 //!
 //! `notif.pid` is a tid, and tids are recycled. The caller's entry pins one
-//! thread (`caller.rs`) and was just proven alive; ID_VALID then proves the
-//! caller still waits, so it held the tid throughout and the pin is it. The
-//! signal goes through the pin (`pidfd_send_signal`, Linux 6.9); older
-//! kernels get `rt_tgsigqueueinfo` after ID_VALID, which leaves a window of
-//! a few instructions.
+//! thread (`caller.rs`) and was proven alive after the notification was
+//! received: it held the tid from before the call until then, so it is the
+//! caller. The signal goes through the pin (`pidfd_send_signal`, Linux 6.9);
+//! if the caller died since, that fails with ESRCH. Older kernels get
+//! `rt_tgsigqueueinfo` after ID_VALID, which leaves a window of a few
+//! instructions.
 //!
 //! The signal carries `si_code = SI_QUEUE` (a process may queue those to
 //! another it may kill) and a `si_value` naming the call: the low 32 bits
@@ -68,16 +69,22 @@ pub fn signal_caller(
         _rest: [0; 12],
     };
     let info = &info as *const QueuedInfo;
-    if !listener.id_valid(notif.id) {
-        return Err(SignalError::CallerGone);
-    }
     let ret = match callers.pin(caller.tid) {
+        // The pin was proven alive after the notification was received (or
+        // opened and checked with ID_VALID then): it has held the tid since
+        // before the call, so it is the caller. No ID_VALID needed; if the
+        // caller died since, the pidfd says ESRCH.
         // SAFETY: info points at a whole siginfo_t-sized struct we own.
         Some(Pin::Pidfd(pidfd)) => unsafe {
             libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, info, PIDFD_SIGNAL_THREAD)
         },
-        // SAFETY: as above.
-        _ => unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, caller.tgid, caller.tid, signal, info) },
+        _ => {
+            if !listener.id_valid(notif.id) {
+                return Err(SignalError::CallerGone);
+            }
+            // SAFETY: as above.
+            unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, caller.tgid, caller.tid, signal, info) }
+        }
     };
     if ret < 0 {
         let e = io::Error::last_os_error();

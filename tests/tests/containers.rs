@@ -248,3 +248,29 @@ fn faults_and_concurrency_leave_the_server_serving() {
     assert_eq!(containers, 22, "warm-up, the killed one and twenty: {summary:?}");
     assert_eq!(summary["errors"], 0, "{log}");
 }
+
+/// A bundle that had no seccomp section ran every ABI; the patched one must
+/// too (a filter kills callers of an ABI it does not list): a 32-bit static
+/// program in a crun container, trapped through the i386 ABI and precise.
+#[test]
+fn crun_patched_listener_runs_32_bit_programs() {
+    let Some(closer_i386) = option_env!("SIGVISOR_FIXTURE_CLOSER_I386") else {
+        return eprintln!("SKIPPED: no i386 fixture (install gcc-multilib)");
+    };
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("crun-i386", &[]);
+    let bundle = bundle("crun-i386", &["/bin/closer32", "--threads", "2", "--closes", "200"]);
+    std::fs::copy(closer_i386, bundle.join("rootfs/bin/closer32")).expect("copy the i386 closer");
+    assert!(config(&bundle)["linux"]["seccomp"].is_null(), "runc spec writes no seccomp section");
+    patch(&bundle, &server.socket, &["--runtime", "crun"]);
+    let arches = &config(&bundle)["linux"]["seccomp"]["architectures"];
+    assert!(arches.as_array().is_some_and(|a| a.contains(&json!("SCMP_ARCH_X86"))), "{arches}");
+    let id = container_id("crun-i386");
+    let out = crun_run(&bundle, &id);
+    assert_eq!(exit_code(&out), 0, "159 is SIGSYS: {}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    let (traces, _) = server.stop();
+    assert_eq!(container_line(&traces, &id)["signals"], 400);
+}
