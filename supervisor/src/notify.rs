@@ -10,12 +10,13 @@
 //!
 //! Two ways to wait, because they cost differently (design.md §7):
 //! - **async**: tokio's `AsyncFd` (epoll). An idle listener costs one task
-//!   and no thread, but epoll loses the synchronous wake-up: 4x slower per
-//!   notification in design.md's C figures, about 2x in docs/benchmarks.md.
-//! - **hot**: a dedicated thread waiting in `poll(2)` on this listener
-//!   alone, which keeps `SYNC_WAKE_UP`'s same-CPU hand-off. A listener
-//!   that bursts moves here (bounded by a semaphore: at most a few threads),
-//!   and returns to async after a quiet spell.
+//!   and no thread, but epoll loses the synchronous wake-up (4x slower per
+//!   notification in design.md's C figures, 1.1-1.2x the hot thread in
+//!   docs/benchmarks.md).
+//! - **hot**: a dedicated thread blocked in RECV on this listener, which
+//!   keeps `SYNC_WAKE_UP`'s same-CPU hand-off. A listener that bursts moves
+//!   here (bounded by a semaphore: at most a few threads), and returns to
+//!   async after a quiet spell.
 
 use std::borrow::Cow;
 use std::io;
