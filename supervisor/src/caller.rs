@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,16 +23,15 @@ use std::time::{Duration, Instant};
 use sigvisor_proto::signal_bit;
 
 use crate::handlers::{self, Action, Disposition, HandlerCall, HandlerCalls, Table, Verdict};
-use crate::seccomp::{Listener, Notification};
+use crate::sys::memory;
+use crate::sys::seccomp::{Listener, Notification};
+#[cfg(test)]
+use crate::sys::thread;
+pub use crate::sys::thread::Pin;
 
 /// Threads (and, apart, processes) kept at most per listener. When full,
 /// the dead go first; if all still live, all go and are reopened on demand.
 const MAX_ENTRIES: usize = 256;
-
-/// `PIDFD_THREAD` (= O_EXCL, Linux 6.9); not in libc yet.
-const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
-/// `PIDFD_SIGNAL_THREAD` (Linux 6.9); not in libc yet.
-pub const PIDFD_SIGNAL_THREAD: libc::c_uint = 1;
 
 /// How long a handler change waits for a signal already sent to be
 /// delivered under the old handler (it is, as soon as its thread returns
@@ -57,50 +55,6 @@ pub struct Caller {
     pub tgid: i32,
     /// The thread's name (`comm`) when it was first seen.
     pub name: Arc<str>,
-}
-
-/// What pins a thread: a `PIDFD_THREAD` pidfd, or (before 6.9) its stat file.
-pub enum Pin {
-    Pidfd(OwnedFd),
-    Stat(File),
-}
-
-/// Cleared on the first EINVAL from `pidfd_open(.., PIDFD_THREAD)`.
-static THREAD_PIDFDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-impl Pin {
-    fn open(tid: i32) -> io::Result<Pin> {
-        use std::sync::atomic::Ordering::Relaxed;
-        if THREAD_PIDFDS.load(Relaxed) {
-            // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
-            if fd >= 0 {
-                // SAFETY: the kernel just returned this fd (O_CLOEXEC); nobody else owns it.
-                return Ok(Pin::Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }));
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
-            }
-            tracing::info!("kernel has no PIDFD_THREAD (Linux < 6.9): pinning threads by their stat file");
-            THREAD_PIDFDS.store(false, Relaxed);
-        }
-        File::open(format!("/proc/{tid}/stat")).map(Pin::Stat)
-    }
-
-    /// Whether the pinned thread is alive, and so the one holding its tid.
-    /// A thread pidfd polls readable once its thread has exited (6.9): a
-    /// zero-timeout poll is the cheapest syscall that asks.
-    fn alive(&self) -> bool {
-        match self {
-            Pin::Pidfd(fd) => {
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one pollfd we own, for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
-            }
-            Pin::Stat(file) => file.read_at(&mut [0u8; 1], 0).is_ok(),
-        }
-    }
 }
 
 struct Thread {
@@ -559,15 +513,14 @@ fn read_sigaction(tid: i32, at: u64, len: usize) -> io::Result<[u8; 32]> {
     if !resident(tid, at, len) {
         return Err(io::Error::new(io::ErrorKind::WouldBlock, "not resident: it could block"));
     }
-    read_memory(tid, at, buf)?;
+    memory::read(tid, at, buf)?;
     Ok(bytes)
 }
 
 /// Whether every page of `[at, at+len)` in `tid`'s process is in memory or
 /// in swap (`/proc/<tid>/pagemap`); true where pagemap cannot be read.
 fn resident(tid: i32, at: u64, len: usize) -> bool {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let page = memory::page_size();
     let Ok(pagemap) = File::open(format!("/proc/{tid}/pagemap")) else { return true };
     let (first, last) = (at / page, (at + len.max(1) as u64 - 1) / page);
     (first..=last).all(|index| {
@@ -578,20 +531,6 @@ fn resident(tid: i32, at: u64, len: usize) -> bool {
             _ => true,
         }
     })
-}
-
-/// Reads `buf.len()` bytes at `at` in thread `tid`'s process.
-fn read_memory(tid: i32, at: u64, buf: &mut [u8]) -> io::Result<()> {
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: at as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: one local iovec over `buf`, which we own for the call; the
-    // remote address is only read by the kernel, in the other process.
-    let n = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
-    match n {
-        n if n < 0 => Err(io::Error::last_os_error()),
-        n if n as usize == buf.len() => Ok(()),
-        _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
-    }
 }
 
 /// The fields of `/proc/<tid>/status` sigvisor uses.
@@ -668,8 +607,7 @@ mod tests {
         assert_eq!(status.tgid, me);
         assert!(status.threads >= 1 && !status.name.is_empty());
         assert!(process_start(me).is_some());
-        // SAFETY: gettid has no preconditions.
-        let this = read_status(unsafe { libc::gettid() }).expect("this thread's status");
+        let this = read_status(thread::gettid()).expect("this thread's status");
         assert_eq!(this.state, b'R', "this thread runs");
         assert!(read_status(i32::MAX).is_none());
     }
@@ -681,9 +619,9 @@ mod tests {
         assert!(pin.alive());
         let value: u64 = 0x1234_5678_9abc_def0;
         let mut buf = [0u8; 8];
-        read_memory(me, &value as *const u64 as u64, &mut buf).expect("read own memory");
+        memory::read(me, &value as *const u64 as u64, &mut buf).expect("read own memory");
         assert_eq!(u64::from_ne_bytes(buf), value);
-        let err = read_memory(me, 8, &mut buf).expect_err("page 0");
+        let err = memory::read(me, 8, &mut buf).expect_err("page 0");
         assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
         assert!(resident(me, &value as *const u64 as u64, 8));
         assert!(!resident(me, 8, 8), "page 0 is never mapped");
@@ -694,8 +632,7 @@ mod tests {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tid_tx.send(unsafe { libc::gettid() }).expect("send tid");
+            tid_tx.send(thread::gettid()).expect("send tid");
             go_rx.recv().ok();
         });
         let tid = tid_rx.recv().expect("tid");

@@ -56,8 +56,7 @@ impl Response {
 
 /// Accepts control clients until the process ends.
 pub async fn serve(listener: UnixListener, registry: Arc<Registry>) {
-    // SAFETY: geteuid has no preconditions.
-    let own_uid = unsafe { libc::geteuid() };
+    let own_uid = crate::sys::process::euid();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

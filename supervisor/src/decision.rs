@@ -6,7 +6,7 @@ use crate::caller::{Caller, Callers};
 use crate::container;
 use crate::handlers::{self, Verdict};
 use crate::profile::Policy;
-use crate::seccomp::{Listener, Notification};
+use crate::sys::seccomp::{Listener, Notification};
 
 /// Why a notification was answered without a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use crate::caller::Caller;
 use crate::container::Origin;
 use crate::decision::Skip;
-use crate::seccomp::{Listener, Notification};
+use crate::sys::seccomp::{Listener, Notification};
 
 /// Events a slow `stream` client may fall behind by before it loses some.
 const STREAM_BACKLOG: usize = 4096;
@@ -181,7 +181,7 @@ impl Describer {
 
 /// The name of syscall `nr` of the ABI `arch` (an AUDIT_ARCH_* value).
 fn syscall_name(arch: u32, nr: i32) -> String {
-    crate::seccomp::abi(arch, nr)
+    crate::sys::seccomp::abi(arch, nr)
         .and_then(|abi| ScmpSyscall::from(nr).get_name_by_arch(abi).ok())
         .unwrap_or_else(|| format!("syscall {nr}"))
 }

@@ -215,7 +215,7 @@ impl HandlerCalls {
             ("execveat", HandlerCall::Exec),
         ];
         let mut calls = Vec::new();
-        for (audit, abi) in crate::seccomp::ABIS {
+        for (audit, abi) in crate::sys::seccomp::ABIS {
             for (name, call) in names {
                 // A negative number is libseccomp's: the ABI has no such call.
                 if let Ok(nr) = ScmpSyscall::from_name_by_arch(name, *abi).map(i32::from) {
@@ -282,7 +282,7 @@ pub fn decode(call: HandlerCall, compat: bool, bytes: &[u8]) -> Option<Dispositi
 /// Whether a notification comes from a 32-bit ABI (i386 or x32), whose
 /// `struct sigaction` has 4-byte words.
 pub fn is_compat(arch: u32, nr: i32) -> bool {
-    matches!(crate::seccomp::abi(arch, nr), Some(ScmpArch::X86 | ScmpArch::X32 | ScmpArch::Arm))
+    matches!(crate::sys::seccomp::abi(arch, nr), Some(ScmpArch::X86 | ScmpArch::X32 | ScmpArch::Arm))
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! notification loop → `decision` → `signal` → `response` (CONTINUE) →
 //! `stats` and `output` (the Trace status).
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod caller;
 mod container;
 mod control;
@@ -19,11 +22,11 @@ mod profile;
 mod registry;
 mod response;
 mod run;
-mod seccomp;
 mod serve;
 mod shared;
 mod signal;
 mod stats;
+mod sys;
 mod verbs;
 
 use std::ffi::OsString;

@@ -23,8 +23,6 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::Semaphore;
 
 use crate::caller::{self, Callers};
@@ -32,10 +30,11 @@ use crate::decision::{Decider, Decision, Skip};
 use crate::events::Describer;
 use crate::registry::TraceHandle;
 use crate::response::{self, Answered};
-use crate::seccomp::{Listener, Notification, Readiness, Ticker};
 use crate::shared;
 use crate::signal::{self, SignalError};
 use crate::stats::Stats;
+use crate::sys::fd;
+use crate::sys::seccomp::{Listener, Notification, Readiness, Ticker};
 
 /// How a listener waits for notifications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -257,9 +256,7 @@ async fn run_async(
     handler: &mut Handler,
     ctx: &Context,
 ) -> io::Result<Option<(Listener, tokio::sync::OwnedSemaphorePermit)>> {
-    // SAFETY: the AsyncFd owns the fd (an OwnedFd inside), so it stays open
-    // and the same until the AsyncFd is dropped or into_inner'd.
-    let fd = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }?;
+    let fd = fd::readable(listener)?;
     let mut window = Instant::now();
     let mut burst = 0u32;
     loop {

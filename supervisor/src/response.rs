@@ -4,7 +4,7 @@
 
 use std::io;
 
-use crate::seccomp::Listener;
+use crate::sys::seccomp::Listener;
 
 pub enum Answered {
     /// The syscall runs now; a signal sent before this is delivered on its

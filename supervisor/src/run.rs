@@ -3,37 +3,23 @@
 //! handoff protocol as every other client.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::notify::{Context, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::{Registry, OPERATION_ANNOTATION};
+use crate::sys::{fd, process};
 
 /// Exit status for sigvisor's own failures (as `env` and `timeout` use).
 pub const FAILED: i32 = 125;
 
-/// The fd limit sigvisor started with, which CMD gets back.
-static ORIGINAL_FD_LIMIT: OnceLock<libc::rlimit> = OnceLock::new();
-
-/// Lifts sigvisor's soft limit on open fds to the hard one: each supervised
-/// thread may hold a few (caller.rs), and 1024 is soon reached.
-pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            let _ = ORIGINAL_FD_LIMIT.set(limit);
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, ..limit };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
-        }
-    }
-}
+pub use crate::sys::process::raise_fd_limit;
 
 pub struct RunOptions {
     pub trace: Trace,
@@ -81,7 +67,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         None => None,
     };
 
-    let (ours, theirs) = socketpair()?;
+    let (ours, theirs) = fd::socketpair_for_child().context("socketpair")?;
     let mut command = tokio::process::Command::new(&launcher);
     command.arg("--socket-fd").arg(theirs.as_raw_fd().to_string());
     for syscall in &opts.policy.syscalls {
@@ -89,16 +75,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     }
     command.arg("--signal").arg(opts.policy.signal.to_string());
     command.arg("--").args(&opts.cmd);
-    if let Some(&limit) = ORIGINAL_FD_LIMIT.get() {
-        // SAFETY: the closure runs between fork and exec and only calls
-        // setrlimit, which is async-signal-safe; CMD gets its limit back.
-        unsafe {
-            command.pre_exec(move || {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-                Ok(())
-            });
-        }
-    }
+    process::give_back_fd_limit(command.as_std_mut());
     let mut child =
         command.spawn().with_context(|| format!("cannot start the launcher {}", launcher.display()))?;
     drop(theirs);
@@ -176,27 +153,8 @@ async fn forward_signals(pid: i32) {
             Some(()) = term.recv() => libc::SIGTERM,
             else => return,
         };
-        // SAFETY: kill takes plain integers; pid is our own child.
-        unsafe { libc::kill(pid, sig) };
+        process::kill(pid, sig);
     }
-}
-
-/// A connected pair: ours CLOEXEC, theirs inherited by the launcher.
-fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the array.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
-        != 0
-    {
-        bail!("socketpair: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds are new and owned by nobody else.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on an fd we own.
-    if unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-        bail!("fcntl: {}", std::io::Error::last_os_error());
-    }
-    Ok((ours, theirs))
 }
 
 /// `--launcher`, else `$SIGVISOR_LAUNCH`, else `sigvisor-launch` beside this

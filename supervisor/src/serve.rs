@@ -19,8 +19,8 @@ use crate::events::Describer;
 use crate::notify::{self, Context, Handler, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::Registry;
-use crate::seccomp::Listener;
 use crate::stats::Stats;
+use crate::sys::seccomp::Listener;
 use sigvisor_proto::Handoff;
 
 pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";

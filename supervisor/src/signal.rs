@@ -16,10 +16,10 @@
 //! `si_value.sival_int`.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
-use crate::caller::{Caller, Callers, Pin, PIDFD_SIGNAL_THREAD};
-use crate::seccomp::{Listener, Notification};
+use crate::caller::{Caller, Callers, Pin};
+use crate::sys::seccomp::{Listener, Notification};
+use crate::sys::thread;
 
 #[derive(Debug)]
 pub enum SignalError {
@@ -27,22 +27,6 @@ pub enum SignalError {
     CallerGone,
     Os(io::Error),
 }
-
-/// `siginfo_t` for SI_QUEUE as the 64-bit kernel ABI lays it out: signo,
-/// errno, code, padding, then `_rt` (pid, uid, sigval), 128 bytes in all.
-#[repr(C)]
-struct QueuedInfo {
-    signo: i32,
-    errno: i32,
-    code: i32,
-    _pad: i32,
-    pid: i32,
-    uid: u32,
-    value: u64,
-    _rest: [u64; 12],
-}
-
-const _: () = assert!(std::mem::size_of::<QueuedInfo>() == std::mem::size_of::<libc::siginfo_t>());
 
 /// The `si_value` for a notification: syscall number, then first argument.
 pub fn value_of(notif: &Notification) -> u64 {
@@ -56,43 +40,20 @@ pub fn signal_caller(
     caller: &Caller,
     signal: i32,
 ) -> Result<(), SignalError> {
-    let info = QueuedInfo {
-        signo: signal,
-        errno: 0,
-        code: libc::SI_QUEUE,
-        _pad: 0,
-        // SAFETY: getpid and getuid cannot fail.
-        pid: unsafe { libc::getpid() },
-        // SAFETY: as above.
-        uid: unsafe { libc::getuid() },
-        value: value_of(notif),
-        _rest: [0; 12],
-    };
-    let info = &info as *const QueuedInfo;
-    let ret = match callers.pin(caller.tid) {
-        // The pin was proven alive after the notification was received (or
-        // opened and checked with ID_VALID then): it has held the tid since
-        // before the call, so it is the caller. No ID_VALID needed; if the
-        // caller died since, the pidfd says ESRCH.
-        // SAFETY: info points at a whole siginfo_t-sized struct we own.
-        Some(Pin::Pidfd(pidfd)) => unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, info, PIDFD_SIGNAL_THREAD)
-        },
-        _ => {
-            if !listener.id_valid(notif.id) {
-                return Err(SignalError::CallerGone);
-            }
-            // SAFETY: as above.
-            unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, caller.tgid, caller.tid, signal, info) }
-        }
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::ESRCH) {
+    let Some(pin) = callers.pin(caller.tid) else { return Err(SignalError::CallerGone) };
+    // A pidfd pin was proven alive after the notification was received (or
+    // opened and checked with ID_VALID then): it has held the tid since
+    // before the call, so it is the caller, and no ID_VALID is needed; if
+    // the caller died since, the pidfd says ESRCH. A stat pin signals by
+    // number: ID_VALID first.
+    if matches!(pin, Pin::Stat(_)) && !listener.id_valid(notif.id) {
+        return Err(SignalError::CallerGone);
+    }
+    thread::send_queued(pin, caller.tgid, caller.tid, signal, value_of(notif)).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ESRCH) {
             SignalError::CallerGone
         } else {
             SignalError::Os(e)
-        });
-    }
-    Ok(())
+        }
+    })
 }
