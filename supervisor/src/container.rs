@@ -75,6 +75,11 @@ impl Origin {
     }
 }
 
+/// This machine's name, the default `--node`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
 /// Whether a Trace is for this node: an empty `spec.node` is for any node.
 pub fn on_node(trace: &Trace, node: &str) -> bool {
     trace.spec.node.is_empty() || trace.spec.node == node

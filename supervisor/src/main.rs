@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod attach;
 mod caller;
 mod container;
 mod control;
@@ -18,6 +19,7 @@ mod handoff;
 mod notify;
 mod oci;
 mod output;
+mod pipeline;
 mod profile;
 mod registry;
 mod response;
@@ -25,6 +27,7 @@ mod run;
 mod serve;
 mod shared;
 mod signal;
+mod socket;
 mod stats;
 mod sys;
 mod verbs;
@@ -283,7 +286,7 @@ fn main() -> ExitCode {
             let opts = serve::ServeOptions {
                 socket,
                 control,
-                node: node.unwrap_or_else(serve::hostname),
+                node: node.unwrap_or_else(container::hostname),
                 traces,
                 status_file,
                 handoff_timeout: std::time::Duration::from_secs_f64(handoff_timeout.max(0.001)),

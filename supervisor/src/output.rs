@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::profile::{self, Policy, Trace, TraceStatus};
@@ -156,4 +159,22 @@ pub fn with_status(
         operation_warning: warning.unwrap_or_default().to_owned(),
     });
     trace
+}
+
+/// Writes Traces as a YAML stream to `file`, or to stderr.
+pub fn write_status(traces: &[Trace], file: Option<&Path>) -> Result<()> {
+    let mut yaml = String::new();
+    for trace in traces {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(trace).context("rendering the Trace status")?);
+    }
+    match file {
+        Some(path) => {
+            std::fs::write(path, yaml).with_context(|| format!("writing the status to {}", path.display()))
+        }
+        None => {
+            eprint!("{yaml}");
+            Ok(())
+        }
+    }
 }

@@ -36,7 +36,7 @@ pub struct RunOptions {
 pub async fn run(opts: RunOptions) -> Result<i32> {
     let launcher = find_launcher(opts.launcher.as_deref())?;
     // A local launch: the trace acts whatever its spec.node says.
-    let registry = Arc::new(Registry::new(crate::serve::hostname(), true));
+    let registry = Arc::new(Registry::new(crate::container::hostname(), true));
     let name = opts.trace.metadata.name.clone();
     let mut trace = opts.trace;
     let annotated = trace.metadata.annotations.remove(OPERATION_ANNOTATION);
@@ -60,7 +60,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     });
     let _control_file = match &opts.control {
         Some(path) => {
-            let (control, file) = crate::serve::bind(path)?;
+            let (control, file) = crate::socket::bind(path)?;
             tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
             Some(file)
         }
@@ -88,7 +88,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok(handoff) => {
             let registry = Arc::clone(&registry);
             Some(tokio::spawn(async move {
-                crate::serve::supervise(handoff, "sigvisor-launch", &registry, ctx).await
+                crate::attach::supervise(handoff, "sigvisor-launch", &registry, ctx).await
             }))
         }
         Err(e) => {
@@ -113,31 +113,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     if let Some(printer) = printer {
         let _ = printer.await;
     }
-    write_status(&[trace], opts.status_file.as_deref())?;
+    crate::output::write_status(&[trace], opts.status_file.as_deref())?;
     Ok(code)
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(FAILED)
-}
-
-/// Writes Traces as a YAML stream to `file`, or to stderr.
-pub fn write_status(traces: &[Trace], file: Option<&Path>) -> Result<()> {
-    let mut yaml = String::new();
-    for trace in traces {
-        yaml.push_str("---\n");
-        yaml.push_str(&serde_yaml::to_string(trace).context("rendering the Trace status")?);
-    }
-    match file {
-        Some(path) => {
-            std::fs::write(path, yaml).with_context(|| format!("writing the status to {}", path.display()))
-        }
-        None => {
-            eprint!("{yaml}");
-            Ok(())
-        }
-    }
 }
 
 /// SIGINT and SIGTERM sent to sigvisor go to CMD, which decides.

@@ -1,0 +1,50 @@
+//! A received listener, attached to the Trace that selects its container
+//! and served until no process uses its filter any more: the step between
+//! the handoff and the notification loop, for `serve` and `run` alike.
+
+use std::sync::Arc;
+
+use sigvisor_proto::Handoff;
+
+use crate::container::Origin;
+use crate::events::Describer;
+use crate::notify::{self, Context};
+use crate::pipeline::Pipeline;
+use crate::registry::Registry;
+use crate::stats::Stats;
+use crate::sys::seccomp::Listener;
+
+/// Serves a handed-over listener, under the Trace that selects its
+/// container if any, until no process uses its filter any more.
+pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: Arc<Context>) -> Stats {
+    let origin = Origin::of(&handoff);
+    let wait_killable = handoff.metadata.wait_killable;
+    let watched = handoff.metadata.watched_signals;
+    let selected = registry.select(&origin, wait_killable, watched);
+    let label = origin.label();
+    match &selected {
+        Some((trace, _)) => tracing::info!(
+            "{label}: listener from {peer}, trace {}, {}",
+            trace.name,
+            if wait_killable { "precise" } else { "filter not killable: observe only" }
+        ),
+        None => tracing::info!("{label}: listener from {peer}, selected by no trace: answered at once"),
+    }
+    // An OCI runtime's init runs under the filter until it execs the
+    // container's process; sigvisor-launch makes no trapped call before.
+    let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
+    let describer = Describer::new(registry.node.clone(), origin);
+    let retire = selected.clone();
+    let handler = Pipeline::new(selected, wait_killable, watched, runtime_init, describer);
+    let stats = notify::supervise(Listener::new(handoff.listener), handler, ctx).await;
+    if let Some((trace, counters)) = retire {
+        registry.retire(&trace.name, &counters);
+    }
+    tracing::info!(
+        "{label}: done: {} notifications, {} signals, skipped {}",
+        stats.notifications,
+        stats.signals,
+        stats.skipped.iter().map(|(why, n)| format!("{why}: {n}")).collect::<Vec<_>>().join(", ")
+    );
+    stats
+}

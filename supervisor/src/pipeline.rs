@@ -1,0 +1,182 @@
+//! One notification, from RECV to CONTINUE: decide → signal the calling
+//! thread → SEND CONTINUE, then record what happened.
+//!
+//! The order is forced by the kernel (design.md §4): with
+//! WAIT_KILLABLE_RECV, a received notification's caller waits killable
+//! only, so a signal sent before CONTINUE stays pending, the syscall runs,
+//! and the handler runs at the syscall's return site. Sent after CONTINUE it
+//! lands late, possibly in the thread's next trapped syscall; without the
+//! flag it interrupts the syscall. `decision` refuses the latter case.
+//!
+//! The syscalls come first and the counting after: no lock is held across
+//! a syscall (the registry reads the counters for the Trace's status), and
+//! nothing is allocated unless events are followed or something failed.
+
+use std::borrow::Cow;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use crate::caller::{self, Caller, Callers};
+use crate::decision::{Decider, Decision, Skip};
+use crate::events::Describer;
+use crate::registry::TraceHandle;
+use crate::response::{self, Answered};
+use crate::shared;
+use crate::signal::{self, SignalError};
+use crate::stats::Stats;
+use crate::sys::seccomp::{Listener, Notification};
+
+/// Everything one listener needs to answer a notification; moves between
+/// the async task and a hot thread together with the listener.
+pub struct Pipeline {
+    decider: Decider,
+    /// The Trace that selected this listener's container, if any.
+    trace: Option<Arc<TraceHandle>>,
+    /// Shared with the registry, which shows them in the Trace's status.
+    stats: Arc<Mutex<Stats>>,
+    describer: Describer,
+}
+
+/// What became of one notification, recorded once it is answered.
+struct Outcome {
+    caller: Option<Caller>,
+    skipped: Option<Skip>,
+    signal_error: Option<io::Error>,
+}
+
+impl Pipeline {
+    /// `runtime_init`: the container init's pid, for a listener an OCI
+    /// runtime handed over (its init runs under the filter until it execs).
+    pub fn new(
+        selected: Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)>,
+        wait_killable: bool,
+        watched_signals: u64,
+        runtime_init: Option<i32>,
+        describer: Describer,
+    ) -> Pipeline {
+        let (trace, stats) = match selected {
+            Some((trace, stats)) => (Some(trace), stats),
+            None => (None, Arc::default()),
+        };
+        Pipeline {
+            decider: Decider { wait_killable, runtime_init, callers: Callers::new(watched_signals) },
+            trace,
+            stats,
+            describer,
+        }
+    }
+
+    /// What this listener counted so far.
+    pub fn stats(&self) -> Stats {
+        shared::lock(&self.stats).clone()
+    }
+
+    /// Counts a failure of the listener itself.
+    pub fn listener_failed(&self, e: &io::Error) {
+        shared::lock(&self.stats).error(format_args!("listener failed: {e}"));
+    }
+
+    /// One notification, from RECV to CONTINUE. Call only when `poll` said a
+    /// notification waits. Err only if the listener itself is unusable.
+    pub fn serve_one(&mut self, listener: &Listener) -> io::Result<()> {
+        match listener.recv() {
+            Ok(notif) => self.answer(listener, notif),
+            Err(e) => self.recv_failed(e),
+        }
+    }
+
+    /// RECV's ENOENT: the caller was killed or interrupted before it; not
+    /// an error of the listener.
+    pub fn recv_failed(&mut self, e: io::Error) -> io::Result<()> {
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            shared::lock(&self.stats).withdrawn += 1;
+            return Ok(());
+        }
+        Err(e)
+    }
+
+    /// A received notification: decide, signal, CONTINUE, then count.
+    pub fn answer(&mut self, listener: &Listener, notif: Notification) -> io::Result<()> {
+        // sigvisor's own calls (handler changes, execs): recorded, answered,
+        // never signalled, whatever the Trace's state.
+        if let Some(call) = caller::handler_calls().classify(notif.data.arch, notif.data.nr) {
+            self.decider.callers.observe(listener, &notif, call);
+            let answered = response::answer(listener, notif.id);
+            let mut stats = shared::lock(&self.stats);
+            stats.handlers = self.decider.callers.knowledge;
+            if let Err(e) = answered {
+                stats.error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid));
+            }
+            return Ok(());
+        }
+        // A stopped or unstarted Trace: one atomic load, then the answer.
+        let config = self.trace.as_ref().filter(|t| t.active()).map(|t| t.config());
+        let outcome = match &config {
+            None => Outcome {
+                caller: None,
+                skipped: Some(if self.trace.is_some() { Skip::NotStarted } else { Skip::NotSelected }),
+                signal_error: None,
+            },
+            Some(config) => self.decide_and_signal(&config.policy, listener, &notif),
+        };
+        let events = config.filter(|c| c.sink.wants_events());
+        let pending = events.as_ref().map(|_| self.describer.before_answer(listener, &notif));
+        let answered = response::answer(listener, notif.id);
+
+        let mut stats = shared::lock(&self.stats);
+        stats.notified(notif.pid as i32);
+        match (&outcome.skipped, &outcome.caller) {
+            (None, Some(caller)) => stats.signalled(caller),
+            (Some(why), caller) => stats.skipped(*why, caller.as_ref()),
+            (None, None) => {}
+        }
+        if let (Some(e), Some(caller)) = (&outcome.signal_error, &outcome.caller) {
+            stats.error(format_args!("signalling tid {}: {e}", caller.tid));
+        }
+        stats.handlers = self.decider.callers.knowledge;
+        let result: Cow<'static, str> = match answered {
+            Ok(Answered::Continued) => "continued".into(),
+            Ok(Answered::CallerGone) => {
+                stats.withdrawn += 1;
+                "caller-gone".into()
+            }
+            Err(e) => {
+                stats.error(format_args!("SEND CONTINUE for tid {}: {e}", notif.pid));
+                format!("error: {e}").into()
+            }
+        };
+        drop(stats);
+        if let (Some(config), Some(pending)) = (events, pending) {
+            let caller = outcome.caller.as_ref();
+            self.describer.emit(&config.sink, &notif, &pending, caller, outcome.skipped, &result);
+        }
+        Ok(())
+    }
+
+    /// The decision, and the signal if it says so: before the answer.
+    fn decide_and_signal(
+        &mut self,
+        policy: &crate::profile::Policy,
+        listener: &Listener,
+        notif: &Notification,
+    ) -> Outcome {
+        let caller = match self.decider.decide(policy, listener, notif) {
+            Decision::Skip(why, caller) => return Outcome { caller, skipped: Some(why), signal_error: None },
+            Decision::Signal(caller) => caller,
+        };
+        let signal = policy.signal;
+        match signal::signal_caller(listener, notif, &self.decider.callers, &caller, signal) {
+            Ok(()) => {
+                self.decider.callers.signalled(&caller, signal);
+                Outcome { caller: Some(caller), skipped: None, signal_error: None }
+            }
+            Err(SignalError::CallerGone) => {
+                self.decider.callers.forget(caller.tid);
+                Outcome { caller: Some(caller), skipped: Some(Skip::CallerGone), signal_error: None }
+            }
+            Err(SignalError::Os(e)) => {
+                Outcome { caller: Some(caller), skipped: Some(Skip::SignalFailed), signal_error: Some(e) }
+            }
+        }
+    }
+}
