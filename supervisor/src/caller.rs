@@ -45,7 +45,7 @@ const ORDER_LIMIT: Duration = Duration::from_millis(100);
 /// The bookkeeping syscalls' numbers on this machine's ABIs.
 pub fn handler_calls() -> &'static HandlerCalls {
     static CALLS: OnceLock<HandlerCalls> = OnceLock::new();
-    CALLS.get_or_init(HandlerCalls::new)
+    CALLS.get_or_init(HandlerCalls::default)
 }
 
 /// A calling thread.

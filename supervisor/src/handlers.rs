@@ -204,9 +204,9 @@ pub enum HandlerCall {
 /// Syscall numbers of the bookkeeping calls, per ABI.
 pub struct HandlerCalls(Vec<(u32, i32, HandlerCall)>);
 
-impl HandlerCalls {
+impl Default for HandlerCalls {
     /// For the ABIs a filter of this machine covers.
-    pub fn new() -> HandlerCalls {
+    fn default() -> HandlerCalls {
         let names = [
             ("rt_sigaction", HandlerCall::RtSigaction),
             ("sigaction", HandlerCall::OldSigaction),
@@ -227,7 +227,9 @@ impl HandlerCalls {
         }
         HandlerCalls(calls)
     }
+}
 
+impl HandlerCalls {
     pub fn classify(&self, arch: u32, nr: i32) -> Option<HandlerCall> {
         self.0.iter().find(|(a, n, _)| *a == arch && *n == nr).map(|(_, _, call)| *call)
     }
@@ -394,7 +396,7 @@ mod tests {
 
     #[test]
     fn knows_the_bookkeeping_calls_of_each_abi() {
-        let calls = HandlerCalls::new();
+        let calls = HandlerCalls::default();
         assert_eq!(calls.classify(0xC000_003E, 13), Some(HandlerCall::RtSigaction));
         assert_eq!(calls.classify(0xC000_003E, 59), Some(HandlerCall::Exec));
         assert_eq!(calls.classify(0x4000_0003, 174), Some(HandlerCall::RtSigaction));

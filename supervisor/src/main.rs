@@ -1,42 +1,13 @@
-//! `sigvisor`: a seccomp user-notification supervisor.
-//!
-//! The data path, one module per step: the launcher (`sigvisor-launch`)
-//! loads the filter → `handoff` receives the listener → `notify` runs the
-//! notification loop → `decision` → `signal` → `response` (CONTINUE) →
-//! `stats` and `output` (the Trace status).
+//! `sigvisor`: the command line of the supervisor library (lib.rs).
 
 #![deny(unsafe_code)]
-#![warn(clippy::undocumented_unsafe_blocks)]
-
-mod attach;
-mod caller;
-mod container;
-mod control;
-mod decision;
-mod events;
-mod handlers;
-mod handoff;
-mod notify;
-mod oci;
-mod output;
-mod pipeline;
-mod profile;
-mod registry;
-mod response;
-mod run;
-mod serve;
-mod shared;
-mod signal;
-mod socket;
-mod stats;
-mod sys;
-mod verbs;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sigvisor::{container, notify, oci, profile, run, serve, verbs};
 
 /// Exit status for a bad profile or bad arguments.
 const USAGE: u8 = 2;
