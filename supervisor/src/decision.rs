@@ -178,7 +178,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::profile::{parse_comm, parse_when, Policy};
+    use crate::profile::{parse_comm, parse_when, OutputMode, Policy, RunMode};
 
     /// Processes as a table: tid -> (tgid, process name, threads, verdict).
     #[derive(Default)]
@@ -211,6 +211,8 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
+            run_mode: RunMode::Auto,
+            output_mode: OutputMode::Status,
             signal: libc::SIGILL,
             any_handler: false,
             syscalls: vec![],

@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use crate::caller::Caller;
 use crate::container::Origin;
 use crate::decision::Skip;
+use crate::profile::OutputMode;
 use crate::sys::seccomp::{Listener, Notification};
 
 /// Events a slow `stream` client may fall behind by before it loses some.
@@ -33,9 +34,9 @@ pub enum Sink {
 impl Sink {
     /// The sink for an output mode, before the Trace starts: a Stream can
     /// be followed at once; a File is opened by `open` at start.
-    pub fn prepare(output_mode: &str) -> Sink {
+    pub fn prepare(output_mode: OutputMode) -> Sink {
         match output_mode {
-            "Stream" => Sink::Stream(broadcast::channel(STREAM_BACKLOG).0),
+            OutputMode::Stream => Sink::Stream(broadcast::channel(STREAM_BACKLOG).0),
             _ => Sink::None,
         }
     }

@@ -15,6 +15,46 @@ pub const KIND: &str = "Trace";
 pub const GADGETS: &[&str] = &["signal"];
 pub const RUN_MODES: &[&str] = &["Auto", "Manual"];
 pub const OUTPUT_MODES: &[&str] = &["Status", "Stream", "File"];
+
+/// `spec.runMode`: Auto starts when the Trace is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Auto,
+    Manual,
+}
+
+/// `spec.outputMode`: where what a Trace sees goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// A summary in `status.output`, kept current.
+    Status,
+    /// JSON lines to `sigvisor stream` followers.
+    Stream,
+    /// JSON lines appended to `spec.output`.
+    File,
+}
+
+impl RunMode {
+    /// From a value `parse` checked.
+    fn of(value: &str) -> RunMode {
+        if value == "Auto" {
+            RunMode::Auto
+        } else {
+            RunMode::Manual
+        }
+    }
+}
+
+impl OutputMode {
+    /// From a value `parse` checked.
+    fn of(value: &str) -> OutputMode {
+        match value {
+            "Stream" => OutputMode::Stream,
+            "File" => OutputMode::File,
+            _ => OutputMode::Status,
+        }
+    }
+}
 /// Accepted keys of `spec.parameters`, documented in docs/profiles.md.
 pub const PARAMETERS: &[&str] = &["signal", "handler", "syscalls", "min-threads", "comm", "when"];
 /// Values of `spec.parameters.handler`.
@@ -110,6 +150,8 @@ pub struct TraceStatus {
 /// What a validated Trace asks the supervisor to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    pub run_mode: RunMode,
+    pub output_mode: OutputMode,
     /// Signal sent to the calling thread.
     pub signal: i32,
     /// `handler: any`: crash handlers are signalled too (the user knows
@@ -204,12 +246,16 @@ pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
         ));
     }
     check.one_of("spec.outputMode", &trace.spec.output_mode, OUTPUT_MODES)?;
-    let policy = policy(&check, &trace.spec.parameters)?;
+    let mut policy = policy(&check, &trace.spec.parameters)?;
+    policy.run_mode = RunMode::of(&trace.spec.run_mode);
+    policy.output_mode = OutputMode::of(&trace.spec.output_mode);
     Ok((trace, policy))
 }
 
 fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Result<Policy, ProfileError> {
     let mut policy = Policy {
+        run_mode: RunMode::Manual,
+        output_mode: OutputMode::Status,
         signal: libc::SIGILL,
         any_handler: false,
         syscalls: vec!["close".into()],

@@ -18,11 +18,31 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::container::{self, Origin};
 use crate::events::Sink;
 use crate::output::{self, ContainerLine};
-use crate::profile::{Policy, Trace};
+use crate::profile::{OutputMode, Policy, RunMode, Trace};
 use crate::stats::Stats;
 
 pub const OPERATION_ANNOTATION: &str = "gadget.kinvolk.io/operation";
 pub const OPERATIONS: &[&str] = &["start", "stop"];
+
+/// An operation on a Trace (the annotation or the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Start,
+    Stop,
+}
+
+impl std::str::FromStr for Operation {
+    type Err = String;
+
+    /// The `operationError` for anything else, as Inspektor Gadget sets it.
+    fn from_str(op: &str) -> Result<Operation, String> {
+        match op {
+            "start" => Ok(Operation::Start),
+            "stop" => Ok(Operation::Stop),
+            other => Err(format!("unknown operation {other:?}; accepted: {}", OPERATIONS.join(", "))),
+        }
+    }
+}
 
 /// What listeners of one Trace read on every notification.
 pub struct TraceHandle {
@@ -110,7 +130,7 @@ fn count_container(containers: &mut BTreeMap<String, ContainerLine>, origin: &Or
 
 impl Entry {
     fn new(trace: Trace, policy: Policy) -> Entry {
-        let sink = Sink::prepare(&trace.spec.output_mode);
+        let sink = Sink::prepare(policy.output_mode);
         let handle = TraceHandle {
             name: trace.metadata.name.clone(),
             active: AtomicBool::new(false),
@@ -170,7 +190,7 @@ impl Registry {
         let mut traces = self.lock();
         let entry = match traces.entry(trace.metadata.name.clone()) {
             btree_map::Entry::Vacant(slot) => {
-                let auto = trace.spec.run_mode == "Auto";
+                let auto = policy.run_mode == RunMode::Auto;
                 let entry = slot.insert(Entry::new(trace, policy));
                 if auto {
                     self.start(entry);
@@ -179,10 +199,10 @@ impl Registry {
             }
             btree_map::Entry::Occupied(slot) => {
                 let entry = slot.into_mut();
-                let output_changed = entry.trace.spec.output_mode != trace.spec.output_mode
+                let output_changed = entry.handle.config().policy.output_mode != policy.output_mode
                     || entry.trace.spec.output != trace.spec.output;
                 let sink = if output_changed {
-                    Sink::prepare(&trace.spec.output_mode)
+                    Sink::prepare(policy.output_mode)
                 } else {
                     entry.handle.config().sink.clone()
                 };
@@ -212,17 +232,16 @@ impl Registry {
     }
 
     fn operate(&self, entry: &mut Entry, op: &str) {
-        match op {
-            "start" => self.start(entry),
-            "stop" if entry.state != State::Started => entry.operation_error = "Not started".into(),
-            "stop" => {
+        match op.parse::<Operation>() {
+            Ok(Operation::Start) => self.start(entry),
+            Ok(Operation::Stop) if entry.state != State::Started => {
+                entry.operation_error = "Not started".into()
+            }
+            Ok(Operation::Stop) => {
                 entry.set_state(State::Stopped);
                 entry.operation_error.clear();
             }
-            other => {
-                entry.operation_error =
-                    format!("unknown operation {other:?}; accepted: {}", OPERATIONS.join(", "))
-            }
+            Err(error) => entry.operation_error = error,
         }
     }
 
@@ -237,8 +256,8 @@ impl Registry {
             return;
         }
         let current = entry.handle.config();
-        let sink = match entry.trace.spec.output_mode.as_str() {
-            "File" => match Sink::open_file(&entry.trace.spec.output) {
+        let sink = match current.policy.output_mode {
+            OutputMode::File => match Sink::open_file(&entry.trace.spec.output) {
                 Ok(sink) => sink,
                 Err(e) => {
                     entry.operation_error = e;
@@ -356,5 +375,90 @@ impl Registry {
             status.operation_error.clone_from(&entry.operation_error);
         }
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::profile;
+
+    fn trace(name: &str, run_mode: &str, node: &str, annotation: Option<&str>) -> (Trace, Policy) {
+        let annotations = annotation
+            .map(|op| format!("  annotations:\n    {OPERATION_ANNOTATION}: {op}\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\n{annotations}\
+             spec:\n  node: {node}\n  gadget: signal\n  runMode: {run_mode}\n  outputMode: Status\n"
+        );
+        profile::parse(&text, Path::new("t.yaml")).expect("a valid trace")
+    }
+
+    fn state(trace: &Trace) -> (String, String) {
+        let status = trace.status.clone().unwrap_or_default();
+        (status.state, status.operation_error)
+    }
+
+    fn started(s: &str) -> (String, String) {
+        (s.to_owned(), String::new())
+    }
+
+    #[test]
+    fn run_modes_and_operations() {
+        let registry = Registry::new("node-a".into(), false);
+        let (t, p) = trace("auto", "Auto", "", None);
+        assert_eq!(state(&registry.apply(t, p)), started("Started"));
+        let (t, p) = trace("manual", "Manual", "node-a", None);
+        assert_eq!(state(&registry.apply(t, p)), started(""));
+        // Stop on a Trace that is not started is an error, as in Inspektor Gadget.
+        let stopped = registry.operation("manual", "stop").unwrap();
+        assert_eq!(state(&stopped), (String::new(), "Not started".to_owned()));
+        // A successful operation clears the previous error.
+        assert_eq!(state(&registry.operation("manual", "start").unwrap()), started("Started"));
+        assert_eq!(state(&registry.operation("manual", "stop").unwrap()), started("Stopped"));
+        let unknown = registry.operation("manual", "collect").unwrap();
+        assert!(unknown.status.unwrap().operation_error.contains("accepted: start, stop"));
+        assert!(matches!(registry.operation("nobody", "start"), Err(RegistryError::NotFound(_))));
+    }
+
+    #[test]
+    fn the_annotation_is_performed_and_consumed() {
+        let registry = Registry::new("node-a".into(), false);
+        let (t, p) = trace("annotated", "Manual", "", Some("start"));
+        let applied = registry.apply(t, p);
+        assert_eq!(state(&applied), started("Started"));
+        assert!(!applied.metadata.annotations.contains_key(OPERATION_ANNOTATION));
+    }
+
+    #[test]
+    fn another_nodes_trace_never_acts_here() {
+        let registry = Registry::new("node-a".into(), false);
+        let (t, p) = trace("elsewhere", "Auto", "node-b", None);
+        let applied = registry.apply(t, p);
+        let status = applied.status.unwrap();
+        assert_eq!(status.state, "");
+        assert!(status.operation_error.contains("node-b"), "{status:?}");
+        assert!(status.operation_warning.contains("never acts here"), "{status:?}");
+        // A local launch acts whatever spec.node says.
+        let local = Registry::new("node-a".into(), true);
+        let (t, p) = trace("elsewhere", "Auto", "node-b", None);
+        assert_eq!(state(&local.apply(t, p)), started("Started"));
+    }
+
+    #[test]
+    fn completed_when_every_process_is_gone_and_deleted_handles_never_act() {
+        let registry = Registry::new("node-a".into(), true);
+        let (t, p) = trace("run", "Auto", "", None);
+        registry.apply(t, p);
+        let (handle, _) =
+            registry.select(&Origin::default(), true, u64::MAX).expect("selects every container");
+        assert!(handle.active());
+        registry.complete_all();
+        assert_eq!(state(&registry.get("run").unwrap()), started("Completed"));
+        assert!(!handle.active());
+        registry.delete("run").unwrap();
+        assert!(registry.get("run").is_err());
     }
 }
