@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
+# Long enough for all N to be up at once (about 1 ms to launch each).
+hold=$(( n / 100 > 30 ? n / 100 : 30 ))
 cargo build --release --workspace -q
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
@@ -23,7 +25,7 @@ report() {
 printf '%-34s %8s %10s %8s %14s\n' "server state" "threads" "RSS (kB)" "fds" "CPU (ticks)"
 report "no listener"
 for _ in $(seq "$n"); do
-  target/release/sigvisor-launch --socket "$dir/agent.sock" -- sleep 30 &
+  target/release/sigvisor-launch --socket "$dir/agent.sock" -- sleep "$hold" &
 done
 while [ "$(ls /proc/$server/fd | wc -l)" -lt "$n" ]; do sleep 0.1; done
 sleep 1

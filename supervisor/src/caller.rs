@@ -72,7 +72,8 @@ struct Thread {
 struct Pending {
     /// The thread that made the call.
     tid: i32,
-    before: Table,
+    /// Boxed: a table is 1 KiB, and most processes have no pending change.
+    before: Box<Table>,
     /// The signal a sigaction set (0 for an exec), and whether the change
     /// leaves it caught: a change of caught or not shows in /proc's `SigCgt`
     /// once made.
@@ -127,7 +128,9 @@ pub struct Callers {
     /// The signals whose handler changes the filter traps (a mask).
     pub watched: u64,
     threads: HashMap<i32, Thread>,
-    processes: HashMap<i32, Process>,
+    /// Boxed: a map's spare slots are as large as its values (10,000 idle
+    /// listeners cost twice the memory with the processes inline).
+    processes: HashMap<i32, Box<Process>>,
     pub knowledge: Knowledge,
 }
 
@@ -235,8 +238,14 @@ impl Callers {
             };
             process.table.reset();
             process.source = Source::Exec;
-            process.pending =
-                Some(Pending { tid, before, signal: 0, caught: false, switches: 0, exec: true });
+            process.pending = Some(Pending {
+                tid,
+                before: Box::new(before),
+                signal: 0,
+                caught: false,
+                switches: 0,
+                exec: true,
+            });
             return;
         }
         let compat = handlers::is_compat(notif.data.arch, notif.data.nr);
@@ -290,14 +299,16 @@ impl Callers {
                 process.table.set(signal, met);
                 let before = earlier.before.meet(&process.table);
                 let caught = process.table.caught(signal_bit(signal)) != 0;
-                process.pending = Some(Pending { tid, before, signal, caught, switches, exec: false });
+                process.pending =
+                    Some(Pending { tid, before: Box::new(before), signal, caught, switches, exec: false });
                 return;
             }
         }
         let before = process.table.clone();
         process.table.set(signal, new);
         let caught = process.table.caught(signal_bit(signal)) != 0;
-        process.pending = Some(Pending { tid, before, signal, caught, switches, exec: false });
+        process.pending =
+            Some(Pending { tid, before: Box::new(before), signal, caught, switches, exec: false });
     }
 
     /// The signals the thread's process catches, read now: a `pread` of its
@@ -365,7 +376,7 @@ impl Callers {
         let tgid = status.tgid;
         if self.processes.get(&tgid).is_none_or(|p| p.start != start) {
             let process = Callers::first_seen(&status, start);
-            self.processes.insert(tgid, process);
+            self.processes.insert(tgid, Box::new(process));
         }
         let name = Arc::from(status.name.as_str());
         self.threads.insert(tid, Thread { tgid, name, pin, in_flight: None, stat: None });
@@ -417,7 +428,7 @@ impl Callers {
         let Some(process) = self.processes.get_mut(&tgid) else { return };
         let Some(pending) = process.pending.take() else { return };
         if failed {
-            process.table = pending.before;
+            process.table = *pending.before;
         } else if pending.exec {
             // The old image's threads are gone; names are read afresh.
             self.threads.retain(|&t, thread| thread.tgid != tgid || t == tid);
