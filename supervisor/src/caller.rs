@@ -82,6 +82,8 @@ struct Pending {
     /// The thread's voluntary context switches while it waited for the
     /// answer: one more, and it has slept since, so it is past the call.
     switches: u64,
+    /// The call's syscall number, as `/proc/<tid>/syscall` shows it.
+    nr: i32,
     /// An `execve`, which may yet fail (and leave the handlers as they were).
     exec: bool,
 }
@@ -244,6 +246,7 @@ impl Callers {
                 signal: 0,
                 caught: false,
                 switches: 0,
+                nr: notif.data.nr,
                 exec: true,
             });
             return;
@@ -274,6 +277,7 @@ impl Callers {
         // when its thread returns: let it land before the handler changes.
         self.drain(caller.tgid, signal);
         let switches = read_status(tid).map_or(u64::MAX, |s| s.switches);
+        let nr = notif.data.nr;
         let Some(process) = self.processes.get_mut(&caller.tgid) else { return };
         if process.pending.as_ref().is_some_and(|p| p.exec) {
             // Another thread's exec: if it succeeds, the new image will not
@@ -299,8 +303,15 @@ impl Callers {
                 process.table.set(signal, met);
                 let before = earlier.before.meet(&process.table);
                 let caught = process.table.caught(signal_bit(signal)) != 0;
-                process.pending =
-                    Some(Pending { tid, before: Box::new(before), signal, caught, switches, exec: false });
+                process.pending = Some(Pending {
+                    tid,
+                    before: Box::new(before),
+                    signal,
+                    caught,
+                    switches,
+                    nr,
+                    exec: false,
+                });
                 return;
             }
         }
@@ -308,7 +319,7 @@ impl Callers {
         process.table.set(signal, new);
         let caught = process.table.caught(signal_bit(signal)) != 0;
         process.pending =
-            Some(Pending { tid, before: Box::new(before), signal, caught, switches, exec: false });
+            Some(Pending { tid, before: Box::new(before), signal, caught, switches, nr, exec: false });
     }
 
     /// The signals the thread's process catches, read now: a `pread` of its
@@ -497,6 +508,18 @@ fn change_made(pending: &Pending) -> bool {
     status.state != b'R'
         || status.switches > pending.switches
         || (flips && (status.caught & bit != 0) == pending.caught)
+        || out_of_call(pending.tid, pending.nr)
+}
+
+/// Whether a runnable thread that is not on a CPU right now shows, in
+/// `/proc/<tid>/syscall`, that it is not inside syscall `nr`: -1 (preempted
+/// in user space) or another call. "running" (on a CPU) tells nothing.
+fn out_of_call(tid: i32, nr: i32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{tid}/syscall")) else { return false };
+    text.split_ascii_whitespace()
+        .next()
+        .and_then(|n| n.parse::<i64>().ok())
+        .is_some_and(|n| n != i64::from(nr))
 }
 
 /// Once a change is made, /proc has the last word on whether the signal is

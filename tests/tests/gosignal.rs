@@ -56,7 +56,7 @@ fn demo_shows_both_closers_twenty_times_in_a_row() {
         assert_eq!(run.code, 0, "round {round}: exit {}\n{stdout}\n{}", run.code, run.stderr);
         assert!(stdout.contains("gosignal: done; every close closed its file"), "round {round}:\n{stdout}");
         let dumps: Vec<&str> = stdout.split("=== SIGILL #").skip(1).collect();
-        assert_eq!(dumps.len(), 2, "round {round}: one dump per close:\n{stdout}");
+        assert_eq!(dumps.len(), 2, "round {round}: one dump per close:\n{stdout}\n{:?}", run.summary());
         let closers: Vec<&str> =
             dumps.iter().map(|d| closing_goroutine(d).expect("a closing goroutine")).collect();
         for closer in &closers {
