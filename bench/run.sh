@@ -20,11 +20,18 @@ status=$(mktemp)
 no_killable=$(mktemp)
 no_rules=$(mktemp)
 stopped=$(mktemp --suffix=.yaml)
+by_comm=$(mktemp --suffix=.yaml)
+by_threads=$(mktemp --suffix=.yaml)
+by_when=$(mktemp --suffix=.yaml)
 sed 's/^metadata:/metadata:\n  annotations:\n    gadget.kinvolk.io\/operation: stop/' "$profile" > "$stopped"
+for pair in "by_comm|comm: \"nomatch*\"" "by_threads|min-threads: \"9\"" "by_when|when: \"1000000\""; do
+  IFS='|' read -r var parameter <<<"$pair"
+  { cat "$profile"; printf '  parameters:\n    %s\n' "$parameter"; } > "${!var}"
+done
 printf '#!/bin/sh\nexec %s --no-wait-killable "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_killable"
 printf '#!/bin/sh\nexec %s --no-handler-rules "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_rules"
 chmod +x "$no_killable" "$no_rules"
-trap 'rm -f "$status" "$no_killable" "$no_rules" "$stopped"' EXIT
+trap 'rm -f "$status" "$no_killable" "$no_rules" "$stopped" "$by_comm" "$by_threads" "$by_when"' EXIT
 
 run="$out/sigvisor run --status-file $status"
 t8="--threads 8"
@@ -40,6 +47,9 @@ configs=(
   "sigvisor, loop=async (epoll)|$run --loop async $profile --|--handler|$closes|$closes|loop"
   "sigvisor, no handler (skip path)|$run $profile --||$closes|0|bare"
   "sigvisor, crash handler (skip path)|$run $profile --|--crash-handler|$closes|0|bare"
+  "sigvisor, comm does not match (skip path)|$run $by_comm --|--handler|$closes|0|bare"
+  "sigvisor, min-threads not reached (skip path)|$run $by_threads --|--handler|$closes|0|bare"
+  "sigvisor, when not reached (skip path)|$run $by_when --|--handler|$closes|0|bare"
   "sigvisor, trace stopped (answered at once)|$run $stopped --|--handler|$closes|0|bare"
   "sigvisor, filter not killable (observe only)|$run --launcher $no_killable $profile --|--handler|$closes|0|bare"
   "sigvisor, handlers from /proc (no rules)|$run --launcher $no_rules $profile --|--handler|$closes|$closes|loop"

@@ -42,6 +42,11 @@ const DRAIN_LIMIT: Duration = Duration::from_millis(200);
 /// be made, so that the two reach the kernel in the order they were answered.
 const ORDER_LIMIT: Duration = Duration::from_millis(100);
 
+/// How long a process's name and thread count, which selection reads, are
+/// taken as current: both change without a trapped call (`prctl`, `clone`),
+/// and reading them at every call would cost more than the round trip.
+const SELECTION_TTL: Duration = Duration::from_millis(10);
+
 /// The bookkeeping syscalls' numbers on this machine's ABIs.
 pub fn handler_calls() -> &'static HandlerCalls {
     static CALLS: OnceLock<HandlerCalls> = OnceLock::new();
@@ -110,6 +115,9 @@ struct Process {
     calls: u64,
     /// `/proc/<tgid>/comm`, opened when a profile selects by name.
     comm: Option<File>,
+    /// The process's name and thread count, and when they were read.
+    name: Option<(Arc<str>, Instant)>,
+    threads: Option<(u32, Instant)>,
 }
 
 /// How processes' handlers became known, for the Trace status.
@@ -240,6 +248,7 @@ impl Callers {
             };
             process.table.reset();
             process.source = Source::Exec;
+            process.name = None;
             process.pending = Some(Pending {
                 tid,
                 before: Box::new(before),
@@ -322,40 +331,62 @@ impl Callers {
             Some(Pending { tid, before: Box::new(before), signal, caught, switches, nr, exec: false });
     }
 
-    /// The signals the thread's process catches, read now: a `pread` of its
-    /// kept-open stat file, whose `sigcatch` holds signals 1-31 (the fault
-    /// signals among them); a real-time signal needs `status`.
+    /// The signals the thread's process catches, read now: its stat
+    /// file's `sigcatch` holds signals 1-31 (the fault signals among them);
+    /// a real-time signal needs `status`.
     fn caught_now(&mut self, tid: i32, signal: i32) -> Option<u64> {
         if signal >= 32 {
             return read_status(tid).map(|s| s.caught);
         }
+        self.stat_field(tid, 34)
+    }
+
+    /// Field `n` of the thread's stat line, by a `pread` of its kept-open
+    /// `/proc/<tid>/stat`.
+    fn stat_field(&mut self, tid: i32, n: usize) -> Option<u64> {
         let thread = self.threads.get_mut(&tid)?;
         let stat = match thread.stat {
             Some(ref file) => file,
             None => thread.stat.insert(File::open(format!("/proc/{tid}/stat")).ok()?),
         };
         let mut buf = [0u8; 1024];
-        let n = stat.read_at(&mut buf, 0).ok()?;
-        stat_field(std::str::from_utf8(buf.get(..n)?).ok()?, 34)
+        let len = stat.read_at(&mut buf, 0).ok()?;
+        stat_field(std::str::from_utf8(buf.get(..len)?).ok()?, n)
     }
 
     /// The number of threads in the caller's process, read now.
-    pub fn threads(&self, caller: &Caller) -> Option<u32> {
-        read_status(caller.tid).map(|s| s.threads)
+    /// The number of threads in the caller's process, as of at most
+    /// `SELECTION_TTL` ago (threads come and go without a trapped call).
+    pub fn threads(&mut self, caller: &Caller) -> Option<u32> {
+        if let Some((n, at)) = self.processes.get(&caller.tgid)?.threads {
+            if at.elapsed() < SELECTION_TTL {
+                return Some(n);
+            }
+        }
+        let n = u32::try_from(self.stat_field(caller.tid, 20)?).ok()?;
+        self.processes.get_mut(&caller.tgid)?.threads = Some((n, Instant::now()));
+        Some(n)
     }
 
-    /// The name of the caller's process (its main thread's comm), read now:
-    /// `execve` and `prctl(PR_SET_NAME)` change it.
-    pub fn process_name(&mut self, caller: &Caller) -> Option<String> {
+    /// The name of the caller's process (its main thread's comm), as of at
+    /// most `SELECTION_TTL` ago or its last exec (`prctl(PR_SET_NAME)`
+    /// renames it without a trapped call).
+    pub fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>> {
         let process = self.processes.get_mut(&caller.tgid)?;
+        if let Some((name, at)) = &process.name {
+            if at.elapsed() < SELECTION_TTL {
+                return Some(Arc::clone(name));
+            }
+        }
         let comm = match process.comm {
             Some(ref file) => file,
             None => process.comm.insert(File::open(format!("/proc/{}/comm", caller.tgid)).ok()?),
         };
         let mut buf = [0u8; 64];
         let n = comm.read_at(&mut buf, 0).ok()?;
-        let name = std::str::from_utf8(buf.get(..n)?).ok()?;
-        Some(name.trim_end_matches('\n').to_owned())
+        let name: Arc<str> = Arc::from(std::str::from_utf8(buf.get(..n)?).ok()?.trim_end_matches('\n'));
+        process.name = Some((Arc::clone(&name), Instant::now()));
+        Some(name)
     }
 
     /// Counts one more signallable call of the caller's process and returns
@@ -405,6 +436,8 @@ impl Callers {
             pending: None,
             calls: 0,
             comm: None,
+            name: None,
+            threads: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Decide, for one notification, whether its calling thread gets the signal.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::caller::{Caller, Callers};
 use crate::container;
@@ -81,10 +82,10 @@ pub trait Processes {
     fn caller(&mut self, listener: &Listener, notif: &Notification) -> Option<Caller>;
     /// Whether `signal` may be sent to the caller's process now.
     fn verdict(&mut self, caller: &Caller, signal: i32, any_handler: bool, compat: bool) -> Verdict;
-    /// The name of the caller's process, read now.
-    fn process_name(&mut self, caller: &Caller) -> Option<String>;
-    /// The number of threads of the caller's process, read now.
-    fn threads(&self, caller: &Caller) -> Option<u32>;
+    /// The name of the caller's process, recently read.
+    fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>>;
+    /// The number of threads of the caller's process, recently read.
+    fn threads(&mut self, caller: &Caller) -> Option<u32>;
     /// Counts one more signallable call of the caller's process: 1 for its first.
     fn count_call(&mut self, caller: &Caller) -> Option<u64>;
 }
@@ -96,10 +97,10 @@ impl Processes for Callers {
     fn verdict(&mut self, caller: &Caller, signal: i32, any_handler: bool, compat: bool) -> Verdict {
         Callers::verdict(self, caller, signal, any_handler, compat)
     }
-    fn process_name(&mut self, caller: &Caller) -> Option<String> {
+    fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>> {
         Callers::process_name(self, caller)
     }
-    fn threads(&self, caller: &Caller) -> Option<u32> {
+    fn threads(&mut self, caller: &Caller) -> Option<u32> {
         Callers::threads(self, caller)
     }
     fn count_call(&mut self, caller: &Caller) -> Option<u64> {
@@ -196,10 +197,10 @@ mod tests {
         fn verdict(&mut self, caller: &Caller, _: i32, _: bool, _: bool) -> Verdict {
             self.threads[&caller.tid].3
         }
-        fn process_name(&mut self, caller: &Caller) -> Option<String> {
-            Some(self.threads[&caller.tid].1.to_owned())
+        fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>> {
+            Some(Arc::from(self.threads[&caller.tid].1))
         }
-        fn threads(&self, caller: &Caller) -> Option<u32> {
+        fn threads(&mut self, caller: &Caller) -> Option<u32> {
             Some(self.threads[&caller.tid].2)
         }
         fn count_call(&mut self, caller: &Caller) -> Option<u64> {
