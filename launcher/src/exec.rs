@@ -4,9 +4,11 @@ use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use sigvisor_proto::exit;
+
 /// Why CMD cannot run, with `env`'s exit statuses.
 pub struct ExecError {
-    pub status: i32,
+    pub status: u8,
     pub message: String,
 }
 
@@ -21,7 +23,7 @@ pub struct Prepared {
 
 fn cstring(s: &OsStr, what: &str) -> Result<CString, ExecError> {
     CString::new(s.as_bytes()).map_err(|_| ExecError {
-        status: 125,
+        status: exit::FAILED,
         message: format!("{what} contains a NUL byte: {}", s.to_string_lossy()),
     })
 }
@@ -41,12 +43,13 @@ fn resolve(cmd: &OsStr) -> Result<PathBuf, ExecError> {
         return match (p.exists(), executable(&p)) {
             (_, true) => Ok(p),
             (true, false) => Err(ExecError {
-                status: 126,
+                status: exit::CANNOT_EXECUTE,
                 message: format!("{name}: permission denied or not a regular file"),
             }),
-            (false, _) => {
-                Err(ExecError { status: 127, message: format!("{name}: no such file or directory") })
-            }
+            (false, _) => Err(ExecError {
+                status: exit::NOT_FOUND,
+                message: format!("{name}: no such file or directory"),
+            }),
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -61,8 +64,11 @@ fn resolve(cmd: &OsStr) -> Result<PathBuf, ExecError> {
         }
     }
     Err(match denied {
-        Some(p) => ExecError { status: 126, message: format!("{name}: permission denied ({})", p.display()) },
-        None => ExecError { status: 127, message: format!("{name}: command not found in PATH") },
+        Some(p) => ExecError {
+            status: exit::CANNOT_EXECUTE,
+            message: format!("{name}: permission denied ({})", p.display()),
+        },
+        None => ExecError { status: exit::NOT_FOUND, message: format!("{name}: command not found in PATH") },
     })
 }
 
@@ -98,7 +104,11 @@ impl Prepared {
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
         let err = std::io::Error::last_os_error();
         ExecError {
-            status: if err.raw_os_error() == Some(libc::ENOENT) { 127 } else { 126 },
+            status: if err.raw_os_error() == Some(libc::ENOENT) {
+                exit::NOT_FOUND
+            } else {
+                exit::CANNOT_EXECUTE
+            },
             message: format!("{}: {err}", self.path.to_string_lossy()),
         }
     }

@@ -15,10 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use sigvisor_proto::exit::FAILED;
 use sigvisor_proto::{Metadata, HANDLER_SYSCALLS, NEVER_TRAPPED};
-
-/// Exit status for the launcher's own failures, as `env` and `timeout` use.
-const FAILED: u8 = 125;
 
 /// What an error message on stderr may call (formatting can allocate).
 const PRINTING_NEEDS: &[&str] = &["write", "writev", "brk", "mmap", "munmap", "mremap", "futex"];
@@ -123,7 +121,7 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(e) => {
             eprintln!("sigvisor-launch: {}", e.message);
-            return ExitCode::from(e.status as u8);
+            return ExitCode::from(e.status);
         }
     };
     let socket = match connect(&args) {
@@ -171,5 +169,5 @@ fn main() -> ExitCode {
     // The supervisor holds the listener now; CLOEXEC drops both fds at exec.
     let err = target.exec();
     eprintln!("sigvisor-launch: {}", err.message);
-    ExitCode::from(err.status as u8)
+    ExitCode::from(err.status)
 }

@@ -14,6 +14,24 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 pub use oci_spec::runtime::{ContainerProcessState, ContainerState, State};
 use serde::{Deserialize, Serialize};
 
+/// Exit statuses shared by `sigvisor` and `sigvisor-launch`, as `env` and
+/// `timeout` use them; a command that runs a program (`sigvisor run`,
+/// `sigvisor-launch`) otherwise exits with the program's own status (128+N
+/// if signal N killed it).
+pub mod exit {
+    /// A request the supervisor refused (a control verb's operationError).
+    pub const REFUSED: u8 = 1;
+    /// A bad profile or bad arguments; the message names file, field, value
+    /// and what is accepted.
+    pub const USAGE: u8 = 2;
+    /// sigvisor or the launcher failed (the supervisor unreachable, say).
+    pub const FAILED: u8 = 125;
+    /// The program exists but cannot be executed.
+    pub const CANNOT_EXECUTE: u8 = 126;
+    /// The program was not found.
+    pub const NOT_FOUND: u8 = 127;
+}
+
 /// The name of the listener in `ContainerProcessState::fds`.
 pub const SECCOMP_FD_NAME: &str = "seccompFd";
 

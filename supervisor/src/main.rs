@@ -8,9 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sigvisor::{container, notify, oci, profile, run, serve, verbs};
-
-/// Exit status for a bad profile or bad arguments.
-const USAGE: u8 = 2;
+use sigvisor_proto::exit::{FAILED, USAGE};
 
 /// Signal the thread that makes a trapped syscall, right at the syscall's
 /// return site, and let the syscall run unchanged.
@@ -285,7 +283,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("sigvisor: {e:#}");
-                    ExitCode::from(run::FAILED as u8)
+                    ExitCode::from(FAILED)
                 }
             }
         }
@@ -298,7 +296,7 @@ fn main() -> ExitCode {
                 Ok(never) => match never {},
                 Err(e) => {
                     eprintln!("sigvisor: {e:#}");
-                    ExitCode::from(run::FAILED as u8)
+                    ExitCode::from(FAILED)
                 }
             }
         }
@@ -322,14 +320,14 @@ fn block_on(future: impl std::future::Future<Output = anyhow::Result<i32>>) -> E
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sigvisor: cannot start the async runtime: {e}");
-            return ExitCode::from(run::FAILED as u8);
+            return ExitCode::from(FAILED);
         }
     };
     match runtime.block_on(future) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("sigvisor: {e:#}");
-            ExitCode::from(run::FAILED as u8)
+            ExitCode::from(FAILED)
         }
     }
 }

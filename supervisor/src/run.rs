@@ -15,9 +15,7 @@ use crate::notify::{Context, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::{Registry, OPERATION_ANNOTATION};
 use crate::sys::{fd, process};
-
-/// Exit status for sigvisor's own failures (as `env` and `timeout` use).
-pub const FAILED: i32 = 125;
+use sigvisor_proto::exit::FAILED;
 
 pub use crate::sys::process::raise_fd_limit;
 
@@ -119,7 +117,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
 
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(FAILED)
+    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(FAILED.into())
 }
 
 /// SIGINT and SIGTERM sent to sigvisor go to CMD, which decides.

@@ -9,9 +9,7 @@ use std::process::ExitCode;
 use crate::control::{Client, Request, Response};
 use crate::profile::{self, Trace};
 
-const REFUSED: u8 = 1;
-const USAGE: u8 = 2;
-const FAILED: u8 = 125;
+use sigvisor_proto::exit::{FAILED, REFUSED, USAGE};
 
 fn failed(e: anyhow::Error) -> ExitCode {
     eprintln!("sigvisor: {e:#}");
