@@ -4,6 +4,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use sigvisor_proto::MAX_FDS;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -22,19 +24,18 @@ pub fn readable<T: OwnsFd>(inner: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
 }
 
+/// Puts `fd` in non-blocking mode.
 pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
 /// One non-blocking `recvmsg`: appends the bytes, and takes ownership of
 /// any fds that came with them at once (CLOEXEC), so an error later cannot
 /// leak them; room for `MAX_FDS` fds. Returns the byte count; 0 is EOF.
+/// (libc, not nix: nix's control-message iterator refuses a truncated
+/// buffer, which would leave the fds that did arrive open and unowned.)
 pub fn recv_with_fds(
     socket: BorrowedFd<'_>,
     bytes: &mut Vec<u8>,
@@ -89,18 +90,7 @@ pub fn recv_with_fds(
 /// A connected socket pair: the first CLOEXEC, the second inherited by a
 /// child across exec.
 pub fn socketpair_for_child() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the array.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
-        != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds are new and owned by nobody else.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on an fd we own.
-    if unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
+    fcntl(&theirs, FcntlArg::F_SETFD(FdFlag::empty()))?;
     Ok((ours, theirs))
 }

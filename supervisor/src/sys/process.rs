@@ -3,31 +3,31 @@
 use std::os::unix::process::CommandExt;
 use std::sync::OnceLock;
 
-/// The fd limit sigvisor started with, which CMD gets back.
-static ORIGINAL_FD_LIMIT: OnceLock<libc::rlimit> = OnceLock::new();
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::Signal;
+use nix::unistd::{geteuid, Pid};
+
+/// The fd limit sigvisor started with (soft, hard), which CMD gets back.
+static ORIGINAL_FD_LIMIT: OnceLock<(u64, u64)> = OnceLock::new();
 
 /// Lifts sigvisor's soft limit on open fds to the hard one: each supervised
 /// thread may hold a few (caller.rs), and 1024 is soon reached.
 pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            let _ = ORIGINAL_FD_LIMIT.set(limit);
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, ..limit };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = ORIGINAL_FD_LIMIT.set((soft, hard));
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
 /// Makes `command`'s child start with the fd limit sigvisor started with.
 pub fn give_back_fd_limit(command: &mut std::process::Command) {
-    if let Some(&limit) = ORIGINAL_FD_LIMIT.get() {
+    if let Some(&(soft, hard)) = ORIGINAL_FD_LIMIT.get() {
         // SAFETY: the closure runs between fork and exec and only calls
-        // setrlimit, which is async-signal-safe.
+        // setrlimit(2) (nix's wrapper neither allocates nor locks), which is
+        // async-signal-safe.
         unsafe {
             command.pre_exec(move || {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                let _ = setrlimit(Resource::RLIMIT_NOFILE, soft, hard);
                 Ok(())
             });
         }
@@ -37,12 +37,12 @@ pub fn give_back_fd_limit(command: &mut std::process::Command) {
 /// Sends `signal` to process `pid` (a child of ours); errors are ignored:
 /// it may have exited.
 pub fn kill(pid: i32, signal: i32) {
-    // SAFETY: kill takes plain integers.
-    unsafe { libc::kill(pid, signal) };
+    if let Ok(signal) = Signal::try_from(signal) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+    }
 }
 
 /// Our effective uid.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    geteuid().as_raw()
 }

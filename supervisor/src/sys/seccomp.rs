@@ -4,6 +4,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use libseccomp::ScmpArch;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 pub use libc::seccomp_notif as Notification;
 
@@ -115,21 +117,19 @@ impl Listener {
 
     /// `poll(2)` on the listener alone; `timeout_ms` < 0 waits forever.
     pub fn poll(&self, timeout_ms: i32) -> io::Result<Readiness> {
-        let mut pfd = libc::pollfd { fd: self.raw(), events: libc::POLLIN, revents: 0 };
+        let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::NONE);
         loop {
-            // SAFETY: one pollfd, owned, for the duration of the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
             }
+            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
             // A notification still pending is answered before a hang-up.
-            return Ok(if pfd.revents & libc::POLLIN != 0 {
+            return Ok(if revents.contains(PollFlags::POLLIN) {
                 Readiness::Notification
-            } else if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
                 Readiness::Hangup
             } else {
                 Readiness::Idle
@@ -161,6 +161,7 @@ fn tick_signal() -> libc::c_int {
 
 /// Interrupts this thread's blocking syscalls every `period` with a signal
 /// whose handler does nothing (without SA_RESTART, so they fail EINTR).
+/// libc, not nix: nix's `Signal` has no real-time signals.
 pub struct Ticker(libc::timer_t);
 
 extern "C" fn on_tick(_: libc::c_int) {}

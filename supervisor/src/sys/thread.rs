@@ -4,7 +4,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::os::unix::fs::FileExt;
 
 /// `PIDFD_THREAD` (= O_EXCL, Linux 6.9); not in libc yet.
@@ -47,9 +49,8 @@ impl Pin {
     pub fn alive(&self) -> bool {
         match self {
             Pin::Pidfd(fd) => {
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one pollfd we own, for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                poll(&mut fds, PollTimeout::ZERO) == Ok(0)
             }
             Pin::Stat(file) => file.read_at(&mut [0u8; 1], 0).is_ok(),
         }
