@@ -4,14 +4,14 @@
 //! or before that its kept-open `/proc/<tid>/stat`. The handle pins the
 //! thread it was opened for (its `struct pid`), never a later thread that
 //! reuses the tid, so one cheap probe per notification (a zero-timeout
-//! poll of the pidfd) proves that the cached entry still names the caller. A dead
-//! one is reopened, with /proc read once.
+//! poll of the pidfd) proves that the cached entry still names the caller.
+//! A dead one is reopened, with /proc read once.
 //!
 //! Each process gets its handler table (`handlers.rs`), kept current from
 //! the bookkeeping calls the filter traps. Nothing on the notification path
-//! reads /proc once a process is known, except what a profile's selection
-//! asks for (`min-threads`, `comm`) and a Trace whose signal the filter does
-//! not watch.
+//! reads /proc once a process is known, except: a handler change not yet
+//! confirmed, the name and thread count a profile selects by (at most every
+//! `SELECTION_TTL`), and a Trace whose signal the filter does not watch.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -604,8 +604,6 @@ fn resident(tid: i32, at: u64, len: usize) -> bool {
 struct Status {
     name: String,
     tgid: i32,
-    ppid: i32,
-    threads: u32,
     /// `SigCgt`: the process's caught signals.
     caught: u64,
     /// `SigPnd`: signals pending for this thread.
@@ -622,24 +620,13 @@ fn read_status(tid: i32) -> Option<Status> {
 }
 
 fn parse_status(text: &str) -> Option<Status> {
-    let mut status = Status {
-        name: String::new(),
-        tgid: 0,
-        ppid: 0,
-        threads: 0,
-        caught: 0,
-        pending: 0,
-        state: 0,
-        switches: 0,
-    };
+    let mut status = Status { name: String::new(), tgid: 0, caught: 0, pending: 0, state: 0, switches: 0 };
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else { continue };
         let value = value.trim();
         match key {
             "Name" => status.name = value.to_owned(),
             "Tgid" => status.tgid = value.parse().ok()?,
-            "PPid" => status.ppid = value.parse().ok()?,
-            "Threads" => status.threads = value.parse().ok()?,
             "SigCgt" => status.caught = u64::from_str_radix(value, 16).ok()?,
             "SigPnd" => status.pending = u64::from_str_radix(value, 16).ok()?,
             "State" => status.state = value.bytes().next()?,
@@ -672,7 +659,7 @@ mod tests {
         let me = std::process::id() as i32;
         let status = read_status(me).expect("own status");
         assert_eq!(status.tgid, me);
-        assert!(status.threads >= 1 && !status.name.is_empty());
+        assert!(!status.name.is_empty());
         assert!(process_start(me).is_some());
         let this = read_status(thread::gettid()).expect("this thread's status");
         assert_eq!(this.state, b'R', "this thread runs");
@@ -726,7 +713,7 @@ mod tests {
         let text = "Name:\tgo (x)\nState:\tS (sleeping)\nTgid:\t42\nPPid:\t1\nThreads:\t3\n\
                     SigPnd:\t0000000000000004\nSigCgt:\tfffffffe7fc1feff\nvoluntary_ctxt_switches:\t7\n";
         let status = parse_status(text).expect("parses");
-        assert_eq!((status.name.as_str(), status.tgid, status.ppid, status.threads), ("go (x)", 42, 1, 3));
+        assert_eq!((status.name.as_str(), status.tgid), ("go (x)", 42));
         assert_eq!(status.pending, signal_bit(libc::SIGQUIT));
         assert!(status.caught & signal_bit(libc::SIGILL) != 0);
         assert_eq!((status.state, status.switches), (b'S', 7));
