@@ -31,9 +31,14 @@ done
 printf '#!/bin/sh\nexec %s --no-wait-killable "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_killable"
 printf '#!/bin/sh\nexec %s --no-handler-rules "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_rules"
 chmod +x "$no_killable" "$no_rules"
-trap 'rm -f "$status" "$no_killable" "$no_rules" "$stopped" "$by_comm" "$by_threads" "$by_when"' EXIT
+trap 'kill ${server:-} 2>/dev/null; rm -rf "${served:-}"; rm -f "$status" "$no_killable" "$no_rules" "$stopped" "$by_comm" "$by_threads" "$by_when"' EXIT
 
 run="$out/sigvisor run --status-file $status"
+# A serve with no Trace: its listeners are selected by none (answered at once).
+served=$(mktemp -d)
+"$out/sigvisor" serve --socket "$served/agent.sock" --control "$served/control.sock" 2>/dev/null &
+server=$!
+while [ ! -S "$served/agent.sock" ]; do sleep 0.05; done
 t8="--threads 8"
 per8=$((closes / 4))
 slow=$((closes / 10))
@@ -51,6 +56,7 @@ configs=(
   "sigvisor, min-threads not reached (skip path)|$run $by_threads --|--handler|$closes|0|bare"
   "sigvisor, when not reached (skip path)|$run $by_when --|--handler|$closes|0|bare"
   "sigvisor, trace stopped (answered at once)|$run $stopped --|--handler|$closes|0|bare"
+  "sigvisor serve, selected by no trace|$out/sigvisor-launch --socket $served/agent.sock --|--handler|$closes|0|bare"
   "sigvisor, filter not killable (observe only)|$run --launcher $no_killable $profile --|--handler|$closes|0|bare"
   "sigvisor, handlers from /proc (no rules)|$run --launcher $no_rules $profile --|--handler|$closes|$closes|loop"
   "C loop, 8 threads|$out/minsup|--handler $t8|$per8|$((per8 * 8))|loop8"
