@@ -195,6 +195,9 @@ impl Metadata {
 pub struct Handoff {
     pub state: ContainerProcessState,
     pub metadata: Metadata,
+    /// Whether `metadata` is sigvisor's JSON (else it says nothing of the
+    /// filter: the supervisor has to find out from the runtime's config).
+    pub metadata_is_ours: bool,
     pub listener: OwnedFd,
 }
 
@@ -235,8 +238,10 @@ pub fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Handoff, HandoffErr
         return Err(HandoffError::MissingFd { index, received: fds.len() });
     }
     let listener = fds.swap_remove(index);
-    let metadata = Metadata::parse(state.metadata().as_deref());
-    Ok(Handoff { state, metadata, listener })
+    let raw = state.metadata().as_deref();
+    let metadata_is_ours = raw.is_some_and(|m| serde_json::from_str::<Metadata>(m).is_ok());
+    let metadata = Metadata::parse(raw);
+    Ok(Handoff { state, metadata, metadata_is_ours, listener })
 }
 
 /// Encodes the launcher's handoff: its own pid, the listener as `seccompFd`,
@@ -341,6 +346,7 @@ mod tests {
             let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
             let h = decode(raw, vec![fd]).unwrap();
             assert!(!h.metadata.wait_killable);
+            assert!(!h.metadata_is_ours);
         }
     }
 
@@ -362,5 +368,6 @@ mod tests {
         let h = decode(&bytes, vec![fd]).unwrap();
         assert_eq!(*h.state.pid(), 1234);
         assert_eq!(h.metadata, m);
+        assert!(h.metadata_is_ours);
     }
 }

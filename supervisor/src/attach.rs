@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sigvisor_proto::Handoff;
 
-use crate::container::Origin;
+use crate::container::{FilterFacts, Origin};
 use crate::events::Describer;
 use crate::notify::{self, Context};
 use crate::pipeline::Pipeline;
@@ -17,10 +17,10 @@ use crate::sys::seccomp::Listener;
 /// Serves a handed-over listener, under the Trace that selects its
 /// container if any, until no process uses its filter any more.
 pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: Arc<Context>) -> Stats {
-    let origin = Origin::of(&handoff);
-    let wait_killable = handoff.metadata.wait_killable;
-    let watched = handoff.metadata.watched_signals;
-    let selected = registry.select(&origin, wait_killable, watched);
+    let facts = FilterFacts::of(&handoff);
+    let origin = Origin { filter: facts.source, ..Origin::of(&handoff) };
+    let (wait_killable, watched) = (facts.wait_killable, facts.watched);
+    let selected = registry.select(&origin, &facts);
     let label = origin.label();
     match &selected {
         Some((trace, _)) => tracing::info!(

@@ -23,6 +23,62 @@ const POD_NAMESPACE: &[&str] = &["io.kubernetes.cri.sandbox-namespace", "io.kube
 /// A trailing `*` makes a prefix.
 const RUNTIME_INIT_NAMES: &[&str] = &["runc:[*", "runc", "crun", "youki*", "sigvisor-launch"];
 
+/// What sigvisor knows of a listener's filter, and from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterFacts {
+    /// Loaded with `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`: signals may be sent.
+    pub wait_killable: bool,
+    /// The signals whose handler changes it traps (a mask).
+    pub watched: u64,
+    /// Where this came from, for the status: `sigvisor` (the handoff's
+    /// metadata), `config.json` (the runtime's own configuration), or
+    /// `unknown`.
+    pub source: &'static str,
+    /// Why nothing could be learnt, for the Trace's operationWarning.
+    pub warning: Option<String>,
+}
+
+impl FilterFacts {
+    /// From the handoff's metadata when sigvisor wrote it; otherwise from
+    /// the runtime's own `BUNDLE/config.json`, which the runtime loaded the
+    /// filter from: `linux.seccomp.flags` says whether it waits killable.
+    /// A bundle that cannot be read is observe-only, never a guess.
+    pub fn of(handoff: &Handoff) -> FilterFacts {
+        let meta = &handoff.metadata;
+        if handoff.metadata_is_ours {
+            return FilterFacts {
+                wait_killable: meta.wait_killable,
+                watched: meta.watched_signals,
+                source: "sigvisor",
+                warning: None,
+            };
+        }
+        let bundle = handoff.state.state().bundle();
+        let config = bundle.join("config.json");
+        let read = std::fs::read(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string()));
+        match read {
+            Ok(config) => {
+                let flags = config.pointer("/linux/seccomp/flags").and_then(|f| f.as_array());
+                let killable = flags
+                    .is_some_and(|f| f.iter().any(|f| f.as_str() == Some("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")));
+                FilterFacts { wait_killable: killable, watched: 0, source: "config.json", warning: None }
+            }
+            Err(e) => FilterFacts {
+                wait_killable: false,
+                watched: 0,
+                source: "unknown",
+                warning: Some(format!(
+                    "the handoff carries no sigvisor metadata and the runtime's {} cannot be read ({e}): \
+                     whether the filter waits killable is unknown, so notifications are answered without a signal",
+                    config.display()
+                )),
+            },
+        }
+    }
+}
+
 /// The origin of one listener.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
@@ -32,6 +88,8 @@ pub struct Origin {
     /// The container's init pid as the runtime saw it (the launcher's own pid).
     pub pid: i32,
     pub annotations: HashMap<String, String>,
+    /// Where what sigvisor knows of the filter came from (`FilterFacts::source`).
+    pub filter: &'static str,
 }
 
 impl Origin {
@@ -42,6 +100,7 @@ impl Origin {
             bundle: state.bundle().display().to_string(),
             pid: state.pid().unwrap_or(*handoff.state.pid()),
             annotations: state.annotations().clone().unwrap_or_default(),
+            filter: "",
         }
     }
 

@@ -56,6 +56,9 @@ pub struct ContainerLine {
     pub name: String,
     pub bundle: String,
     pub pid: i32,
+    /// Where what sigvisor knows of the container's filter came from:
+    /// sigvisor (its metadata), config.json (the runtime's), or unknown.
+    pub filter: String,
     pub notifications: u64,
     pub signals: u64,
     pub skipped: BTreeMap<String, u64>,

@@ -15,7 +15,7 @@ use std::collections::{btree_map, BTreeMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::container::{self, Origin};
+use crate::container::{self, FilterFacts, Origin};
 use crate::events::Sink;
 use crate::output::{self, ContainerLine};
 use crate::profile::{OutputMode, Policy, RunMode, Trace};
@@ -123,6 +123,7 @@ fn count_container(containers: &mut BTreeMap<String, ContainerLine>, origin: &Or
             name: origin.name().to_owned(),
             bundle: origin.bundle.clone(),
             pid: origin.pid,
+            filter: origin.filter.to_owned(),
             ..ContainerLine::default()
         })
         .add(stats);
@@ -304,17 +305,18 @@ impl Registry {
     pub fn select(
         &self,
         origin: &Origin,
-        wait_killable: bool,
-        watched_signals: u64,
+        facts: &FilterFacts,
     ) -> Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)> {
         let mut traces = self.lock();
         let entry = traces
             .values_mut()
             .find(|e| self.on_node(&e.trace) && origin.matches(e.trace.spec.filter.as_ref()))?;
         let signal = entry.handle.config().policy.signal;
-        if !wait_killable {
+        if let Some(warning) = &facts.warning {
+            entry.warning = Some(warning.clone());
+        } else if !facts.wait_killable {
             entry.warning = Some(output::NOT_KILLABLE_WARNING.to_owned());
-        } else if watched_signals & sigvisor_proto::signal_bit(signal) == 0 {
+        } else if facts.watched & sigvisor_proto::signal_bit(signal) == 0 {
             entry.warning = Some(output::not_watched_warning(signal));
         }
         let stats = Arc::new(Mutex::new(Stats::default()));
@@ -452,8 +454,8 @@ mod tests {
         let registry = Registry::new("node-a".into(), true);
         let (t, p) = trace("run", "Auto", "", None);
         registry.apply(t, p);
-        let (handle, _) =
-            registry.select(&Origin::default(), true, u64::MAX).expect("selects every container");
+        let facts = FilterFacts { wait_killable: true, watched: u64::MAX, source: "sigvisor", warning: None };
+        let (handle, _) = registry.select(&Origin::default(), &facts).expect("selects every container");
         assert!(handle.active());
         registry.complete_all();
         assert_eq!(state(&registry.get("run").unwrap()), started("Completed"));

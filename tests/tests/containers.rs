@@ -274,3 +274,33 @@ fn crun_patched_listener_runs_32_bit_programs() {
     let (traces, _) = server.stop();
     assert_eq!(container_line(&traces, &id)["signals"], 400);
 }
+
+/// A config.json written by hand as the OCI runtime spec says, with the
+/// flag and no sigvisor metadata: sigvisor believes the runtime's own
+/// configuration (read from the state's bundle), and every close is
+/// signalled precisely; the status says where that came from.
+#[test]
+fn crun_flag_written_by_hand_is_believed() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("crun-by-hand", &[]);
+    let bundle = bundle("crun-by-hand", CLOSER);
+    let socket = server.socket.clone();
+    edit_config(&bundle, |c| {
+        let mut seccomp = notify_close(&socket, true);
+        seccomp.as_object_mut().expect("an object").remove("listenerMetadata");
+        c["linux"]["seccomp"] = seccomp;
+    });
+    let id = container_id("crun-by-hand");
+    let out = crun_run(&bundle, &id);
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    let (traces, log) = server.stop();
+    let line = container_line(&traces, &id);
+    assert_eq!(line["signals"], 400, "{line:?}\n{log}");
+    assert_eq!(line["filter"], "config.json", "{line:?}");
+    // No handler rules in a hand-written profile: handlers come from /proc.
+    let warning = traces[0]["status"]["operationWarning"].as_str().unwrap_or_default();
+    assert!(warning.contains("/proc"), "{warning:?}");
+}
