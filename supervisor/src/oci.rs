@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
-    LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Mount, Spec,
+    LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Mount, Spec,
 };
+use serde_json::{Map, Value};
 use sigvisor_proto::Metadata;
 
 /// Annotation marking a patched bundle (its value: the mode), so a second
@@ -52,10 +53,20 @@ pub struct PatchOptions {
 }
 
 /// Patches `BUNDLE/config.json`; returns the mode used.
+///
+/// Lossless: the document is validated with oci-spec, but edited and
+/// written as JSON, so every field oci-spec does not model (vendor
+/// extensions, fields newer than it) keeps its value and its place; only
+/// `linux.seccomp`, or in wrap mode `process.args` and `mounts`, and the
+/// `io.sigvisor.patched` annotation change.
 pub fn patch(opts: &PatchOptions) -> Result<Mode> {
     ensure_served(&opts.socket)?;
     let config = opts.bundle.join("config.json");
-    let mut spec = Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
+    let text = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+    let mut doc: Value =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", config.display()))?;
+    let spec: Spec = serde_json::from_value(doc.clone())
+        .with_context(|| format!("{} is not an OCI runtime configuration", config.display()))?;
     if let Some(done) = spec.annotations().as_ref().and_then(|a| a.get(PATCHED)) {
         tracing::info!("{} is already patched ({done}); unchanged", config.display());
         return Ok(if done == "wrap" { Mode::Wrap } else { Mode::Listener });
@@ -65,15 +76,34 @@ pub fn patch(opts: &PatchOptions) -> Result<Mode> {
         m => m,
     };
     match mode {
-        Mode::Wrap => wrap_entrypoint(&mut spec, opts)?,
-        _ => add_listener(&mut spec, opts)?,
+        Mode::Wrap => wrap_entrypoint(&mut doc, &spec, opts)?,
+        _ => add_listener(&mut doc, &spec, opts)?,
     }
     let name = if mode == Mode::Wrap { "wrap" } else { "listener" };
-    let mut annotations = spec.annotations().clone().unwrap_or_default();
-    annotations.insert(PATCHED.to_owned(), name.to_owned());
-    spec.set_annotations(Some(annotations));
-    spec.save(&config).with_context(|| format!("writing {}", config.display()))?;
+    object(&mut doc, "annotations")?.insert(PATCHED.to_owned(), Value::from(name));
+    let mut bytes = serde_json::to_vec_pretty(&doc)?;
+    bytes.push(b'\n');
+    std::fs::write(&config, bytes).with_context(|| format!("writing {}", config.display()))?;
     Ok(mode)
+}
+
+/// The object at `key` in `parent` (made empty if missing).
+fn object<'a>(parent: &'a mut Value, key: &str) -> Result<&'a mut Map<String, Value>> {
+    let parent = parent.as_object_mut().context("config.json: expected an object")?;
+    parent
+        .entry(key)
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .with_context(|| format!("config.json: {key} is not an object"))
+}
+
+/// The array at `key` in `parent` (made empty if missing).
+fn array<'a>(parent: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Vec<Value>> {
+    parent
+        .entry(key)
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+        .with_context(|| format!("config.json: {key} is not an array"))
 }
 
 /// runc before 1.5 refuses every seccomp flag; crun and youki take it.
@@ -221,11 +251,12 @@ fn handler_rules(
 /// Listener mode: the syscalls notify, taken out of every other rule (a
 /// syscall named by two rules is an error in libseccomp), with the rules
 /// that tell handler changes, and the rest of the profile (default action,
-/// architectures, other rules) kept.
-fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
-    let mut linux = spec.linux().clone().unwrap_or_default();
-    let mut seccomp: LinuxSeccomp = match linux.seccomp() {
-        Some(s) => s.clone(),
+/// architectures, other rules, fields oci-spec does not know) kept.
+fn add_listener(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<()> {
+    let existing = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let fresh = existing.is_none();
+    let seccomp = match existing {
+        Some(s) => s,
         // No seccomp before: every ABI ran. A filter lists the ABIs it
         // covers, and kills callers of any other.
         None => LinuxSeccompBuilder::default()
@@ -233,47 +264,54 @@ fn add_listener(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
             .architectures(native_abis())
             .build()?,
     };
-    let mut rules = seccomp.syscalls().clone().unwrap_or_default();
+    let rules = seccomp.syscalls().clone().unwrap_or_default();
     let (handler_rules, watched) =
         handler_rules(&seccomp, &rules, sigvisor_proto::watched_signals(opts.signal))?;
-    let taken = |name: &String| {
-        opts.syscalls.contains(name) || handler_rules.iter().any(|r| r.names().contains(name))
+    let taken = |name: &str| {
+        opts.syscalls.iter().any(|s| s == name)
+            || handler_rules.iter().any(|r| r.names().iter().any(|n| n == name))
     };
-    for rule in &mut rules {
-        let names: Vec<String> = rule.names().iter().filter(|n| !taken(n)).cloned().collect();
-        rule.set_names(names);
+    let linux = object(doc, "linux")?;
+    if fresh {
+        linux.insert("seccomp".to_owned(), serde_json::to_value(&seccomp)?);
     }
-    rules.retain(|r| !r.names().is_empty());
-    rules.push(
-        LinuxSyscallBuilder::default()
-            .names(opts.syscalls.clone())
-            .action(LinuxSeccompAction::ScmpActNotify)
-            .build()?,
-    );
-    rules.extend(handler_rules);
-    seccomp.set_syscalls(Some(rules));
-    seccomp.set_listener_path(Some(opts.socket.clone()));
+    let section =
+        linux.get_mut("seccomp").and_then(Value::as_object_mut).context("linux.seccomp is not an object")?;
+    let syscalls = array(section, "syscalls")?;
+    for rule in syscalls.iter_mut() {
+        if let Some(names) = rule.get_mut("names").and_then(Value::as_array_mut) {
+            names.retain(|n| !n.as_str().is_some_and(taken));
+        }
+    }
+    syscalls.retain(|r| r.get("names").and_then(Value::as_array).is_none_or(|n| !n.is_empty()));
+    let notify = LinuxSyscallBuilder::default()
+        .names(opts.syscalls.clone())
+        .action(LinuxSeccompAction::ScmpActNotify)
+        .build()?;
+    syscalls.push(serde_json::to_value(notify)?);
+    for rule in handler_rules {
+        syscalls.push(serde_json::to_value(rule)?);
+    }
+    section.insert("listenerPath".to_owned(), Value::from(opts.socket.display().to_string()));
     let metadata = Metadata { wait_killable: true, launcher: false, user: None, watched_signals: watched };
-    seccomp.set_listener_metadata(Some(metadata.to_json()));
-    let mut flags = seccomp.flags().clone().unwrap_or_default();
-    if !flags.contains(&LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv) {
-        flags.push(LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv);
+    section.insert("listenerMetadata".to_owned(), Value::from(metadata.to_json()));
+    let flag = Value::from("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV");
+    let flags = array(section, "flags")?;
+    if !flags.contains(&flag) {
+        flags.push(flag);
     }
-    seccomp.set_flags(Some(flags));
-    linux.set_seccomp(Some(seccomp));
-    spec.set_linux(Some(linux));
     Ok(())
 }
 
 /// Wrap mode: the static launcher and the agent socket mounted read-only at
 /// /.sigvisor, and the launcher in front of process.args.
-fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
+fn wrap_entrypoint(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<()> {
     let launcher = match &opts.launcher {
         Some(p) => p.clone(),
         None => static_launcher()?,
     };
     let launcher = launcher.canonicalize().with_context(|| format!("the launcher {}", launcher.display()))?;
-    let mut process = spec.process().clone().context("config.json has no process to wrap")?;
+    let process = spec.process().as_ref().context("config.json has no process to wrap")?;
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
         bail!("config.json's process.args is empty: nothing to wrap");
@@ -295,9 +333,9 @@ fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
     wrapped.extend(["--signal".to_owned(), opts.signal.to_string()]);
     wrapped.push("--".to_owned());
     wrapped.extend(args);
-    process.set_args(Some(wrapped));
-    spec.set_process(Some(process));
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    object(doc, "process")?.insert("args".to_owned(), serde_json::to_value(wrapped)?);
+    let root = doc.as_object_mut().context("config.json: expected an object")?;
+    let mounts = array(root, "mounts")?;
     // The socket itself, not its directory: the control socket may live
     // beside it, and a container must not reach that.
     let socket = opts.socket.as_path();
@@ -309,9 +347,8 @@ fn wrap_entrypoint(spec: &mut Spec, opts: &PatchOptions) -> Result<()> {
         mount.set_typ(Some("bind".to_owned()));
         mount.set_source(Some(source.to_owned()));
         mount.set_options(Some(vec!["rbind".to_owned(), "ro".to_owned()]));
-        mounts.push(mount);
+        mounts.push(serde_json::to_value(mount)?);
     }
-    spec.set_mounts(Some(mounts));
     Ok(())
 }
 

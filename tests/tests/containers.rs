@@ -304,3 +304,60 @@ fn crun_flag_written_by_hand_is_believed() {
     let warning = traces[0]["status"]["operationWarning"].as_str().unwrap_or_default();
     assert!(warning.contains("/proc"), "{warning:?}");
 }
+
+/// `oci patch` loses nothing it does not understand: vendor extensions and
+/// fields newer than oci-spec keep their values and their places, and so
+/// does every list; only linux.seccomp and the patched annotation change.
+#[test]
+fn patch_is_lossless() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("patch-lossless", &[]);
+    let bundle = bundle("patch-lossless", CLOSER);
+    edit_config(&bundle, |c| {
+        c["x-vendor-extension"] = json!({"zeta": 1, "alpha": [3, 2, 1]});
+        c["linux"]["futureField"] = json!({"b": true, "a": "kept"});
+        c["process"]["futureProcessField"] = json!(["z", "a"]);
+        c["process"]["capabilities"]["bounding"] = json!(["CAP_SETUID", "CAP_CHOWN", "CAP_AUDIT_WRITE"]);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "syscalls": [
+                {"names": ["mkdirat", "close", "unlinkat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                {"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"},
+            ],
+        });
+    });
+    let before = config(&bundle);
+    patch(&bundle, &server.socket, &["--mode", "listener"]);
+    let after = config(&bundle);
+    let keys = |v: &serde_json::Value| v.as_object().expect("object").keys().cloned().collect::<Vec<_>>();
+    // Every top-level field, in its place; only linux and annotations differ.
+    assert_eq!(
+        keys(&after).iter().filter(|k| *k != "annotations").collect::<Vec<_>>(),
+        keys(&before).iter().filter(|k| *k != "annotations").collect::<Vec<_>>()
+    );
+    for (key, value) in before.as_object().unwrap() {
+        if key != "linux" && key != "annotations" {
+            assert_eq!(after[key].to_string(), value.to_string(), "{key} changed");
+        }
+    }
+    for (key, value) in before["linux"].as_object().unwrap() {
+        if key != "seccomp" {
+            assert_eq!(after["linux"][key].to_string(), value.to_string(), "linux.{key} changed");
+        }
+    }
+    let seccomp = &after["linux"]["seccomp"];
+    assert_eq!(seccomp["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]));
+    let rules = seccomp["syscalls"].as_array().unwrap();
+    // The profile's own rules first, as they were, less the trapped close.
+    assert_eq!(
+        rules[0],
+        json!({"names": ["mkdirat", "unlinkat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1})
+    );
+    assert_eq!(rules[1], json!({"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"}));
+    assert_eq!(rules[2]["names"], json!(["close"]));
+    assert_eq!(after["annotations"]["io.sigvisor.patched"], "listener");
+    drop(server);
+}
