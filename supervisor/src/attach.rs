@@ -15,10 +15,18 @@ use crate::stats::Stats;
 use crate::sys::seccomp::Listener;
 
 /// Serves a handed-over listener, under the Trace that selects its
-/// container if any, until no process uses its filter any more.
-pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: Arc<Context>) -> Stats {
+/// container if any, until no process uses its filter any more. `runtime`:
+/// the program that handed it over, when known (`runc`, `crun`).
+pub async fn supervise(
+    handoff: Handoff,
+    peer: &str,
+    runtime: Option<&str>,
+    registry: &Registry,
+    ctx: Arc<Context>,
+) -> Stats {
     let facts = FilterFacts::of(&handoff);
-    let origin = Origin { filter: facts.source, ..Origin::of(&handoff) };
+    let note = (!facts.wait_killable && facts.warning.is_none()).then(|| not_killable_note(runtime));
+    let origin = Origin { filter: facts.source, note: note.unwrap_or_default(), ..Origin::of(&handoff) };
     let (wait_killable, watched) = (facts.wait_killable, facts.watched);
     let selected = registry.select(&origin, &facts);
     let label = origin.label();
@@ -47,4 +55,17 @@ pub async fn supervise(handoff: Handoff, peer: &str, registry: &Registry, ctx: A
         stats.skipped.iter().map(|(why, n)| format!("{why}: {n}")).collect::<Vec<_>>().join(", ")
     );
     stats
+}
+
+/// Said once per container whose filter cannot take a signal: which runtime
+/// loaded it so, and the way to precise signals.
+fn not_killable_note(runtime: Option<&str>) -> String {
+    let runtime = runtime.filter(|r| *r != "sigvisor-launch");
+    format!(
+        "observe only: {} loaded the filter without SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV \
+         (runc before 1.5 cannot set it); for precise signals run the container through the shim, \
+         which wraps its entrypoint: sigvisor oci runtime --runtime {} (docs/containers.md)",
+        runtime.unwrap_or("the runtime"),
+        runtime.unwrap_or("RUNTIME")
+    )
 }

@@ -90,6 +90,9 @@ pub struct Origin {
     pub annotations: HashMap<String, String>,
     /// Where what sigvisor knows of the filter came from (`FilterFacts::source`).
     pub filter: &'static str,
+    /// What the status says once about this container (e.g. how to get
+    /// precise signals where the runtime's filter cannot take one).
+    pub note: String,
 }
 
 impl Origin {
@@ -101,6 +104,7 @@ impl Origin {
             pid: state.pid().unwrap_or(*handoff.state.pid()),
             annotations: state.annotations().clone().unwrap_or_default(),
             filter: "",
+            note: String::new(),
         }
     }
 

@@ -59,6 +59,9 @@ pub struct ContainerLine {
     /// Where what sigvisor knows of the container's filter came from:
     /// sigvisor (its metadata), config.json (the runtime's), or unknown.
     pub filter: String,
+    /// Said once for this container (how to get precise signals, say).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
     pub notifications: u64,
     pub signals: u64,
     pub skipped: BTreeMap<String, u64>,

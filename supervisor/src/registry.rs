@@ -124,6 +124,7 @@ fn count_container(containers: &mut BTreeMap<String, ContainerLine>, origin: &Or
             bundle: origin.bundle.clone(),
             pid: origin.pid,
             filter: origin.filter.to_owned(),
+            note: origin.note.clone(),
             ..ContainerLine::default()
         })
         .add(stats);

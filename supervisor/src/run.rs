@@ -86,7 +86,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok(handoff) => {
             let registry = Arc::clone(&registry);
             Some(tokio::spawn(async move {
-                crate::attach::supervise(handoff, "sigvisor-launch", &registry, ctx).await
+                crate::attach::supervise(handoff, "sigvisor-launch", None, &registry, ctx).await
             }))
         }
         Err(e) => {

@@ -63,13 +63,15 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let peer = stream.peer_cred().map(|c| format!("peer pid {} uid {}", c.pid().unwrap_or(0), c.uid()))
-                        .unwrap_or_else(|_| "unknown peer".into());
+                    let cred = stream.peer_cred().ok();
+                    let peer = cred.map(|c| format!("peer pid {} uid {}", c.pid().unwrap_or(0), c.uid()))
+                        .unwrap_or_else(|| "unknown peer".into());
+                    let runtime = cred.and_then(|c| c.pid()).and_then(runtime_name);
                     let fd = match stream.into_std() {
                         Ok(s) => OwnedFd::from(s),
                         Err(e) => { tracing::warn!("{peer}: {e}"); continue }
                     };
-                    tokio::spawn(connection(fd, peer, Arc::clone(&registry), Arc::clone(&ctx), opts.handoff_timeout));
+                    tokio::spawn(connection(fd, peer, runtime, Arc::clone(&registry), Arc::clone(&ctx), opts.handoff_timeout));
                 }
                 // Out of fds, say: wait, rather than spin on the error.
                 Err(e) => {
@@ -89,6 +91,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
 async fn connection(
     fd: OwnedFd,
     peer: String,
+    runtime: Option<String>,
     registry: Arc<Registry>,
     ctx: Arc<Context>,
     timeout: Duration,
@@ -98,8 +101,16 @@ async fn connection(
         // A probe (`sigvisor oci patch` checks the socket) or an aborted start.
         Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::info!("{peer}: {e}"),
         Ok(Err(e)) => tracing::warn!("{peer}: {e}; dropped"),
-        Ok(Ok(handoff)) => drop(attach::supervise(handoff, &peer, &registry, ctx).await),
+        Ok(Ok(handoff)) => drop(attach::supervise(handoff, &peer, runtime.as_deref(), &registry, ctx).await),
     }
+}
+
+/// The program that connected (`runc`, `crun`, `sigvisor-launch`), from
+/// its process name: runc's processes are named `runc:[1:CHILD]` and the like.
+fn runtime_name(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let name = comm.trim_end().split(":[").next()?.to_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Profiles from files and directories (their *.yaml and *.yml, sorted).

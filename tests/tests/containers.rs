@@ -44,6 +44,13 @@ fn runc_listener_path_is_observed_and_warned_about() {
     assert_eq!(line["skipped"]["filter-not-killable"], line["notifications"]);
     let warning = traces[0]["status"]["operationWarning"].as_str().unwrap_or_default();
     assert!(warning.contains("WAIT_KILLABLE_RECV"), "{warning:?}");
+    // Once for the container: which runtime, and the way to precise signals.
+    assert_eq!(line["filter"], "config.json", "{line:?}");
+    let note = line["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("runc loaded the filter") && note.contains("sigvisor oci runtime --runtime runc"),
+        "{note:?}"
+    );
 }
 
 #[test]
