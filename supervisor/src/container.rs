@@ -112,6 +112,16 @@ impl Origin {
         keys.iter().find_map(|k| self.annotations.get(*k)).map(String::as_str)
     }
 
+    /// Its pod's name, from the CRI annotations; empty outside Kubernetes.
+    pub fn pod(&self) -> &str {
+        self.annotation(POD_NAME).unwrap_or_default()
+    }
+
+    /// Its pod's namespace, from the CRI annotations; empty outside Kubernetes.
+    pub fn namespace(&self) -> &str {
+        self.annotation(POD_NAMESPACE).unwrap_or_default()
+    }
+
     /// The container's name: the CRI annotation, else its id.
     pub fn name(&self) -> &str {
         self.annotation(CONTAINER_NAME).unwrap_or(&self.id)
@@ -177,6 +187,7 @@ mod tests {
         };
         let mut f = ContainerFilter::default();
         assert!(origin.matches(Some(&f)));
+        assert_eq!((origin.pod(), origin.namespace(), origin.name()), ("web-7d9", "shop", "web"));
         f.container_name = "web".into();
         f.namespace = "shop".into();
         f.labels.insert("team".into(), "a".into());

@@ -114,6 +114,10 @@ struct Event<'a> {
 struct ContainerRef<'a> {
     id: &'a str,
     name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pod: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: &'a str,
 }
 
 /// What one listener needs to describe its notifications.
@@ -161,8 +165,12 @@ impl Describer {
         let event = Event {
             time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
             node: &self.node,
-            container: (!self.origin.id.is_empty())
-                .then(|| ContainerRef { id: &self.origin.id, name: self.origin.name() }),
+            container: (!self.origin.id.is_empty()).then(|| ContainerRef {
+                id: &self.origin.id,
+                name: self.origin.name(),
+                pod: self.origin.pod(),
+                namespace: self.origin.namespace(),
+            }),
             pid: caller.map_or(0, |c| c.tgid),
             tid: notif.pid as i32,
             comm: caller.map_or("", |c| &*c.name),

@@ -54,6 +54,11 @@ struct Handlers {
 pub struct ContainerLine {
     pub id: String,
     pub name: String,
+    /// The pod and its namespace, from the CRI annotations (Kubernetes).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
     pub bundle: String,
     pub pid: i32,
     /// Where what sigvisor knows of the container's filter came from:

@@ -121,6 +121,8 @@ fn count_container(containers: &mut BTreeMap<String, ContainerLine>, origin: &Or
         .or_insert_with(|| ContainerLine {
             id: origin.id.clone(),
             name: origin.name().to_owned(),
+            pod: origin.pod().to_owned(),
+            namespace: origin.namespace().to_owned(),
             bundle: origin.bundle.clone(),
             pid: origin.pid,
             filter: origin.filter.to_owned(),

@@ -368,3 +368,53 @@ fn patch_is_lossless() {
     assert_eq!(after["annotations"]["io.sigvisor.patched"], "listener");
     drop(server);
 }
+
+/// Kubernetes names reach the runtime as CRI annotations: a Trace selects
+/// the container by them (`spec.filter`), and its events and status line
+/// carry the pod, its namespace and the container's name.
+#[test]
+fn cri_names_select_and_attribute() {
+    if !require_tools() {
+        return;
+    }
+    let dir = scratch("cri-events");
+    let events = dir.join("events.jsonl");
+    let trace = format!(
+        "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: shop\nspec:\n  gadget: signal\n  \
+         runMode: Auto\n  outputMode: File\n  output: {}\n  filter:\n    namespace: shop\n    podname: web-7d9\n    \
+         containerName: web\n",
+        events.display()
+    );
+    let server = Server::with_profiles("cri", &[], &[("shop.yaml", &trace)]);
+    let bundle = bundle("cri", CLOSER);
+    patch(&bundle, &server.socket, &["--runtime", "crun"]);
+    edit_config(&bundle, |c| {
+        c["annotations"]["io.kubernetes.cri.container-name"] = json!("web");
+        c["annotations"]["io.kubernetes.cri.sandbox-name"] = json!("web-7d9");
+        c["annotations"]["io.kubernetes.cri.sandbox-namespace"] = json!("shop");
+    });
+    let id = container_id("cri");
+    let out = crun_run(&bundle, &id);
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    let (traces, log) = server.stop();
+    let line = container_line(&traces, &id);
+    assert_eq!(
+        (&line["name"], &line["pod"], &line["namespace"]),
+        (&"web".into(), &"web-7d9".into(), &"shop".into())
+    );
+    assert_eq!(line["signals"], 400, "{line:?}\n{log}");
+    let text = std::fs::read_to_string(&events).expect("the File output");
+    let signalled: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["action"] == "signalled")
+        .collect();
+    assert_eq!(signalled.len(), 400);
+    for event in &signalled {
+        assert_eq!(
+            event["container"],
+            json!({"id": id, "name": "web", "pod": "web-7d9", "namespace": "shop"})
+        );
+    }
+}
