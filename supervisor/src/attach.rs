@@ -28,9 +28,9 @@ pub async fn supervise(
     let note = (!facts.wait_killable && facts.warning.is_none()).then(|| not_killable_note(runtime));
     let origin = Origin { filter: facts.source, note: note.unwrap_or_default(), ..Origin::of(&handoff) };
     let (wait_killable, watched) = (facts.wait_killable, facts.watched);
-    let selected = registry.select(&origin, &facts);
+    let selection = registry.attach(&origin, &facts);
     let label = origin.label();
-    match &selected {
+    match &selection.current() {
         Some((trace, _)) => tracing::info!(
             "{label}: listener from {peer}, trace {}, {}",
             trace.name,
@@ -42,12 +42,9 @@ pub async fn supervise(
     // container's process; sigvisor-launch makes no trapped call before.
     let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
     let describer = Describer::new(registry.node.clone(), origin);
-    let retire = selected.clone();
-    let handler = Pipeline::new(selected, wait_killable, watched, runtime_init, describer);
+    let handler = Pipeline::new(Arc::clone(&selection), wait_killable, watched, runtime_init, describer);
     let stats = notify::supervise(Listener::new(handoff.listener), handler, ctx).await;
-    if let Some((trace, counters)) = retire {
-        registry.retire(&trace.name, &counters);
-    }
+    registry.detach(&selection);
     tracing::info!(
         "{label}: done: {} notifications, {} signals, skipped {}",
         stats.notifications,

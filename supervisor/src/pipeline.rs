@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use crate::caller::{self, Caller, Callers};
 use crate::decision::{Decider, Decision, Skip};
 use crate::events::Describer;
-use crate::registry::TraceHandle;
+use crate::registry::{Selection, TraceHandle};
 use crate::response::{self, Answered};
 use crate::shared;
 use crate::signal::{self, SignalError};
@@ -30,7 +30,11 @@ use crate::sys::seccomp::{Listener, Notification};
 /// the async task and a hot thread together with the listener.
 pub struct Pipeline {
     decider: Decider,
-    /// The Trace that selected this listener's container, if any.
+    /// Which Trace selects this listener's container; it may change.
+    selection: Arc<Selection>,
+    /// The selection's version `trace` and `stats` were taken at.
+    seen: u64,
+    /// The Trace that selects this listener's container, if any.
     trace: Option<Arc<TraceHandle>>,
     /// Shared with the registry, which shows them in the Trace's status.
     stats: Arc<Mutex<Stats>>,
@@ -48,22 +52,38 @@ impl Pipeline {
     /// `runtime_init`: the container init's pid, for a listener an OCI
     /// runtime handed over (its init runs under the filter until it execs).
     pub fn new(
-        selected: Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)>,
+        selection: Arc<Selection>,
         wait_killable: bool,
         watched_signals: u64,
         runtime_init: Option<i32>,
         describer: Describer,
     ) -> Pipeline {
-        let (trace, stats) = match selected {
+        let mut pipeline = Pipeline {
+            decider: Decider { wait_killable, runtime_init, callers: Callers::new(watched_signals) },
+            selection,
+            seen: u64::MAX,
+            trace: None,
+            stats: Arc::default(),
+            describer,
+        };
+        pipeline.follow_selection();
+        pipeline
+    }
+
+    /// Takes the current selection if a Trace applied or deleted changed it:
+    /// one atomic load when nothing did.
+    fn follow_selection(&mut self) {
+        let version = self.selection.version();
+        if version == self.seen {
+            return;
+        }
+        self.seen = version;
+        let (trace, stats) = match self.selection.current() {
             Some((trace, stats)) => (Some(trace), stats),
             None => (None, Arc::default()),
         };
-        Pipeline {
-            decider: Decider { wait_killable, runtime_init, callers: Callers::new(watched_signals) },
-            trace,
-            stats,
-            describer,
-        }
+        self.trace = trace;
+        self.stats = stats;
     }
 
     /// What this listener counted so far.
@@ -97,6 +117,7 @@ impl Pipeline {
 
     /// A received notification: decide, signal, CONTINUE, then count.
     pub fn answer(&mut self, listener: &Listener, notif: Notification) -> io::Result<()> {
+        self.follow_selection();
         // sigvisor's own calls (handler changes, execs): recorded, answered,
         // never signalled, whatever the Trace's state.
         if let Some(call) = caller::handler_calls().classify(notif.data.arch, notif.data.nr) {

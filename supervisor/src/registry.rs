@@ -12,7 +12,7 @@
 //! nothing on the notification path.
 
 use std::collections::{btree_map, BTreeMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::container::{self, FilterFacts, Origin};
@@ -71,6 +71,40 @@ impl TraceHandle {
     }
 }
 
+/// Which Trace selects one live listener, and the counters it keeps there.
+pub type Selected = (Arc<TraceHandle>, Arc<Mutex<Stats>>);
+
+/// A live listener's place in the registry. Traces applied or deleted while
+/// it lives select it anew; the listener notices by `version` (one atomic
+/// load per notification) and takes `current`.
+#[derive(Default)]
+pub struct Selection {
+    version: AtomicU64,
+    current: Mutex<Option<Selected>>,
+}
+
+impl Selection {
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Option<Selected> {
+        crate::shared::lock(&self.current).clone()
+    }
+
+    fn set(&self, selected: Option<Selected>) {
+        *crate::shared::lock(&self.current) = selected;
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A live listener, for selecting it again.
+struct Attached {
+    origin: Origin,
+    facts: FilterFacts,
+    selection: Arc<Selection>,
+}
+
 /// One listener's share of a Trace, kept for the status after it ends.
 pub struct ListenerRecord {
     pub origin: Origin,
@@ -109,6 +143,16 @@ struct Entry {
     /// What finished listeners counted, folded in when they ended.
     finished: Stats,
     containers: BTreeMap<String, ContainerLine>,
+}
+
+/// Folds an ended listener's counters into its Trace (if it still exists).
+fn retire_in(traces: &mut BTreeMap<String, Entry>, trace: &str, stats: &Arc<Mutex<Stats>>) {
+    let Some(entry) = traces.get_mut(trace) else { return };
+    let Some(at) = entry.listeners.iter().position(|r| Arc::ptr_eq(&r.stats, stats)) else { return };
+    let record = entry.listeners.swap_remove(at);
+    let counted = crate::shared::lock(&record.stats);
+    entry.finished.merge(&counted);
+    count_container(&mut entry.containers, &record.origin, &counted);
 }
 
 /// Adds one listener's counters to a container's line.
@@ -163,6 +207,8 @@ pub struct Registry {
     /// A local launch (`sigvisor run`) acts whatever `spec.node` says.
     any_node: bool,
     traces: Mutex<BTreeMap<String, Entry>>,
+    /// Live listeners (locked after `traces`, never before).
+    attached: Mutex<Vec<Attached>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +221,7 @@ pub enum RegistryError {
 
 impl Registry {
     pub fn new(node: String, any_node: bool) -> Registry {
-        Registry { node, any_node, traces: Mutex::new(BTreeMap::new()) }
+        Registry { node, any_node, traces: Mutex::new(BTreeMap::new()), attached: Mutex::new(Vec::new()) }
     }
 
     fn on_node(&self, trace: &Trace) -> bool {
@@ -223,6 +269,9 @@ impl Registry {
         if let Some(op) = operation {
             self.operate(entry, &op);
         }
+        let name = entry.trace.metadata.name.clone();
+        self.reselect(&mut traces);
+        let entry = traces.get(&name).expect("just applied");
         self.view(entry)
     }
 
@@ -285,10 +334,12 @@ impl Registry {
     }
 
     pub fn delete(&self, name: &str) -> Result<(), RegistryError> {
-        let entry = self.lock().remove(name).ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
-        // Listeners keep the handle; it never acts again.
+        let mut traces = self.lock();
+        let entry = traces.remove(name).ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        // A listener keeps the handle until it is selected anew; it never acts again.
         entry.handle.active.store(false, Ordering::Relaxed);
         entry.handle.set_config(Config { policy: entry.handle.config().policy.clone(), sink: Sink::None });
+        self.reselect(&mut traces);
         Ok(())
     }
 
@@ -302,15 +353,15 @@ impl Registry {
         self.lock().values().map(|e| self.view(e)).collect()
     }
 
-    /// The Trace for a new listener: the first, by name, on this node whose
+    /// The Trace for a listener: the first, by name, on this node whose
     /// filter selects the container (started or not: a Manual trace started
     /// later acts on it). Registers the listener's counters with it.
-    pub fn select(
+    fn select_in(
         &self,
+        traces: &mut BTreeMap<String, Entry>,
         origin: &Origin,
         facts: &FilterFacts,
-    ) -> Option<(Arc<TraceHandle>, Arc<Mutex<Stats>>)> {
-        let mut traces = self.lock();
+    ) -> Option<Selected> {
         let entry = traces
             .values_mut()
             .find(|e| self.on_node(&e.trace) && origin.matches(e.trace.spec.filter.as_ref()))?;
@@ -327,16 +378,39 @@ impl Registry {
         Some((Arc::clone(&entry.handle), stats))
     }
 
-    /// Folds an ended listener's counters into its Trace, so that the
-    /// registry keeps no record per listener for ever.
-    pub fn retire(&self, trace: &str, stats: &Arc<Mutex<Stats>>) {
+    /// A new listener: selected now, and again whenever Traces come and go.
+    pub fn attach(&self, origin: &Origin, facts: &FilterFacts) -> Arc<Selection> {
         let mut traces = self.lock();
-        let Some(entry) = traces.get_mut(trace) else { return };
-        let Some(at) = entry.listeners.iter().position(|r| Arc::ptr_eq(&r.stats, stats)) else { return };
-        let record = entry.listeners.swap_remove(at);
-        let counted = crate::shared::lock(&record.stats);
-        entry.finished.merge(&counted);
-        count_container(&mut entry.containers, &record.origin, &counted);
+        let selection = Arc::new(Selection::default());
+        selection.set(self.select_in(&mut traces, origin, facts));
+        let attached =
+            Attached { origin: origin.clone(), facts: facts.clone(), selection: Arc::clone(&selection) };
+        crate::shared::lock(&self.attached).push(attached);
+        selection
+    }
+
+    /// A listener that ended: its counters fold into its Trace.
+    pub fn detach(&self, selection: &Arc<Selection>) {
+        let mut traces = self.lock();
+        crate::shared::lock(&self.attached).retain(|a| !Arc::ptr_eq(&a.selection, selection));
+        if let Some((handle, stats)) = selection.current() {
+            retire_in(&mut traces, &handle.name, &stats);
+        }
+    }
+
+    /// Live listeners that no (live) Trace selects get one if one matches
+    /// now: after a Trace was applied or deleted.
+    fn reselect(&self, traces: &mut BTreeMap<String, Entry>) {
+        for attached in crate::shared::lock(&self.attached).iter() {
+            let current = attached.selection.current();
+            if current.as_ref().is_some_and(|(handle, _)| traces.contains_key(&handle.name)) {
+                continue;
+            }
+            let selected = self.select_in(traces, &attached.origin, &attached.facts);
+            if current.is_some() || selected.is_some() {
+                attached.selection.set(selected);
+            }
+        }
     }
 
     /// Follows a Stream trace's events.
@@ -458,7 +532,8 @@ mod tests {
         let (t, p) = trace("run", "Auto", "", None);
         registry.apply(t, p);
         let facts = FilterFacts { wait_killable: true, watched: u64::MAX, source: "sigvisor", warning: None };
-        let (handle, _) = registry.select(&Origin::default(), &facts).expect("selects every container");
+        let selection = registry.attach(&Origin::default(), &facts);
+        let (handle, _) = selection.current().expect("selects every container");
         assert!(handle.active());
         registry.complete_all();
         assert_eq!(state(&registry.get("run").unwrap()), started("Completed"));

@@ -305,3 +305,27 @@ fn run_exposes_the_control_socket() {
     assert_eq!(run.trace.as_ref().unwrap()["status"]["state"], "Completed");
     assert!(!control.exists(), "the control socket is removed at the end");
 }
+
+/// Selection follows the Traces, without restarting anything: a target
+/// that connected when no Trace existed is selected by one applied later,
+/// and released when that Trace is deleted. Every signal it got is precise.
+#[test]
+fn traces_applied_and_deleted_later_select_and_release_live_listeners() {
+    let server = Server::with_profiles("late", &[], &[]);
+    let dir = scratch("late-profiles");
+    let target = launch(&server, &["--threads", "1", "--duration-ms", "2500"]);
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&apply(&server.control, &dir, "late.yaml", &trace_yaml("late", "Auto", "Status", "", "")));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, while_selected) = get(&server.control, "late");
+    let signals = while_selected["signalsSent"].as_u64().expect("signalsSent");
+    assert!(signals > 0, "the later Trace selects the live listener: {while_selected:?}");
+    ok(&verb(&server.control, &["delete", "late"]));
+    let report = report(&wait_bounded(target, "closer"));
+    // Signalled only while the Trace existed: fewer signals than closes,
+    // every one precise.
+    let got = report["signals"].as_i64().expect("signals");
+    assert!(got >= signals as i64 && got < report["closes"].as_i64().unwrap_or(0), "{report}");
+    assert_signalled(&report, got);
+    drop(server);
+}
