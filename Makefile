@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PACKAGES := libseccomp-dev pkg-config gcc golang-go runc crun busybox-static
 # Real programs the tests run under sigvisor (tests/tests/never_crash.rs).
-PACKAGES += python3 openjdk-17-jdk-headless
+PACKAGES += python3 openjdk-17-jdk-headless podman
 BIN := target/debug
 GO_DEMO := examples/gosignal/gosignal
 # Debian's Go 1.19, stdlib and cgo only: nothing is downloaded.
