@@ -170,6 +170,35 @@ pub fn is_runtime_init(process_name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A runtime's handoff (no sigvisor metadata) for a bundle at `bundle`.
+    fn runtime_handoff(bundle: &std::path::Path) -> Handoff {
+        let message = serde_json::json!({
+            "ociVersion": "1.0.2-dev", "fds": ["seccompFd"], "pid": 7, "metadata": "",
+            "state": {"ociVersion": "1.0.2-dev", "id": "c1", "status": "creating", "pid": 7,
+                      "bundle": bundle},
+        });
+        let fd = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        sigvisor_proto::decode(message.to_string().as_bytes(), vec![fd]).unwrap()
+    }
+
+    #[test]
+    fn a_runtimes_own_config_is_believed_and_an_unreadable_one_never_guessed() {
+        let bundle = std::env::temp_dir().join(format!("sigvisor-facts-{}", std::process::id()));
+        std::fs::create_dir_all(&bundle).unwrap();
+        let facts = FilterFacts::of(&runtime_handoff(&bundle));
+        assert_eq!((facts.wait_killable, facts.source), (false, "unknown"));
+        assert!(facts.warning.as_deref().is_some_and(|w| w.contains("config.json")), "{facts:?}");
+        let config = |flags: serde_json::Value| {
+            let text = serde_json::json!({"ociVersion": "1.0.2", "linux": {"seccomp": {"flags": flags}}});
+            std::fs::write(bundle.join("config.json"), text.to_string()).unwrap();
+            FilterFacts::of(&runtime_handoff(&bundle))
+        };
+        let killable = config(serde_json::json!(["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]));
+        assert_eq!((killable.wait_killable, killable.source, killable.warning), (true, "config.json", None));
+        assert!(!config(serde_json::json!([])).wait_killable);
+        std::fs::remove_dir_all(&bundle).unwrap();
+    }
+
     #[test]
     fn filters_match_cri_annotations() {
         let origin = Origin {
