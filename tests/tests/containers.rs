@@ -418,3 +418,44 @@ fn cri_names_select_and_attribute() {
         );
     }
 }
+
+/// A crun container that connected when no Trace selected it is selected by
+/// a Trace applied later through the control socket, and released when that
+/// Trace is deleted, without restarting anything; every signal is precise.
+#[test]
+fn a_trace_applied_later_selects_a_running_container() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::with_profiles("late-crun", &[], &[]);
+    let bundle = bundle("late-crun", &["/bin/closer", "--threads", "1", "--duration-ms", "2500"]);
+    patch(&bundle, &server.socket, &["--runtime", "crun"]);
+    let id = container_id("late-crun");
+    let child = crun_command(&bundle, &id)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn crun");
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = scratch("late-crun-profiles");
+    let trace = dir.join("late.yaml");
+    std::fs::write(&trace, ALL.replace("name: all", "name: late")).expect("write trace");
+    let control = |args: &[&str]| {
+        let out = output_bounded(sigvisor().args(args).arg("--control").arg(&server.control), "control");
+        assert_eq!(exit_code(&out), 0, "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    control(&["apply", "-f", trace.to_str().expect("utf-8 path")]);
+    std::thread::sleep(Duration::from_millis(700));
+    control(&["delete", "late"]);
+    let out = wait_bounded(child, "crun");
+    let _ = std::process::Command::new("crun").args(["delete", "-f", &id]).output();
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let report = report(&out);
+    let got = report["signals"].as_i64().expect("signals");
+    assert!(
+        got > 0 && got < report["closes"].as_i64().unwrap_or(0),
+        "signalled only while selected: {report}"
+    );
+    assert_signalled(&report, got);
+    drop(server);
+}
