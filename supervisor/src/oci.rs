@@ -267,9 +267,27 @@ fn add_listener(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<()>
     let rules = seccomp.syscalls().clone().unwrap_or_default();
     let (handler_rules, watched) =
         handler_rules(&seccomp, &rules, sigvisor_proto::watched_signals(opts.signal))?;
+    // Only calls the profile lets run are trapped: a CONTINUE must never
+    // run a call the container's profile refused (or decides by arguments).
+    let runs = |a: LinuxSeccompAction| {
+        matches!(a, LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog)
+    };
+    let (trapped, refused): (Vec<String>, Vec<String>) =
+        opts.syscalls.iter().cloned().partition(|name| action_of(&seccomp, &rules, name).is_some_and(runs));
+    if !refused.is_empty() {
+        tracing::warn!(
+            "the container's seccomp profile does not simply allow {}: not trapped (nothing of them to observe)",
+            refused.join(", ")
+        );
+    }
+    if trapped.is_empty() {
+        bail!(
+            "the container's seccomp profile does not simply allow any of {}: there is nothing to trap",
+            opts.syscalls.join(", ")
+        );
+    }
     let taken = |name: &str| {
-        opts.syscalls.iter().any(|s| s == name)
-            || handler_rules.iter().any(|r| r.names().iter().any(|n| n == name))
+        trapped.iter().any(|s| s == name) || handler_rules.iter().any(|r| r.names().iter().any(|n| n == name))
     };
     let linux = object(doc, "linux")?;
     if fresh {
@@ -285,7 +303,7 @@ fn add_listener(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<()>
     }
     syscalls.retain(|r| r.get("names").and_then(Value::as_array).is_none_or(|n| !n.is_empty()));
     let notify = LinuxSyscallBuilder::default()
-        .names(opts.syscalls.clone())
+        .names(trapped.clone())
         .action(LinuxSeccompAction::ScmpActNotify)
         .build()?;
     syscalls.push(serde_json::to_value(notify)?);

@@ -331,7 +331,7 @@ fn patch_is_lossless() {
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
             "syscalls": [
-                {"names": ["mkdirat", "close", "unlinkat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                {"names": ["mkdirat", "close", "unlinkat"], "action": "SCMP_ACT_LOG"},
                 {"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"},
             ],
         });
@@ -359,10 +359,7 @@ fn patch_is_lossless() {
     assert_eq!(seccomp["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]));
     let rules = seccomp["syscalls"].as_array().unwrap();
     // The profile's own rules first, as they were, less the trapped close.
-    assert_eq!(
-        rules[0],
-        json!({"names": ["mkdirat", "unlinkat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1})
-    );
+    assert_eq!(rules[0], json!({"names": ["mkdirat", "unlinkat"], "action": "SCMP_ACT_LOG"}));
     assert_eq!(rules[1], json!({"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"}));
     assert_eq!(rules[2]["names"], json!(["close"]));
     assert_eq!(after["annotations"]["io.sigvisor.patched"], "listener");
@@ -457,5 +454,31 @@ fn a_trace_applied_later_selects_a_running_container() {
         "signalled only while selected: {report}"
     );
     assert_signalled(&report, got);
+    drop(server);
+}
+
+/// A syscall the container's profile refuses is not trapped: a CONTINUE
+/// must never run a call the profile denied.
+#[test]
+fn patch_never_traps_what_the_profile_refuses() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("patch-refused", &[]);
+    let bundle = bundle("patch-refused", CLOSER);
+    edit_config(&bundle, |c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["close"], "action": "SCMP_ACT_ERRNO"}],
+        })
+    });
+    let before = config(&bundle);
+    let out = output_bounded(
+        sigvisor().args(["oci", "patch", "--mode", "listener", "--socket"]).arg(&server.socket).arg(&bundle),
+        "oci patch",
+    );
+    assert_eq!(exit_code(&out), 125, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to trap"));
+    assert_eq!(config(&bundle), before, "a refused patch changes nothing");
     drop(server);
 }
