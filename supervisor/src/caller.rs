@@ -368,13 +368,14 @@ impl Callers {
         Some(n)
     }
 
-    /// The name of the caller's process (its main thread's comm), as of at
-    /// most `SELECTION_TTL` ago or its last exec (`prctl(PR_SET_NAME)`
-    /// renames it without a trapped call).
-    pub fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>> {
+    /// The name of the caller's process (its main thread's comm): read now
+    /// if `fresh`, else as of at most `SELECTION_TTL` ago or its last exec
+    /// seen (`prctl(PR_SET_NAME)`, and an exec under a filter without
+    /// sigvisor's rules, rename it without a call sigvisor sees).
+    pub fn process_name(&mut self, caller: &Caller, fresh: bool) -> Option<Arc<str>> {
         let process = self.processes.get_mut(&caller.tgid)?;
         if let Some((name, at)) = &process.name {
-            if at.elapsed() < SELECTION_TTL {
+            if !fresh && at.elapsed() < SELECTION_TTL {
                 return Some(Arc::clone(name));
             }
         }

@@ -82,8 +82,8 @@ pub trait Processes {
     fn caller(&mut self, listener: &Listener, notif: &Notification) -> Option<Caller>;
     /// Whether `signal` may be sent to the caller's process now.
     fn verdict(&mut self, caller: &Caller, signal: i32, any_handler: bool, compat: bool) -> Verdict;
-    /// The name of the caller's process, recently read.
-    fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>>;
+    /// The name of the caller's process: read now if `fresh`, else recently.
+    fn process_name(&mut self, caller: &Caller, fresh: bool) -> Option<Arc<str>>;
     /// The number of threads of the caller's process, recently read.
     fn threads(&mut self, caller: &Caller) -> Option<u32>;
     /// Counts one more signallable call of the caller's process: 1 for its first.
@@ -97,8 +97,8 @@ impl Processes for Callers {
     fn verdict(&mut self, caller: &Caller, signal: i32, any_handler: bool, compat: bool) -> Verdict {
         Callers::verdict(self, caller, signal, any_handler, compat)
     }
-    fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>> {
-        Callers::process_name(self, caller)
+    fn process_name(&mut self, caller: &Caller, fresh: bool) -> Option<Arc<str>> {
+        Callers::process_name(self, caller, fresh)
     }
     fn threads(&mut self, caller: &Caller) -> Option<u32> {
         Callers::threads(self, caller)
@@ -133,7 +133,8 @@ impl<P: Processes> Decider<P> {
         // Read at most once per notification, and only if a check needs it.
         let mut process_name = None;
         if let Some(init) = self.runtime_init {
-            let name = process_name.insert(self.callers.process_name(&caller));
+            // A safety check (the runtime's init dies of a signal): fresh.
+            let name = process_name.insert(self.callers.process_name(&caller, true));
             if name.as_deref().is_some_and(container::is_runtime_init) {
                 return Decision::Skip(Skip::RuntimeInit, Some(caller));
             }
@@ -158,7 +159,7 @@ impl<P: Processes> Decider<P> {
             return Decision::Skip(Skip::MinThreads, Some(caller));
         }
         if let Some(pattern) = &policy.comm {
-            let name = process_name.get_or_insert_with(|| self.callers.process_name(&caller));
+            let name = process_name.get_or_insert_with(|| self.callers.process_name(&caller, false));
             if !name.as_deref().is_some_and(|name| pattern.matches(name)) {
                 return Decision::Skip(Skip::Comm, Some(caller));
             }
@@ -197,7 +198,7 @@ mod tests {
         fn verdict(&mut self, caller: &Caller, _: i32, _: bool, _: bool) -> Verdict {
             self.threads[&caller.tid].3
         }
-        fn process_name(&mut self, caller: &Caller) -> Option<Arc<str>> {
+        fn process_name(&mut self, caller: &Caller, _: bool) -> Option<Arc<str>> {
             Some(Arc::from(self.threads[&caller.tid].1))
         }
         fn threads(&mut self, caller: &Caller) -> Option<u32> {
