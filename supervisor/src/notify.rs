@@ -4,7 +4,7 @@
 //! Two ways to wait, because they cost differently (design.md §7):
 //! - **async**: tokio's `AsyncFd` (epoll). An idle listener costs one task
 //!   and no thread, but epoll loses the synchronous wake-up (4x slower per
-//!   notification in design.md's C figures, 1.1-1.2x the hot thread in
+//!   notification in design.md's C figures, about 3x the hot thread in
 //!   docs/benchmarks.md).
 //! - **hot**: a dedicated thread blocked in RECV on this listener, which
 //!   keeps `SYNC_WAKE_UP`'s same-CPU hand-off. A listener that bursts moves
