@@ -447,8 +447,6 @@ impl Callers {
     /// exec) what it left behind tells success from failure.
     fn settle(&mut self, tid: i32, tgid: i32, same_thread: bool) {
         let watched = self.watched;
-        let exec_tid_dead =
-            |threads: &HashMap<i32, Thread>, exec_tid: i32| threads.get(&exec_tid).map(|t| !t.pin.alive());
         let Some(pending) = self.processes.get(&tgid).and_then(|p| p.pending.as_ref()) else { return };
         let failed = match (pending.exec, tid == pending.tid) {
             (false, true) => Some(false),
@@ -464,8 +462,10 @@ impl Callers {
             (true, true) => Some(false),
             // A non-leader exec'd; the leader's tid calls: if the exec'ing
             // thread's old tid is dead, it took the leader's.
-            (true, false) if tid == tgid => {
-                exec_tid_dead(&self.threads, pending.tid).filter(|&d| d).map(|_| false)
+            (true, false)
+                if tid == tgid && self.threads.get(&pending.tid).is_some_and(|t| !t.pin.alive()) =>
+            {
+                Some(false)
             }
             (true, false) => None,
         };

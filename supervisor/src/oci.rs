@@ -171,6 +171,12 @@ fn native_abis() -> Vec<Arch> {
     }
 }
 
+/// Whether an action lets the call run (the only calls sigvisor traps: a
+/// CONTINUE must never run a call the profile refused).
+fn runs(action: &LinuxSeccompAction) -> bool {
+    matches!(action, LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog)
+}
+
 /// The action a profile gives every call of `name`: its rule's, else the
 /// default; None where a rule with argument checks decides.
 fn action_of(seccomp: &LinuxSeccomp, rules: &[LinuxSyscall], name: &str) -> Option<LinuxSeccompAction> {
@@ -196,12 +202,9 @@ fn handler_rules(
     rules: &[LinuxSyscall],
     watched: u64,
 ) -> Result<(Vec<LinuxSyscall>, u64)> {
-    use LinuxSeccompAction::{
-        ScmpActAllow, ScmpActErrno, ScmpActKill, ScmpActKillProcess, ScmpActKillThread, ScmpActLog,
-    };
+    use LinuxSeccompAction::{ScmpActErrno, ScmpActKill, ScmpActKillProcess, ScmpActKillThread};
     use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpNe};
     let notify = LinuxSeccompAction::ScmpActNotify;
-    let runs = |a: &LinuxSeccompAction| matches!(a, ScmpActAllow | ScmpActLog);
     let refused = |a: &LinuxSeccompAction| {
         matches!(a, ScmpActErrno | ScmpActKill | ScmpActKillProcess | ScmpActKillThread)
     };
@@ -269,11 +272,11 @@ fn add_listener(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<()>
         handler_rules(&seccomp, &rules, sigvisor_proto::watched_signals(opts.signal))?;
     // Only calls the profile lets run are trapped: a CONTINUE must never
     // run a call the container's profile refused (or decides by arguments).
-    let runs = |a: LinuxSeccompAction| {
-        matches!(a, LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog)
-    };
-    let (trapped, refused): (Vec<String>, Vec<String>) =
-        opts.syscalls.iter().cloned().partition(|name| action_of(&seccomp, &rules, name).is_some_and(runs));
+    let (trapped, refused): (Vec<String>, Vec<String>) = opts
+        .syscalls
+        .iter()
+        .cloned()
+        .partition(|name| action_of(&seccomp, &rules, name).is_some_and(|a| runs(&a)));
     if !refused.is_empty() {
         tracing::warn!(
             "the container's seccomp profile does not simply allow {}: not trapped (nothing of them to observe)",

@@ -65,14 +65,10 @@ impl Listener {
     /// RECV has no non-blocking mode. ENOENT means the caller was killed or
     /// interrupted since; it is not an error.
     pub fn recv(&self) -> io::Result<Notification> {
-        // SAFETY: seccomp_notif is plain old data; the kernel requires it zeroed.
-        let mut notif: Notification = unsafe { std::mem::zeroed() };
         loop {
-            // SAFETY: RECV writes one seccomp_notif into the buffer we own.
-            let ret = unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) };
-            match check(ret) {
+            match self.recv_once() {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other.map(|()| notif),
+                other => return other,
             }
         }
     }
