@@ -6,23 +6,38 @@ use std::sync::Arc;
 
 use sigvisor_proto::Handoff;
 
+use crate::caller::KnownProcess;
 use crate::container::{FilterFacts, Origin};
 use crate::events::Describer;
-use crate::notify::{self, Context};
+use crate::keeper::link::{Custody, Link};
+use crate::notify::{self, Context, End};
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::stats::Stats;
 use crate::sys::seccomp::Listener;
 
+/// Whether the keeper holds a copy of the listener.
+pub enum Keeping {
+    /// No keeper: the listener's calls fail if this supervisor dies.
+    None,
+    /// A new listener: the keeper gets a copy now.
+    New(Arc<Link>),
+    /// Taken back from the keeper, with what the last supervisor knew of
+    /// its processes' handlers.
+    Adopted(Custody, Vec<KnownProcess>),
+}
+
 /// Serves a handed-over listener, under the Trace that selects its
-/// container if any, until no process uses its filter any more. `runtime`:
-/// the program that handed it over, when known (`runc`, `crun`).
+/// container if any, until no process uses its filter any more; a listener
+/// whose loop fails goes (back) to the keeper. `runtime`: the program that
+/// handed it over, when known (`runc`, `crun`).
 pub async fn supervise(
     handoff: Handoff,
     peer: &str,
     runtime: Option<&str>,
     registry: &Registry,
     ctx: Arc<Context>,
+    keeping: Keeping,
 ) -> Stats {
     let facts = FilterFacts::of(&handoff);
     let note = (!facts.wait_killable && facts.warning.is_none()).then(|| not_killable_note(runtime));
@@ -42,9 +57,35 @@ pub async fn supervise(
     // container's process; sigvisor-launch makes no trapped call before.
     let runtime_init = (!handoff.metadata.launcher).then_some(origin.pid);
     let describer = Describer::new(registry.node.clone(), origin);
-    let handler = Pipeline::new(Arc::clone(&selection), wait_killable, watched, runtime_init, describer);
-    let stats = notify::supervise(Listener::new(handoff.listener), handler, ctx).await;
+    let (custody, known) = match keeping {
+        Keeping::None => (None, Vec::new()),
+        Keeping::New(link) => (link.keep(&handoff, runtime), Vec::new()),
+        Keeping::Adopted(custody, known) => (Some(custody), known),
+    };
+    let mut handler = Pipeline::new(
+        Arc::clone(&selection),
+        wait_killable,
+        watched,
+        runtime_init,
+        describer,
+        custody.clone(),
+    );
+    handler.import(known);
+    // A task of its own, so that a panic in it ends here, not in the process.
+    let task = tokio::spawn(notify::supervise(Listener::new(handoff.listener), handler, ctx));
+    let (stats, end) = task.await.unwrap_or_else(|e| {
+        tracing::error!("{label}: the listener's task failed: {e}");
+        (Stats::default(), End::Failed)
+    });
     registry.detach(&selection);
+    match (custody, end) {
+        (Some(custody), End::Hangup) => custody.release(),
+        (Some(custody), End::Failed) => {
+            tracing::warn!("{label}: handed to the keeper, which answers its calls from now on");
+            custody.give_back();
+        }
+        (None, _) => {}
+    }
     tracing::info!(
         "{label}: done: {} notifications, {} signals, skipped {}",
         stats.notifications,

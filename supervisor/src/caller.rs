@@ -120,6 +120,18 @@ struct Process {
     threads: Option<(u32, Instant)>,
 }
 
+/// What a supervisor knew of one process's handlers, kept by the keeper
+/// for the next one (keeper/mod.rs). The table is the one that holds
+/// whichever way a change still under way goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KnownProcess {
+    pub tgid: i32,
+    /// Start time, which tells it from a later process with its pid.
+    pub start: u64,
+    pub table: Vec<(i32, Disposition)>,
+}
+
 /// How processes' handlers became known, for the Trace status.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Knowledge {
@@ -142,6 +154,8 @@ pub struct Callers {
     /// listeners cost twice the memory with the processes inline).
     processes: HashMap<i32, Box<Process>>,
     pub knowledge: Knowledge,
+    /// Processes whose table or pending change changed since `take_changed`.
+    changed: Vec<i32>,
 }
 
 impl Callers {
@@ -151,7 +165,44 @@ impl Callers {
             threads: HashMap::new(),
             processes: HashMap::new(),
             knowledge: Knowledge::default(),
+            changed: Vec::new(),
         }
+    }
+
+    /// Takes over what an earlier supervisor knew (keeper.rs): those
+    /// processes are signalled as if their handler changes had been seen here.
+    pub fn import(&mut self, known: Vec<KnownProcess>) {
+        for k in known {
+            let process = Process {
+                table: Table::from_entries(&k.table),
+                source: Source::Exec,
+                counted: true,
+                ..Callers::first_seen(&Status::default(), k.start)
+            };
+            self.processes.insert(k.tgid, Box::new(process));
+        }
+    }
+
+    /// What changed since the last call, as a successor should know it;
+    /// empty (and no allocation) when nothing did.
+    pub fn take_changed(&mut self) -> Vec<KnownProcess> {
+        if self.changed.is_empty() {
+            return Vec::new();
+        }
+        let mut tgids = std::mem::take(&mut self.changed);
+        tgids.sort_unstable();
+        tgids.dedup();
+        tgids
+            .into_iter()
+            .filter_map(|tgid| {
+                let p = self.processes.get(&tgid)?;
+                let table = match &p.pending {
+                    Some(pending) => pending.before.meet(&p.table),
+                    None => p.table.clone(),
+                };
+                Some(KnownProcess { tgid, start: p.start, table: table.entries() })
+            })
+            .collect()
     }
 
     /// The notification's caller, from its cached entry when that still
@@ -204,6 +255,7 @@ impl Callers {
             let changed = pending.signal;
             process.pending = None;
             check_with_proc(process, caller.tid, changed);
+            self.changed.push(caller.tgid);
             return process.table.verdict(signal, any_handler, false, compat);
         }
         if now == Verdict::Unknown && process.table.get(signal) == Disposition::Unknown {
@@ -211,6 +263,7 @@ impl Callers {
             if self.caught_now(caller.tid, signal).is_some_and(|c| c & signal_bit(signal) == 0) {
                 if let Some(process) = self.processes.get_mut(&caller.tgid) {
                     process.table.set(signal, Disposition::NotCaught);
+                    self.changed.push(caller.tgid);
                 }
                 return Verdict::NoHandler;
             }
@@ -227,6 +280,7 @@ impl Callers {
         if let Some(process) = self.processes.get_mut(&caller.tgid) {
             if let Disposition::Handler { once: true, .. } = process.table.get(signal) {
                 process.table.set(signal, Disposition::NotCaught);
+                self.changed.push(caller.tgid);
             }
         }
     }
@@ -239,6 +293,7 @@ impl Callers {
         }
         let Some(caller) = self.caller(listener, notif) else { return };
         let tid = caller.tid;
+        self.changed.push(caller.tgid);
         if call == HandlerCall::Exec {
             self.knowledge.exec += 1;
             let Some(process) = self.processes.get_mut(&caller.tgid) else { return };
@@ -472,6 +527,7 @@ impl Callers {
         let Some(failed) = failed else { return };
         let Some(process) = self.processes.get_mut(&tgid) else { return };
         let Some(pending) = process.pending.take() else { return };
+        self.changed.push(tgid);
         if failed {
             process.table = *pending.before;
         } else if pending.exec {
@@ -602,6 +658,7 @@ fn resident(tid: i32, at: u64, len: usize) -> bool {
 }
 
 /// The fields of `/proc/<tid>/status` sigvisor uses.
+#[derive(Default)]
 struct Status {
     name: String,
     tgid: i32,

@@ -107,6 +107,7 @@ async fn client(stream: UnixStream, registry: Arc<Registry>, allowed: bool, uid:
             return Ok(());
         }
     };
+    let changes = !matches!(request, Request::Get { .. });
     let response = match request {
         Request::Apply { file, text } => match profile::parse(&text, Path::new(&file)) {
             Ok((trace, policy)) => Response::traces(vec![registry.apply(trace, policy)]),
@@ -147,6 +148,9 @@ async fn client(stream: UnixStream, registry: Arc<Registry>, allowed: bool, uid:
             }
         }
     };
+    if changes {
+        registry.save_state();
+    }
     write.write_all(reply(&response)?.as_bytes()).await?;
     Ok(())
 }

@@ -30,7 +30,8 @@ const SA_RESETHAND: u64 = 0x8000_0000;
 const SIGNAL_FLAGS: u64 = SA_RESETHAND | 0x4000_0000;
 
 /// What a signal does to a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Disposition {
     /// SIG_DFL or SIG_IGN: a sent signal kills, stops or is dropped.
     #[default]
@@ -133,6 +134,19 @@ impl Table {
         }
     }
 
+    /// The signals whose disposition is not the default, with it.
+    pub fn entries(&self) -> Vec<(i32, Disposition)> {
+        (1..=64).map(|s| (s, self.get(s))).filter(|(_, d)| *d != Disposition::NotCaught).collect()
+    }
+
+    pub fn from_entries(entries: &[(i32, Disposition)]) -> Table {
+        let mut table = Table::default();
+        for &(signal, disposition) in entries {
+            table.set(signal, disposition);
+        }
+        table
+    }
+
     /// `execve`: caught signals go back to SIG_DFL (ignored ones stay
     /// ignored, which for sigvisor is the same: not caught).
     pub fn reset(&mut self) {
@@ -232,6 +246,12 @@ impl Default for HandlerCalls {
 impl HandlerCalls {
     pub fn classify(&self, arch: u32, nr: i32) -> Option<HandlerCall> {
         self.0.iter().find(|(a, n, _)| *a == arch && *n == nr).map(|(_, _, call)| *call)
+    }
+
+    /// Whether `nr` is a bookkeeping call in any ABI: for a syscall number
+    /// seen without its ABI (`/proc/TID/syscall`).
+    pub fn any_abi(&self, nr: i32) -> bool {
+        self.0.iter().any(|(_, n, _)| *n == nr)
     }
 }
 

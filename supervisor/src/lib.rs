@@ -5,8 +5,10 @@
 //! loads the filter → `handoff` receives the listener → `attach` puts it
 //! under its Trace → `notify` waits for notifications → `pipeline` answers
 //! each: `decision` (with `caller` and `handlers`) → `signal` → `response`
-//! (CONTINUE) → `stats`, `events` and `output` (the Trace status). `sys`
-//! holds every unsafe. The Trace model: `profile`, `registry`, `container`.
+//! (CONTINUE) → `stats`, `events` and `output` (the Trace status). The
+//! `keeper` holds a copy of every listener, so that the targets' calls go on
+//! when the supervisor dies; `state` keeps the Traces. `sys` holds every
+//! unsafe. The Trace model: `profile`, `registry`, `container`.
 //! The commands on top: `run`, `serve`, `oci`, and the client `verbs` over
 //! `control`.
 
@@ -21,6 +23,7 @@ pub mod decision;
 pub mod events;
 pub mod handlers;
 pub mod handoff;
+pub mod keeper;
 pub mod notify;
 pub mod oci;
 pub mod output;
@@ -33,6 +36,7 @@ pub mod serve;
 pub mod shared;
 pub mod signal;
 pub mod socket;
+pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod verbs;

@@ -86,8 +86,38 @@ enum Command {
         /// Drop a client that has not sent a whole handoff message by then.
         #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
         handoff_timeout: f64,
+        /// The keeper's socket. The keeper holds a copy of every listener,
+        /// so that when serve stops, restarts or dies, the containers' calls
+        /// still complete (answered unsignalled) and a new serve takes them
+        /// back; serve starts one here if none listens.
+        #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_KEEPER)]
+        keeper: PathBuf,
+        /// Where the Traces (and their states) are kept across restarts,
+        /// and the keeper's log.
+        #[arg(long, value_name = "DIR", default_value = serve::DEFAULT_STATE)]
+        state_dir: PathBuf,
         #[arg(long = "loop", value_enum, default_value = "adaptive", hide = true)]
         loop_mode: notify::LoopMode,
+    },
+    /// The keeper of listeners, which `serve` and `run` start themselves.
+    ///
+    /// Holds a copy of every listener its supervisor serves; while no
+    /// supervisor is attached it answers every call with CONTINUE (no
+    /// signal), and the next supervisor to connect takes them all back.
+    /// Run it yourself only to keep it apart from serve (its own systemd
+    /// unit, or its own container in a DaemonSet: docs/containers.md). On
+    /// SIGTERM it exits once no listener is left; SIGINT and SIGHUP are
+    /// ignored.
+    Keeper {
+        /// Listen for supervisors here.
+        #[arg(long, value_name = "PATH", required_unless_present = "fd", conflicts_with = "fd")]
+        socket: Option<PathBuf>,
+        /// Serve one supervisor already connected on this fd (`sigvisor run`).
+        #[arg(long, value_name = "FD")]
+        fd: Option<i32>,
+        /// Exit once no supervisor is attached and no listener is held.
+        #[arg(long)]
+        exit_when_idle: bool,
     },
     /// Put OCI containers under sigvisor through their bundles (docs/containers.md).
     #[command(subcommand)]
@@ -232,6 +262,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Check { profiles } => {
@@ -244,7 +275,37 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Serve { profiles, socket, control, node, status_file, handoff_timeout, loop_mode } => {
+        Command::Keeper { socket, fd, exit_when_idle } => {
+            let connection = match fd.map(sigvisor::sys::fd::inherited).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sigvisor keeper: --fd: {e}");
+                    return ExitCode::from(USAGE);
+                }
+            };
+            match sigvisor::keeper::hold::run(sigvisor::keeper::hold::Options {
+                socket,
+                connection,
+                exit_when_idle,
+            }) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("sigvisor keeper: {e:#}");
+                    ExitCode::from(FAILED)
+                }
+            }
+        }
+        Command::Serve {
+            profiles,
+            socket,
+            control,
+            node,
+            status_file,
+            handoff_timeout,
+            keeper,
+            state_dir,
+            loop_mode,
+        } => {
             let traces = match serve::load_profiles(&profiles) {
                 Ok(t) => t,
                 Err(e) => {
@@ -259,6 +320,8 @@ fn main() -> ExitCode {
                 traces,
                 status_file,
                 handoff_timeout: std::time::Duration::from_secs_f64(handoff_timeout.max(0.001)),
+                keeper,
+                state_dir,
                 loop_mode,
             };
             block_on(serve::serve(opts))
@@ -323,7 +386,11 @@ fn block_on(future: impl std::future::Future<Output = anyhow::Result<i32>>) -> E
             return ExitCode::from(FAILED);
         }
     };
-    match runtime.block_on(future) {
+    let result = runtime.block_on(future);
+    // A listener's thread may be blocked in RECV: do not wait for it (the
+    // keeper answers whatever it leaves unanswered).
+    runtime.shutdown_background();
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("sigvisor: {e:#}");

@@ -62,9 +62,19 @@ enum HotEnd {
     Hangup,
 }
 
-/// Serves one listener until no task uses its filter any more, and returns
-/// what it counted. The listener is closed when this returns.
-pub async fn supervise(mut listener: Listener, mut handler: Pipeline, ctx: Arc<Context>) -> Stats {
+/// Why a listener's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// No task uses its filter any more.
+    Hangup,
+    /// The listener failed, or the loop did: its calls still need answers.
+    Failed,
+}
+
+/// Serves one listener until no task uses its filter any more, or until it
+/// fails; returns what it counted and why it ended. The listener is closed
+/// when this returns.
+pub async fn supervise(mut listener: Listener, mut handler: Pipeline, ctx: Arc<Context>) -> (Stats, End) {
     if let Err(e) = listener.enable_sync_wake_up() {
         tracing::debug!("SYNC_WAKE_UP not available (Linux < 6.6?): {e}");
     }
@@ -80,10 +90,10 @@ pub async fn supervise(mut listener: Listener, mut handler: Pipeline, ctx: Arc<C
                     listener = back;
                     permit
                 }
-                Ok(None) => return handler.stats(),
+                Ok(None) => return (handler.stats(), End::Hangup),
                 Err(e) => {
                     handler.listener_failed(&e);
-                    return handler.stats();
+                    return (handler.stats(), End::Failed);
                 }
             },
         };
@@ -97,16 +107,16 @@ pub async fn supervise(mut listener: Listener, mut handler: Pipeline, ctx: Arc<C
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("hot listener thread failed: {e}");
-                return Stats::default();
+                return (Stats::default(), End::Failed);
             }
         };
         handler = h;
         match end {
             Ok(HotEnd::Idle) => listener = back,
-            Ok(HotEnd::Hangup) => return handler.stats(),
+            Ok(HotEnd::Hangup) => return (handler.stats(), End::Hangup),
             Err(e) => {
                 handler.listener_failed(&e);
-                return handler.stats();
+                return (handler.stats(), End::Failed);
             }
         }
     }

@@ -16,9 +16,11 @@ use std::borrow::Cow;
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use crate::caller::KnownProcess;
 use crate::caller::{self, Caller, Callers};
 use crate::decision::{Decider, Decision, Skip};
 use crate::events::Describer;
+use crate::keeper::link::Custody;
 use crate::registry::{Selection, TraceHandle};
 use crate::response::{self, Answered};
 use crate::shared;
@@ -39,6 +41,8 @@ pub struct Pipeline {
     /// Shared with the registry, which shows them in the Trace's status.
     stats: Arc<Mutex<Stats>>,
     describer: Describer,
+    /// This listener's place with the keeper, if it keeps a copy.
+    custody: Option<Custody>,
 }
 
 /// What became of one notification, recorded once it is answered.
@@ -57,6 +61,7 @@ impl Pipeline {
         watched_signals: u64,
         runtime_init: Option<i32>,
         describer: Describer,
+        custody: Option<Custody>,
     ) -> Pipeline {
         let mut pipeline = Pipeline {
             decider: Decider { wait_killable, runtime_init, callers: Callers::new(watched_signals) },
@@ -65,6 +70,7 @@ impl Pipeline {
             trace: None,
             stats: Arc::default(),
             describer,
+            custody,
         };
         pipeline.follow_selection();
         pipeline
@@ -84,6 +90,20 @@ impl Pipeline {
         };
         self.trace = trace;
         self.stats = stats;
+    }
+
+    /// Handlers an earlier supervisor knew of this listener's processes.
+    pub fn import(&mut self, known: Vec<KnownProcess>) {
+        self.decider.callers.import(known);
+    }
+
+    /// Before an answer: tells the keeper what changed in the processes'
+    /// handlers, so that a successor never knows less than the kernel will.
+    fn tell_keeper(&mut self) {
+        let changed = self.decider.callers.take_changed();
+        if let (Some(custody), false) = (&self.custody, changed.is_empty()) {
+            custody.known(changed);
+        }
     }
 
     /// What this listener counted so far.
@@ -118,11 +138,19 @@ impl Pipeline {
     /// A received notification: decide, signal, CONTINUE, then count.
     pub fn answer(&mut self, listener: &Listener, notif: Notification) -> io::Result<()> {
         self.follow_selection();
+        let bookkeeping = caller::handler_calls().classify(notif.data.arch, notif.data.nr);
+        if let Some(custody) = &self.custody {
+            custody.received(notif.id, bookkeeping.is_some());
+        }
         // sigvisor's own calls (handler changes, execs): recorded, answered,
         // never signalled, whatever the Trace's state.
-        if let Some(call) = caller::handler_calls().classify(notif.data.arch, notif.data.nr) {
+        if let Some(call) = bookkeeping {
             self.decider.callers.observe(listener, &notif, call);
+            self.tell_keeper();
             let answered = response::answer(listener, notif.id);
+            if let Some(custody) = &self.custody {
+                custody.answered();
+            }
             let mut stats = shared::lock(&self.stats);
             stats.handlers = self.decider.callers.knowledge;
             if let Err(e) = answered {
@@ -142,7 +170,11 @@ impl Pipeline {
         };
         let events = config.filter(|c| c.sink.wants_events());
         let pending = events.as_ref().map(|_| self.describer.before_answer(listener, &notif));
+        self.tell_keeper();
         let answered = response::answer(listener, notif.id);
+        if let Some(custody) = &self.custody {
+            custody.answered();
+        }
 
         let mut stats = shared::lock(&self.stats);
         stats.notified(notif.pid as i32);

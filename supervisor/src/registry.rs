@@ -19,6 +19,7 @@ use crate::container::{self, FilterFacts, Origin};
 use crate::events::Sink;
 use crate::output::{self, ContainerLine};
 use crate::profile::{OutputMode, Policy, RunMode, Trace};
+use crate::state::StateDir;
 use crate::stats::Stats;
 
 pub const OPERATION_ANNOTATION: &str = "gadget.kinvolk.io/operation";
@@ -209,6 +210,8 @@ pub struct Registry {
     traces: Mutex<BTreeMap<String, Entry>>,
     /// Live listeners (locked after `traces`, never before).
     attached: Mutex<Vec<Attached>>,
+    /// Where the Traces are saved after each change (`serve`).
+    state: std::sync::OnceLock<StateDir>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +224,26 @@ pub enum RegistryError {
 
 impl Registry {
     pub fn new(node: String, any_node: bool) -> Registry {
-        Registry { node, any_node, traces: Mutex::new(BTreeMap::new()), attached: Mutex::new(Vec::new()) }
+        Registry {
+            node,
+            any_node,
+            traces: Mutex::new(BTreeMap::new()),
+            attached: Mutex::new(Vec::new()),
+            state: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Saves the Traces in `dir` from now on, after every `save_state`.
+    pub fn keep_state_in(&self, dir: StateDir) {
+        let _ = self.state.set(dir);
+        self.save_state();
+    }
+
+    /// Saves the Traces as they are now, if they are kept anywhere.
+    pub fn save_state(&self) {
+        if let Some(dir) = self.state.get() {
+            dir.save(&self.list());
+        }
     }
 
     fn on_node(&self, trace: &Trace) -> bool {

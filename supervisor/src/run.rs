@@ -1,6 +1,8 @@
 //! `sigvisor run`: a local launch. The supervisor runs in this process and
 //! `sigvisor-launch` starts CMD over a socketpair, speaking the same
-//! handoff protocol as every other client.
+//! handoff protocol as every other client. A keeper of this run's own holds
+//! a copy of the listener: if sigvisor dies, CMD carries on, its calls
+//! answered unsignalled, and the keeper exits when CMD's processes have.
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -11,10 +13,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::attach::Keeping;
+use crate::keeper::link::Link;
 use crate::notify::{Context, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::{Registry, OPERATION_ANNOTATION};
-use crate::sys::{fd, process};
+use crate::sys::fd::{self, SockType};
+use crate::sys::process;
 use sigvisor_proto::exit::FAILED;
 
 pub use crate::sys::process::raise_fd_limit;
@@ -65,7 +70,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         None => None,
     };
 
-    let (ours, theirs) = fd::socketpair_for_child().context("socketpair")?;
+    // A keeper of our own: if this process dies, CMD's calls still complete.
+    let keeper = Link::private()?;
+    let (ours, theirs) = fd::socketpair_for_child(SockType::Stream).context("socketpair")?;
     let mut command = tokio::process::Command::new(&launcher);
     command.arg("--socket-fd").arg(theirs.as_raw_fd().to_string());
     for syscall in &opts.policy.syscalls {
@@ -86,7 +93,8 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok(handoff) => {
             let registry = Arc::clone(&registry);
             Some(tokio::spawn(async move {
-                crate::attach::supervise(handoff, "sigvisor-launch", None, &registry, ctx).await
+                let keeping = Keeping::New(keeper);
+                crate::attach::supervise(handoff, "sigvisor-launch", None, &registry, ctx, keeping).await
             }))
         }
         Err(e) => {

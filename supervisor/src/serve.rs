@@ -2,7 +2,11 @@
 //! OCI seccomp agent protocol, for runc, crun, youki and `sigvisor-launch`.
 //!
 //! Every connection is its own task: a bad or silent client is logged and
-//! dropped, a listener that fails ends alone, and the server keeps serving.
+//! dropped, a listener that fails goes to the keeper, and the server keeps
+//! serving. The keeper (keeper/mod.rs) holds a copy of every listener, so
+//! that stopping, restarting or killing serve never fails a container's
+//! call; at start, serve takes back whatever the keeper holds, and the
+//! Traces from its state directory.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -12,13 +16,18 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::attach::{self, Keeping};
+use crate::keeper::link::Link;
 use crate::notify::{Context, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::Registry;
-use crate::{attach, socket};
+use crate::socket;
+use crate::state::{Saved, StateDir};
 
 pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";
 pub const DEFAULT_CONTROL: &str = "/run/sigvisor/control.sock";
+pub const DEFAULT_KEEPER: &str = "/run/sigvisor/keeper.sock";
+pub const DEFAULT_STATE: &str = "/var/lib/sigvisor";
 
 pub struct ServeOptions {
     pub socket: PathBuf,
@@ -27,30 +36,45 @@ pub struct ServeOptions {
     pub traces: Vec<(Trace, Policy)>,
     pub status_file: Option<PathBuf>,
     pub handoff_timeout: Duration,
+    pub keeper: PathBuf,
+    pub state_dir: PathBuf,
     pub loop_mode: LoopMode,
 }
 
-/// Serves until SIGINT or SIGTERM, then writes every Trace's status.
+/// Serves until SIGINT or SIGTERM, then writes every Trace's status and
+/// exits, leaving the listeners to the keeper.
 pub async fn serve(opts: ServeOptions) -> Result<i32> {
     let registry = Arc::new(Registry::new(opts.node.clone(), false));
+    let state = StateDir::open(&opts.state_dir)?;
+    let given: Vec<String> = opts.traces.iter().map(|(t, _)| t.metadata.name.clone()).collect();
     for (trace, policy) in opts.traces {
-        let applied = registry.apply(trace, policy);
-        let status = applied.status.unwrap_or_default();
-        tracing::info!(
-            "trace {}: state {:?}{}",
-            applied.metadata.name,
-            status.state,
-            if status.operation_error.is_empty() {
-                String::new()
-            } else {
-                format!(", {}", status.operation_error)
-            }
-        );
+        registry.apply(trace, policy);
     }
+    restore(&registry, state.load(), &given);
+    for trace in registry.list() {
+        let status = trace.status.unwrap_or_default();
+        let error = status.operation_error;
+        let error = if error.is_empty() { error } else { format!(", {error}") };
+        tracing::info!("trace {}: state {:?}{error}", trace.metadata.name, status.state);
+    }
+    registry.keep_state_in(state);
     let (listener, _agent_file) = socket::bind(&opts.socket)?;
     let (control, _control_file) = socket::bind(&opts.control)?;
+    let log = opts.state_dir.join("keeper.log");
+    let (keeper, adopted) = Link::connect(&opts.keeper, &log)?;
     tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
     let ctx = Context::new(opts.loop_mode);
+    if !adopted.is_empty() {
+        tracing::info!("took {} listeners back from the keeper", adopted.len());
+    }
+    for a in adopted {
+        let Some(custody) = keeper.custody(a.slot) else { continue };
+        let (registry, ctx) = (Arc::clone(&registry), Arc::clone(&ctx));
+        tokio::spawn(async move {
+            let keeping = Keeping::Adopted(custody, a.known);
+            attach::supervise(a.handoff, "the keeper", a.runtime.as_deref(), &registry, ctx, keeping).await
+        });
+    }
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     tracing::info!(
@@ -71,7 +95,8 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
                         Ok(s) => OwnedFd::from(s),
                         Err(e) => { tracing::warn!("{peer}: {e}"); continue }
                     };
-                    tokio::spawn(connection(fd, peer, runtime, Arc::clone(&registry), Arc::clone(&ctx), opts.handoff_timeout));
+                    let shared = (Arc::clone(&registry), Arc::clone(&ctx), Arc::clone(&keeper));
+                    tokio::spawn(connection(fd, peer, runtime, shared, opts.handoff_timeout));
                 }
                 // Out of fds, say: wait, rather than spin on the error.
                 Err(e) => {
@@ -92,8 +117,7 @@ async fn connection(
     fd: OwnedFd,
     peer: String,
     runtime: Option<String>,
-    registry: Arc<Registry>,
-    ctx: Arc<Context>,
+    (registry, ctx, keeper): (Arc<Registry>, Arc<Context>, Arc<Link>),
     timeout: Duration,
 ) {
     match tokio::time::timeout(timeout, crate::handoff::receive(fd)).await {
@@ -101,7 +125,29 @@ async fn connection(
         // A probe (`sigvisor oci patch` checks the socket) or an aborted start.
         Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::info!("{peer}: {e}"),
         Ok(Err(e)) => tracing::warn!("{peer}: {e}; dropped"),
-        Ok(Ok(handoff)) => drop(attach::supervise(handoff, &peer, runtime.as_deref(), &registry, ctx).await),
+        Ok(Ok(handoff)) => {
+            let keeping = Keeping::New(keeper);
+            drop(attach::supervise(handoff, &peer, runtime.as_deref(), &registry, ctx, keeping).await)
+        }
+    }
+}
+
+/// Traces saved by an earlier serve: those given on the command line keep
+/// their given spec and take back their state; the others come back whole.
+fn restore(registry: &Registry, saved: Vec<Saved>, given: &[String]) {
+    for Saved { trace, policy, state } in saved {
+        let name = trace.metadata.name.clone();
+        if !given.contains(&name) {
+            registry.apply(trace, policy);
+        }
+        let operations: &[&str] = match state.as_str() {
+            "Started" => &["start"],
+            "Stopped" => &["start", "stop"],
+            _ => &[],
+        };
+        for op in operations {
+            let _ = registry.operation(&name, op);
+        }
     }
 }
 

@@ -91,11 +91,17 @@ pub fn notify_close(socket: &Path, wait_killable: bool) -> Value {
     s
 }
 
-/// A `sigvisor serve` on its own socket, with one Auto trace selecting all.
+/// A `sigvisor serve` on its own sockets and state directory, with one
+/// Auto trace selecting all.
 pub struct Server {
     pub socket: PathBuf,
     pub control: PathBuf,
     pub status: PathBuf,
+    /// The keeper's socket and the state directory (its log is there).
+    pub keeper: PathBuf,
+    pub state: PathBuf,
+    /// The whole command line, to start it again the same way.
+    args: Vec<std::ffi::OsString>,
     child: Option<Child>,
 }
 
@@ -120,27 +126,76 @@ impl Server {
         let socket = dir.join("run/agent.sock");
         let control = dir.join("control/control.sock");
         let status = dir.join("status.yaml");
+        let keeper = dir.join("run/keeper.sock");
+        let state = dir.join("state");
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
+        for (flag, path) in [
+            ("--socket", &socket),
+            ("--control", &control),
+            ("--status-file", &status),
+            ("--keeper", &keeper),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+        args.push("--state-dir".into());
+        args.push(state.clone().into());
+        args.extend(extra.iter().map(Into::into));
+        args.push(profiles.into());
+        let mut server = Server { socket, control, status, keeper, state, args, child: None };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        // A killed serve leaves its sockets: wait for the new ones.
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.control);
         let child = Command::new(bin("sigvisor"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--control")
-            .arg(&control)
-            .arg("--status-file")
-            .arg(&status)
-            .args(extra)
-            .arg(&profiles)
+            .args(&self.args)
             .env("RUST_LOG", "sigvisor=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sigvisor serve");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() || !control.exists() {
-            assert!(Instant::now() < deadline, "sigvisor serve did not create {}", socket.display());
+        while !self.socket.exists() || !self.control.exists() {
+            assert!(Instant::now() < deadline, "sigvisor serve did not create {}", self.socket.display());
             std::thread::sleep(Duration::from_millis(20));
         }
-        Server { socket, control, status, child: Some(child) }
+        self.child = Some(child);
+    }
+
+    /// `kill -9` of serve: nothing of it runs any more, its keeper does.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts serve again with the same command line (after `kill` or `stop`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "serve still runs");
+        self.spawn();
+    }
+
+    /// The keeper serve started (its child, until serve dies).
+    pub fn keeper_pid(&self) -> i32 {
+        let children = crate::children_of(self.pid());
+        *children.first().unwrap_or_else(|| panic!("serve {} has no keeper child", self.pid()))
+    }
+
+    /// `sigvisor get trace NAME -o yaml` from this server, parsed.
+    pub fn get(&self, name: &str) -> serde_yaml::Value {
+        let out = output_bounded(
+            Command::new(bin("sigvisor"))
+                .args(["get", "trace", name, "-o", "yaml", "--control"])
+                .arg(&self.control),
+            "sigvisor get",
+        );
+        assert_eq!(exit_code(&out), 0, "get trace {name}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_yaml::from_slice(&out.stdout).expect("get prints YAML")
     }
 
     pub fn pid(&self) -> i32 {
@@ -154,6 +209,11 @@ impl Server {
 
     /// SIGTERM, then the Traces it printed and its log.
     pub fn stop(mut self) -> (Vec<serde_yaml::Value>, String) {
+        self.terminate()
+    }
+
+    /// SIGTERM, then the Traces it printed and its log; it may be restarted.
+    pub fn terminate(&mut self) -> (Vec<serde_yaml::Value>, String) {
         let child = self.child.take().expect("running");
         // SAFETY: kill takes plain integers.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

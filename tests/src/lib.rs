@@ -182,6 +182,15 @@ pub fn assert_signalled(report: &Value, n: i64) {
     }
 }
 
+/// Asserts that every signal that arrived was precise and no close
+/// suffered, where some closes went unsignalled (answered by the keeper
+/// while no supervisor was attached): some signals, fewer than closes.
+pub fn assert_precise_where_signalled(report: &Value) {
+    let (closes, signals) = (field(report, "closes"), field(report, "signals"));
+    assert!(signals > 0 && signals < closes, "some closes signalled, not all: {report}");
+    assert_signalled(report, signals);
+}
+
 /// Asserts closes were left alone: no signal, every close returned 0, no leak.
 pub fn assert_untouched(report: &Value) {
     let n = |k: &str| field(report, k);

@@ -5,7 +5,14 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use std::path::Path;
+
+use nix::sys::socket::sockopt::PeerCredentials;
+pub use nix::sys::socket::SockType;
+use nix::sys::socket::{
+    accept4, bind, connect, getsockopt, listen, socket, socketpair, AddressFamily, Backlog, MsgFlags,
+    SockFlag, UnixAddr,
+};
 use sigvisor_proto::MAX_FDS;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -34,16 +41,43 @@ pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 /// One non-blocking `recvmsg`: appends the bytes, and takes ownership of
 /// any fds that came with them at once (CLOEXEC), so an error later cannot
 /// leak them; room for `MAX_FDS` fds. Returns the byte count; 0 is EOF.
-/// (libc, not nix: nix's control-message iterator refuses a truncated
-/// buffer, which would leave the fds that did arrive open and unowned.)
 pub fn recv_with_fds(
     socket: BorrowedFd<'_>,
     bytes: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
     max_fds: usize,
 ) -> io::Result<usize> {
-    const FD_BYTES: u32 = (MAX_FDS * std::mem::size_of::<RawFd>()) as u32;
     debug_assert!(max_fds <= MAX_FDS);
+    let mut chunk = [0u8; 8192];
+    let n = recvmsg(socket, &mut chunk, fds, libc::MSG_DONTWAIT)?.0;
+    bytes.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// One blocking `recvmsg` of a whole packet (SOCK_SEQPACKET) into `buf`,
+/// with its fds; an `InvalidData` error if the packet did not fit.
+pub fn recv_packet(socket: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let (n, truncated) = recvmsg(socket, buf, fds, 0)?;
+    if truncated {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("packet longer than {} bytes", buf.len()),
+        ));
+    }
+    Ok(n)
+}
+
+/// `recvmsg(2)` with room for `MAX_FDS` fds, owned at once. Returns the
+/// byte count and whether the data was truncated. (libc, not nix: nix's
+/// control-message iterator refuses a truncated buffer, which would leave
+/// the fds that did arrive open and unowned.)
+fn recvmsg(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    flags: libc::c_int,
+) -> io::Result<(usize, bool)> {
+    const FD_BYTES: u32 = (MAX_FDS * std::mem::size_of::<RawFd>()) as u32;
     // SAFETY: CMSG_SPACE is pure arithmetic.
     const SPACE: usize = unsafe { libc::CMSG_SPACE(FD_BYTES) } as usize;
     #[repr(C)]
@@ -52,8 +86,7 @@ pub fn recv_with_fds(
         _align: libc::cmsghdr,
     }
     let mut control = ControlBuffer { bytes: [0; SPACE] };
-    let mut chunk = [0u8; 8192];
-    let mut iov = libc::iovec { iov_base: chunk.as_mut_ptr() as *mut libc::c_void, iov_len: chunk.len() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: msghdr is plain old data; all-zero is its empty value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -61,8 +94,7 @@ pub fn recv_with_fds(
     msg.msg_control = &mut control as *mut ControlBuffer as *mut libc::c_void;
     msg.msg_controllen = SPACE as _;
     // SAFETY: msg points at live buffers for the duration of the call.
-    let n =
-        unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -83,14 +115,75 @@ pub fn recv_with_fds(
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    bytes.extend_from_slice(&chunk[..n as usize]);
-    Ok(n as usize)
+    Ok((n as usize, msg.msg_flags & libc::MSG_TRUNC != 0))
 }
 
-/// A connected socket pair: the first CLOEXEC, the second inherited by a
-/// child across exec.
-pub fn socketpair_for_child() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
+/// Sends one packet, with `fd` attached if given.
+pub fn send_packet(socket: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    match fd {
+        Some(fd) => sigvisor_proto::send_with_fd(socket, bytes, fd),
+        None => loop {
+            match nix::sys::socket::send(socket.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => return other.map(drop).map_err(io::Error::from),
+            }
+        },
+    }
+}
+
+/// A SOCK_SEQPACKET socket listening at `path` (a stale file replaced by
+/// the caller), CLOEXEC.
+pub fn seqpacket_listen(path: &Path) -> io::Result<OwnedFd> {
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&fd, Backlog::new(16)?)?;
+    Ok(fd)
+}
+
+pub fn seqpacket_accept(listening: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let fd = accept4(listening.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(fd)
+}
+
+/// The credentials of a connected unix socket's peer: (pid, uid).
+pub fn peer(socket: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
+    let cred = getsockopt(&socket, PeerCredentials)?;
+    Ok((cred.pid(), cred.uid()))
+}
+
+/// A connected socket pair of `kind`: the first CLOEXEC, the second
+/// inherited by a child across exec.
+pub fn socketpair_for_child(kind: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (ours, theirs) = socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)?;
     fcntl(&theirs, FcntlArg::F_SETFD(FdFlag::empty()))?;
     Ok((ours, theirs))
+}
+
+/// Takes ownership of an fd this process inherited (`--fd N`): it must be
+/// an open socket, and nothing else in the process may own it.
+pub fn inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw < 3 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {raw} is stdio")));
+    }
+    // SAFETY: F_GETFD on any integer only reads the fd table.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open (checked just above), and ours alone: the caller passed
+    // it on the command line for this process to take.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    let stat = nix::sys::stat::fstat(fd)?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {raw} is not a socket")));
+    }
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    // SAFETY: open (checked above) and owned by nobody else in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }

@@ -12,5 +12,6 @@
 pub mod fd;
 pub mod memory;
 pub mod process;
+pub mod region;
 pub mod seccomp;
 pub mod thread;

@@ -46,3 +46,22 @@ pub fn kill(pid: i32, signal: i32) {
 pub fn euid() -> u32 {
     geteuid().as_raw()
 }
+
+/// Ignores `signal` in this process (SIG_IGN).
+pub fn ignore(signal: Signal) {
+    // SAFETY: SIG_IGN installs no handler, so no Rust code runs on delivery.
+    let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
+}
+
+/// Makes `command`'s child the leader of a new session: no process group
+/// or terminal signal aimed at its parent reaches it.
+pub fn new_session(command: &mut std::process::Command) {
+    // SAFETY: the closure runs between fork and exec and only calls
+    // setsid(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+}

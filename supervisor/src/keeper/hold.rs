@@ -1,0 +1,466 @@
+//! The keeper process (`sigvisor keeper`): single-threaded, blocking, one
+//! `poll` over its sockets and the listeners it holds.
+//!
+//! While a supervisor is attached, the keeper only holds: it polls each
+//! listener for nothing but a hang-up (a filter no task uses), and drops
+//! its copy then. While none is attached, it answers every notification
+//! with CONTINUE, and a supervisor that connects takes every listener back.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use super::{slot, Record, ToKeeper, ToSupervisor, MAX_KNOWN, MAX_PACKET};
+use crate::caller::{handler_calls, KnownProcess};
+use crate::response::{self, Answered};
+use crate::sys::fd;
+use crate::sys::region::Region;
+use crate::sys::seccomp::{Listener, Ticker};
+
+/// How long a keeper started for a supervisor waits for it to connect.
+const FIRST_CONNECT: Duration = Duration::from_secs(10);
+
+/// How often a keeper that answers calls itself interrupts its own RECV:
+/// readiness seen by `poll` can be stale (a caller interrupted since), and a
+/// RECV with nothing to receive blocks.
+const RECV_TICK: Duration = Duration::from_millis(100);
+
+/// Ids after the last recorded one that are probed when a supervisor is
+/// lost: it may have died between its RECV and recording the id.
+const PROBED_IDS: u64 = 8;
+
+pub struct Options {
+    /// Listen here for supervisors (`sigvisor serve`'s keeper).
+    pub socket: Option<PathBuf>,
+    /// Or: the one supervisor, already connected (`sigvisor run`'s keeper).
+    pub connection: Option<OwnedFd>,
+    /// Exit once no supervisor is attached and no listener is held.
+    pub exit_when_idle: bool,
+}
+
+struct Kept {
+    listener: Listener,
+    record: Record,
+    /// Per process (by pid), what the supervisor last said of its handlers.
+    known: BTreeMap<i32, KnownProcess>,
+    /// Processes in the order they were first told, to forget the oldest.
+    order: VecDeque<i32>,
+    /// The keeper answers this listener (no supervisor serves it).
+    serving: bool,
+    answered: u64,
+    /// The last id the keeper received on it.
+    last_id: Option<u64>,
+}
+
+impl Kept {
+    fn remember(&mut self, process: KnownProcess) {
+        let pid = process.tgid;
+        if self.known.insert(pid, process).is_none() {
+            self.order.push_back(pid);
+            if self.order.len() > MAX_KNOWN {
+                if let Some(old) = self.order.pop_front() {
+                    self.known.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A handler change or exec is answered with nobody to record it:
+    /// forget what was known of the process making it (it is then not
+    /// signalled), or of every process if the caller is not known.
+    fn forget_handlers(&mut self, tgid: Option<i32>) {
+        match tgid {
+            Some(tgid) => {
+                self.known.remove(&tgid);
+                self.order.retain(|&p| p != tgid);
+            }
+            None => {
+                self.known.clear();
+                self.order.clear();
+            }
+        }
+    }
+
+    /// Before a notification of unknown kind is answered (one a dead
+    /// supervisor received): its caller still waits inside the call, so
+    /// /proc shows which processes have a thread in a bookkeeping call;
+    /// forget those.
+    fn forget_those_in_bookkeeping_calls(&mut self) {
+        let inside: Vec<i32> = self.known.keys().copied().filter(|&tgid| in_bookkeeping_call(tgid)).collect();
+        for tgid in inside {
+            self.forget_handlers(Some(tgid));
+        }
+    }
+}
+
+struct Keeper {
+    region: Region,
+    kept: BTreeMap<u32, Kept>,
+    listening: Option<OwnedFd>,
+    supervisor: Option<OwnedFd>,
+    had_supervisor: bool,
+    draining: bool,
+    /// Since the last supervisor attached.
+    answered: u64,
+    rescued: u64,
+}
+
+/// What one `poll` reported, copied out so that the keeper can change.
+enum Event {
+    Signal,
+    Connection,
+    Supervisor,
+    Listener(u32, PollFlags),
+}
+
+/// Runs the keeper until it has nothing left to keep (with
+/// `exit_when_idle`) or, after SIGTERM, holds no listener any more.
+pub fn run(opts: Options) -> Result<i32> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.thread_block().context("blocking SIGTERM")?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    // SIGINT from a terminal's ^C and SIGHUP from its hang-up are meant for
+    // the program: the keeper stays as long as the program needs it.
+    for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE] {
+        crate::sys::process::ignore(sig);
+    }
+    let listening = match &opts.socket {
+        Some(path) => Some(listen(path)?),
+        None => None,
+    };
+    let mut keeper = Keeper {
+        region: Region::create().context("creating the slot region")?,
+        kept: BTreeMap::new(),
+        listening,
+        supervisor: None,
+        had_supervisor: false,
+        draining: false,
+        answered: 0,
+        rescued: 0,
+    };
+    if let Some(conn) = opts.connection {
+        keeper.attach(conn);
+    }
+    let started = Instant::now();
+    let mut ticker: Option<Ticker> = None;
+    loop {
+        let idle = keeper.supervisor.is_none() && keeper.kept.is_empty();
+        if idle && (keeper.draining || (opts.exit_when_idle && keeper.had_supervisor)) {
+            break;
+        }
+        if idle && opts.exit_when_idle && started.elapsed() > FIRST_CONNECT {
+            tracing::warn!("no supervisor connected within {FIRST_CONNECT:?}");
+            break;
+        }
+        let serving = keeper.kept.values().any(|k| k.serving);
+        if serving != ticker.is_some() {
+            ticker = if serving { Some(Ticker::start(RECV_TICK)?) } else { None };
+        }
+        let timeout = if opts.exit_when_idle && !keeper.had_supervisor { 1000 } else { -1 };
+        for event in keeper.wait(signals.as_fd(), timeout)? {
+            match event {
+                Event::Signal => {
+                    while let Ok(Some(_)) = signals.read_signal() {}
+                    keeper.draining = true;
+                    keeper.listening = None;
+                    tracing::info!("SIGTERM: exiting once no listener is held ({} now)", keeper.kept.len());
+                }
+                Event::Connection => keeper.accept(),
+                Event::Supervisor => keeper.message(),
+                Event::Listener(slot, revents) => keeper.listener(slot, revents),
+            }
+        }
+    }
+    if let Some(path) = &opts.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("nothing left to keep: exiting");
+    Ok(0)
+}
+
+/// Listens at `path`: a stale socket is replaced, a live keeper refused.
+fn listen(path: &std::path::Path) -> Result<OwnedFd> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if fd::seqpacket_connect(path).is_ok() {
+        anyhow::bail!("another keeper is already listening on {}", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let socket = fd::seqpacket_listen(path).with_context(|| format!("listening on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(socket)
+}
+
+impl Keeper {
+    /// One `poll` over everything; what it reported.
+    fn wait(&self, signals: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<Vec<Event>> {
+        let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
+        let mut events = vec![Event::Signal];
+        if let Some(l) = &self.listening {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            events.push(Event::Connection);
+        }
+        if let Some(s) = &self.supervisor {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            events.push(Event::Supervisor);
+        }
+        for (&slot, kept) in &self.kept {
+            // Held for a supervisor: only a hang-up (always reported) matters.
+            let interest = if kept.serving { PollFlags::POLLIN } else { PollFlags::empty() };
+            fds.push(PollFd::new(kept.listener.as_fd(), interest));
+            events.push(Event::Listener(slot, PollFlags::empty()));
+        }
+        let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::NONE);
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+        Ok(events
+            .into_iter()
+            .zip(ready)
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(event, r)| match event {
+                Event::Listener(slot, _) => Event::Listener(slot, r),
+                other => other,
+            })
+            .collect())
+    }
+
+    fn accept(&mut self) {
+        let Some(listening) = &self.listening else { return };
+        let conn = match fd::seqpacket_accept(listening.as_fd()) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                return;
+            }
+        };
+        // The socket is 0600 in a 0700 directory; this is one more fence.
+        match fd::peer(conn.as_fd()) {
+            Ok((_, uid)) if uid == 0 || uid == crate::sys::process::euid() => {}
+            Ok((pid, uid)) => {
+                tracing::warn!("refused pid {pid}: uid {uid} is neither root nor the keeper's");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("refused a peer whose credentials are unknown: {e}");
+                return;
+            }
+        }
+        if self.supervisor.is_some() {
+            let reason = "another supervisor is attached to this keeper".to_owned();
+            let _ = send(conn.as_fd(), &ToSupervisor::Refused { reason }, None);
+            return;
+        }
+        self.attach(conn);
+    }
+
+    /// A supervisor connected: it gets the region and every listener; the
+    /// keeper stops answering (it is single-threaded: no RECV is under way).
+    fn attach(&mut self, conn: OwnedFd) {
+        let sent = (|| -> io::Result<usize> {
+            send(conn.as_fd(), &ToSupervisor::Region, Some(self.region.fd()))?;
+            for (&slot, kept) in &self.kept {
+                if let Some(cell) = self.region.cell(slot) {
+                    // The base the next probe starts from.
+                    cell.id.store(kept.last_id.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+                    cell.state.store(slot::IDLE, std::sync::atomic::Ordering::Relaxed);
+                }
+                let adopt = ToSupervisor::Adopt {
+                    slot,
+                    record: kept.record.clone(),
+                    known: kept.known.values().cloned().collect(),
+                    answered: kept.answered,
+                };
+                send(conn.as_fd(), &adopt, Some(kept.listener.as_fd()))?;
+            }
+            send(
+                conn.as_fd(),
+                &ToSupervisor::Ready { answered: self.answered, rescued: self.rescued },
+                None,
+            )?;
+            Ok(self.kept.len())
+        })();
+        match sent {
+            Ok(n) => {
+                tracing::info!(
+                    "supervisor attached: {n} listeners handed over ({} calls answered, {} rescued meanwhile)",
+                    self.answered,
+                    self.rescued
+                );
+                for kept in self.kept.values_mut() {
+                    kept.serving = false;
+                    kept.answered = 0;
+                }
+                self.answered = 0;
+                self.rescued = 0;
+                self.supervisor = Some(conn);
+                self.had_supervisor = true;
+            }
+            Err(e) => tracing::warn!("a supervisor connected and went before it had everything: {e}"),
+        }
+    }
+
+    fn message(&mut self) {
+        let Some(conn) = &self.supervisor else { return };
+        let mut buf = vec![0u8; MAX_PACKET];
+        let mut fds = Vec::new();
+        let n = match fd::recv_packet(conn.as_fd(), &mut buf, &mut fds) {
+            Ok(0) => return self.supervisor_lost("its connection closed"),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::warn!("supervisor: {e}; ignored");
+                return;
+            }
+            Err(e) => return self.supervisor_lost(&e.to_string()),
+        };
+        let message = match serde_json::from_slice::<ToKeeper>(&buf[..n]) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("supervisor: a message that is not the keeper's protocol ({e}); ignored");
+                return;
+            }
+        };
+        match message {
+            ToKeeper::Keep { slot, record } => {
+                let Some(listener) = fds.pop().filter(|_| fds.is_empty()) else {
+                    tracing::warn!("supervisor: keep {slot} without exactly one fd; ignored");
+                    return;
+                };
+                let kept = Kept {
+                    listener: Listener::new(listener),
+                    record,
+                    known: BTreeMap::new(),
+                    order: VecDeque::new(),
+                    serving: false,
+                    answered: 0,
+                    last_id: None,
+                };
+                // A slot is reused only after its listener hung up.
+                self.kept.insert(slot, kept);
+            }
+            ToKeeper::Known { slot, process } => {
+                if let Some(kept) = self.kept.get_mut(&slot) {
+                    kept.remember(process);
+                }
+            }
+            ToKeeper::GiveBack { slot } => {
+                if self.kept.contains_key(&slot) {
+                    tracing::warn!("supervisor gave listener {slot} back: answering it from now on");
+                    self.rescue(slot);
+                }
+            }
+        }
+    }
+
+    /// The supervisor is gone: answer what it left unanswered, then every
+    /// call, until another one attaches.
+    fn supervisor_lost(&mut self, why: &str) {
+        self.supervisor = None;
+        let slots: Vec<u32> = self.kept.iter().filter(|(_, k)| !k.serving).map(|(&s, _)| s).collect();
+        for &slot in &slots {
+            self.rescue(slot);
+        }
+        tracing::warn!(
+            "supervisor gone ({why}): answering {} listeners' calls until one attaches; {} rescued",
+            slots.len(),
+            self.rescued
+        );
+    }
+
+    /// Takes a listener over from its supervisor: answers the notification
+    /// its slot names, and those that may have been received after it.
+    fn rescue(&mut self, slot: u32) {
+        let Some(kept) = self.kept.get_mut(&slot) else { return };
+        kept.serving = true;
+        let Some(cell) = self.region.cell(slot) else { return };
+        use std::sync::atomic::Ordering::Relaxed;
+        let (id, state) = (cell.id.load(Relaxed), cell.state.swap(slot::IDLE, Relaxed));
+        let mut rescued = 0;
+        if state != slot::IDLE && kept.listener.id_valid(id) {
+            if state == slot::BOOKKEEPING {
+                kept.forget_those_in_bookkeeping_calls();
+            }
+            rescued += u64::from(kept.listener.send_continue(id).is_ok());
+        }
+        for next in (1..=PROBED_IDS).map(|n| id.wrapping_add(n)) {
+            // ID_VALID: received and unanswered. One not received yet, or
+            // not made yet, is not valid, and the keeper's RECV gets it.
+            if kept.listener.id_valid(next) {
+                // Received before its id was recorded: of unknown kind.
+                kept.forget_those_in_bookkeeping_calls();
+                rescued += u64::from(kept.listener.send_continue(next).is_ok());
+            }
+        }
+        self.rescued += rescued;
+    }
+
+    fn listener(&mut self, slot: u32, revents: PollFlags) {
+        let Some(kept) = self.kept.get_mut(&slot) else { return };
+        if kept.serving && revents.contains(PollFlags::POLLIN) {
+            match kept.listener.recv_once() {
+                Ok(notif) => {
+                    kept.last_id = Some(notif.id);
+                    if handler_calls().classify(notif.data.arch, notif.data.nr).is_some() {
+                        kept.forget_handlers(thread_group(notif.pid as i32));
+                    }
+                    match response::answer(&kept.listener, notif.id) {
+                        Ok(Answered::Continued) => {
+                            kept.answered += 1;
+                            self.answered += 1;
+                        }
+                        Ok(Answered::CallerGone) => {}
+                        Err(e) => tracing::warn!("listener {slot}: SEND CONTINUE: {e}"),
+                    }
+                }
+                // Interrupted by the tick, or the caller went away.
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => tracing::warn!("listener {slot}: RECV: {e}"),
+            }
+            return;
+        }
+        if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+            tracing::debug!("listener {slot}: no process uses its filter any more; released");
+            self.kept.remove(&slot);
+        }
+    }
+}
+
+/// Whether a thread of process `tgid` is inside a bookkeeping call now.
+fn in_bookkeeping_call(tgid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else { return false };
+    tasks.flatten().any(|task| {
+        let nr = std::fs::read_to_string(task.path().join("syscall"))
+            .ok()
+            .and_then(|text| text.split_ascii_whitespace().next()?.parse::<i32>().ok());
+        nr.is_some_and(|nr| handler_calls().any_abi(nr))
+    })
+}
+
+/// The process of thread `tid`, from /proc (None if it is gone: then its
+/// process may be any, and all are forgotten).
+fn thread_group(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+fn send(socket: BorrowedFd<'_>, message: &ToSupervisor, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let bytes = serde_json::to_vec(message).map_err(io::Error::other)?;
+    fd::send_packet(socket, &bytes, fd)
+}

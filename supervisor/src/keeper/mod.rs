@@ -1,0 +1,89 @@
+//! The keeper: a small process of sigvisor's own that holds a copy of
+//! every listener, so that no supervised syscall fails or hangs when the
+//! supervisor dies, restarts or is upgraded.
+//!
+//! Why a copy is enough (design.md §9): the kernel fails trapped calls with
+//! ENOSYS only when a listener's *last* reference closes; while any copy is
+//! open, callers wait. So the supervisor hands a copy of each listener it
+//! receives to the keeper (`link.rs`) and serves it as before; the keeper
+//! (`hold.rs`) only watches for hang-ups. When the supervisor's connection
+//! ends, however it ends (exit, `kill -9`, OOM, panic), the keeper answers
+//! every call itself with CONTINUE and no signal, until a supervisor
+//! connects again and takes every listener back, with what it had said of
+//! it: the handoff (container, bundle, annotations, filter facts) and the
+//! handlers it knew per process.
+//!
+//! A notification the dead supervisor had received but not answered is
+//! reachable only by its id: the supervisor leaves each id it receives in a
+//! slot of a memory region it shares with the keeper (`sys::region`), one
+//! store per notification, and the keeper answers that id (and probes the
+//! next few: ids count up by one per filter, and the supervisor may have
+//! died between its RECV and the store).
+//!
+//! The wire: a SOCK_SEQPACKET unix socket, one JSON message per packet,
+//! with at most one fd (a listener, or the region's memfd).
+
+pub mod hold;
+pub mod link;
+
+use serde::{Deserialize, Serialize};
+
+use crate::caller::KnownProcess;
+
+/// The largest message; a listener's record is its OCI state (a few KiB).
+pub const MAX_PACKET: usize = 256 * 1024;
+
+/// Processes whose handlers the keeper remembers per listener; past this
+/// the oldest are forgotten (they are then not signalled: never unsafe).
+pub const MAX_KNOWN: usize = 1024;
+
+/// What `Cell::state` says about the notification whose id is in the slot.
+pub mod slot {
+    /// Answered, or none received yet.
+    pub const IDLE: u64 = 0;
+    /// A call the Trace may signal is being answered.
+    pub const CALL: u64 = 1;
+    /// A handler change or an exec is being recorded and answered: if the
+    /// keeper has to answer it, what the supervisor knew of the process's
+    /// handlers may be out of date.
+    pub const BOOKKEEPING: u64 = 2;
+}
+
+/// What the supervisor said of one listener when it received it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Record {
+    /// The handoff's OCI `ContainerProcessState`, its `fds` reduced to the
+    /// listener: decoded again on adoption as a fresh handoff.
+    pub state: String,
+    /// The program that handed it over (`runc`, `crun`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum ToKeeper {
+    /// A new listener (the fd attached), which the supervisor serves.
+    Keep { slot: u32, record: Record },
+    /// What the supervisor knows now of one process's handlers.
+    Known { slot: u32, process: KnownProcess },
+    /// The supervisor stopped serving this listener (its task failed): the
+    /// keeper answers it from now on.
+    GiveBack { slot: u32 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum ToSupervisor {
+    /// The slot region (its memfd attached); always the first message.
+    Region,
+    /// A listener the keeper holds (the fd attached): the supervisor serves
+    /// it from now on. `answered`: calls the keeper answered for it.
+    Adopt { slot: u32, record: Record, known: Vec<KnownProcess>, answered: u64 },
+    /// Every listener was sent. `rescued`: notifications a dead supervisor
+    /// had received and the keeper answered by their id.
+    Ready { answered: u64, rescued: u64 },
+    /// Another supervisor is attached; this one is not.
+    Refused { reason: String },
+}

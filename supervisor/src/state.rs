@@ -1,0 +1,95 @@
+//! `sigvisor serve`'s Traces across restarts, as an API server keeps its
+//! objects: `DIR/traces/NAME.yaml` holds each Trace as last applied, with
+//! its state (`status.state`: Started, Stopped or none). Written after every
+//! change through the control socket (write to a temporary file, then
+//! rename: a crash leaves the old file or the new one, never half of one).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::profile::{self, Policy, Trace, TraceStatus};
+
+pub struct StateDir {
+    traces: PathBuf,
+}
+
+/// A Trace found in the state directory, and the state it was left in.
+pub struct Saved {
+    pub trace: Trace,
+    pub policy: Policy,
+    pub state: String,
+}
+
+impl StateDir {
+    /// Opens `dir` (made 0700 if missing).
+    pub fn open(dir: &Path) -> Result<StateDir> {
+        let traces = dir.join("traces");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&traces)
+            .with_context(|| format!("creating the state directory {}", traces.display()))?;
+        Ok(StateDir { traces })
+    }
+
+    /// The Traces saved; one that no longer loads (a profile rule changed
+    /// since it was saved) is reported, named, and left out.
+    pub fn load(&self) -> Vec<Saved> {
+        let Ok(entries) = std::fs::read_dir(&self.traces) else { return Vec::new() };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        let mut saved = Vec::new();
+        for file in files {
+            match profile::load(&file) {
+                Ok((mut trace, policy)) => {
+                    let state = trace.status.take().map(|s| s.state).unwrap_or_default();
+                    saved.push(Saved { trace, policy, state });
+                }
+                Err(e) => tracing::error!("a saved Trace no longer loads, left out: {e}"),
+            }
+        }
+        saved
+    }
+
+    /// Saves `traces` (as the registry lists them) and removes the files of
+    /// Traces that are gone. Failures are logged: serving goes on.
+    pub fn save(&self, traces: &[Trace]) {
+        let mut names = Vec::new();
+        for trace in traces {
+            let name = &trace.metadata.name;
+            // Names come from profiles, which refuse path separators;
+            // skip anything that would leave the directory anyway.
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                continue;
+            }
+            let mut kept = trace.clone();
+            let state = kept.status.take().map(|s| s.state).unwrap_or_default();
+            kept.status = (!state.is_empty()).then(|| TraceStatus { state, ..TraceStatus::default() });
+            let file = self.traces.join(format!("{name}.yaml"));
+            if let Err(e) = write_atomically(&file, &kept) {
+                tracing::error!("saving trace {name} to {}: {e:#}", file.display());
+            }
+            names.push(format!("{name}.yaml"));
+        }
+        let Ok(entries) = std::fs::read_dir(&self.traces) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yaml") && !names.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+fn write_atomically(file: &Path, trace: &Trace) -> Result<()> {
+    let text = serde_yaml::to_string(trace)?;
+    let temporary = file.with_extension("yaml.new");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, file)?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Issue 11: the supervisor dies, stops or is restarted while its targets
+//! close files at full rate; the keeper answers their calls meanwhile and
+//! the restarted serve takes everything back. Every close returns 0, no fd
+//! leaks, and every signal that arrives is precise.
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sigvisor_tests::containers::*;
+use sigvisor_tests::*;
+
+/// Closes for 3 s on 2 threads: serve dies and comes back in the middle.
+const CLOSING: &[&str] = &["--threads", "2", "--duration-ms", "3000"];
+
+/// Lets the target close under serve, kills serve, lets the keeper answer
+/// alone, then starts serve again; returns the new serve's view of `all`
+/// while the target still runs.
+fn kill_and_restart(server: &mut Server) -> serde_yaml::Value {
+    thread::sleep(Duration::from_millis(700));
+    server.kill();
+    thread::sleep(Duration::from_millis(500));
+    server.restart();
+    thread::sleep(Duration::from_millis(700));
+    server.get("all")
+}
+
+fn signals_sent(trace: &serde_yaml::Value) -> u64 {
+    let output = trace["status"]["output"].as_str().expect("status.output");
+    let summary: serde_yaml::Value = serde_yaml::from_str(output).expect("summary YAML");
+    summary["signalsSent"].as_u64().expect("signalsSent")
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// A program wrapped by sigvisor-launch (as an entrypoint is), on the host.
+#[test]
+fn kill_9_of_serve_under_a_wrapped_program() {
+    let mut server = Server::start("restart-launch", &[]);
+    let keeper = server.keeper_pid();
+    let target = Command::new(bin("sigvisor-launch"))
+        .arg("--socket")
+        .arg(&server.socket)
+        .arg("--")
+        .arg(closer())
+        .args(CLOSING)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sigvisor-launch");
+    let after = kill_and_restart(&mut server);
+    let out = wait_bounded(target, "closer");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise_where_signalled(&report(&out));
+    assert!(signals_sent(&after) > 0, "the new serve signals: {after:?}");
+    let (_, log) = server.terminate();
+    assert!(log.contains("took 1 listeners back from the keeper"), "{log}");
+    let keeper_log = std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default();
+    assert!(keeper_log.contains("supervisor gone"), "{keeper_log}");
+    // Nothing left to keep, no supervisor: the keeper is gone too.
+    assert!(wait_gone(keeper, Duration::from_secs(5)), "keeper {keeper} outlived everything");
+}
+
+/// A runc container whose entrypoint is wrapped by the static launcher.
+#[test]
+fn kill_9_of_serve_under_a_wrapped_container_entrypoint() {
+    if !require_tools() {
+        return;
+    }
+    let mut server = Server::start("restart-wrapped", &[]);
+    let mut args = vec!["/sigvisor-launch", "--socket", "/run/sigvisor.sock", "--", "/bin/closer"];
+    args.extend(CLOSING);
+    let bundle = bundle("restart-wrapped", &args);
+    std::fs::copy(bin("sigvisor-launch-static"), bundle.join("rootfs/sigvisor-launch"))
+        .expect("copy launcher");
+    let socket = server.socket.clone();
+    edit_config(&bundle, |c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/run/sigvisor.sock", "type": "bind", "source": socket, "options": ["rbind", "ro"],
+        }))
+    });
+    let id = container_id("restart-wrapped");
+    let container = thread::spawn(move || runc_run(&bundle, &id));
+    let after = kill_and_restart(&mut server);
+    let out = container.join().expect("runc thread");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise_where_signalled(&report(&out));
+    assert!(signals_sent(&after) > 0, "the new serve signals: {after:?}");
+}
+
+/// A crun container whose own filter notifies serve (listener mode).
+#[test]
+fn kill_9_of_serve_under_a_crun_container() {
+    if !require_tools() {
+        return;
+    }
+    let mut server = Server::start("restart-crun", &[]);
+    let mut args = vec!["/bin/closer"];
+    args.extend(CLOSING);
+    let bundle = bundle("restart-crun", &args);
+    patch(&bundle, &server.socket, &["--runtime", "crun"]);
+    let id = container_id("restart-crun");
+    let container = thread::spawn(move || crun_run(&bundle, &id));
+    let after = kill_and_restart(&mut server);
+    let out = container.join().expect("crun thread");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise_where_signalled(&report(&out));
+    assert!(signals_sent(&after) > 0, "the new serve signals: {after:?}");
+}
+
+/// SIGTERM hands over cleanly; the Traces applied through the control
+/// socket come back with their states.
+#[test]
+fn sigterm_hands_over_and_applied_traces_come_back() {
+    let mut server = Server::start("restart-term", &[]);
+    let apply = |name: &str, run_mode: &str| {
+        let file = scratch("restart-term-profiles").join(format!("{name}.yaml"));
+        let text = format!(
+            "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\n\
+             spec:\n  gadget: signal\n  runMode: {run_mode}\n  outputMode: Status\n  \
+             filter:\n    containerName: nothing-here\n"
+        );
+        std::fs::write(&file, text).expect("profile");
+        let out = output_bounded(
+            sigvisor().args(["apply", "-f"]).arg(&file).arg("--control").arg(&server.control),
+            "sigvisor apply",
+        );
+        assert_eq!(exit_code(&out), 0, "apply: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    apply("started-by-hand", "Manual");
+    apply("stopped-by-hand", "Auto");
+    apply("never-started", "Manual");
+    for (name, op) in [("started-by-hand", "start"), ("stopped-by-hand", "stop")] {
+        let out = output_bounded(
+            sigvisor().args(["operation", name, op, "--control"]).arg(&server.control),
+            "sigvisor operation",
+        );
+        assert_eq!(exit_code(&out), 0, "{name} {op}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let target = Command::new(bin("sigvisor-launch"))
+        .arg("--socket")
+        .arg(&server.socket)
+        .arg("--")
+        .arg(closer())
+        .args(CLOSING)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sigvisor-launch");
+    thread::sleep(Duration::from_millis(700));
+    server.terminate();
+    thread::sleep(Duration::from_millis(500));
+    server.restart();
+    thread::sleep(Duration::from_millis(700));
+    let after = server.get("all");
+    let out = wait_bounded(target, "closer");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise_where_signalled(&report(&out));
+    assert!(signals_sent(&after) > 0, "the new serve signals: {after:?}");
+    for (name, state) in [
+        ("all", "Started"),
+        ("started-by-hand", "Started"),
+        ("stopped-by-hand", "Stopped"),
+        ("never-started", ""),
+    ] {
+        let trace = server.get(name);
+        let got = trace["status"]["state"].as_str().unwrap_or_default();
+        assert_eq!(got, state, "{name} after the restart: {trace:?}");
+    }
+}
+
+/// `kill -9` of `sigvisor run`: CMD carries on, every close working, and
+/// the keeper goes when CMD does.
+#[test]
+fn kill_9_of_run_leaves_cmd_working() {
+    let status = scratch("run-killed").join("status.yaml");
+    let mut run = run_command(&status, &seed_profile(), &[])
+        .arg(closer())
+        .args(["--threads", "2", "--duration-ms", "2000"])
+        .spawn()
+        .expect("spawn sigvisor run");
+    thread::sleep(Duration::from_millis(700));
+    let sigvisor_pid = run.id() as i32;
+    let children = children_of(sigvisor_pid);
+    let keeper = children
+        .iter()
+        .copied()
+        .find(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("keeper"))
+        })
+        .unwrap_or_else(|| panic!("no keeper among sigvisor run's children {children:?}"));
+    let cmd = children.iter().copied().find(|&pid| pid != keeper).expect("CMD is a child of sigvisor run");
+    run.kill().expect("kill -9 sigvisor run");
+    let _ = run.wait();
+    // CMD writes its report to the pipe it shares with the dead sigvisor.
+    let mut stdout = run.stdout.take().expect("stdout");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut text).expect("read CMD's output");
+    assert!(wait_gone(cmd, Duration::from_secs(10)), "CMD {cmd} did not finish");
+    let report = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no report from CMD: {text}"));
+    assert_precise_where_signalled(&report);
+    assert!(wait_gone(keeper, Duration::from_secs(5)), "keeper {keeper} outlived CMD");
+}
+
+/// The keeper holds nothing of a container whose processes are all gone.
+#[test]
+fn keeper_lets_go_of_finished_listeners() {
+    let server = Server::start("keeper-fds", &[]);
+    let keeper = server.keeper_pid();
+    let fds = || std::fs::read_dir(format!("/proc/{keeper}/fd")).map_or(0, |d| d.count());
+    let before = fds();
+    let mut during = 0;
+    for _ in 0..5 {
+        let mut target = Command::new(bin("sigvisor-launch"))
+            .arg("--socket")
+            .arg(&server.socket)
+            .arg("--")
+            .arg(closer())
+            .args(["--threads", "1", "--duration-ms", "300"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sigvisor-launch");
+        thread::sleep(Duration::from_millis(150));
+        during = during.max(fds());
+        assert!(target.wait().expect("wait").success());
+    }
+    assert!(during > before, "the keeper held a copy while the target ran ({before} -> {during})");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fds() != before && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fds(), before, "keeper fds before and after five finished targets");
+}
