@@ -21,6 +21,7 @@ pub mod container;
 pub mod control;
 pub mod decision;
 pub mod events;
+pub mod failpoint;
 pub mod handlers;
 pub mod handoff;
 pub mod keeper;

@@ -142,6 +142,7 @@ impl Pipeline {
         if let Some(custody) = &self.custody {
             custody.received(notif.id, bookkeeping.is_some());
         }
+        crate::failpoint::listener_panic();
         // sigvisor's own calls (handler changes, execs): recorded, answered,
         // never signalled, whatever the Trace's state.
         if let Some(call) = bookkeeping {

@@ -102,6 +102,7 @@ pub struct Server {
     pub state: PathBuf,
     /// The whole command line, to start it again the same way.
     args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -115,8 +116,17 @@ impl Server {
         Server::with_profiles(name, extra, &[("all.yaml", ALL)])
     }
 
+    /// A server with the `all` Trace and these environment variables.
+    pub fn with_env(name: &str, env: &[(&str, &str)]) -> Server {
+        Server::build(name, &[], &[("all.yaml", ALL)], env)
+    }
+
     /// A server with these profiles (file name, YAML) loaded at start.
     pub fn with_profiles(name: &str, extra: &[&str], profiles_given: &[(&str, &str)]) -> Server {
+        Server::build(name, extra, profiles_given, &[])
+    }
+
+    fn build(name: &str, extra: &[&str], profiles_given: &[(&str, &str)], env: &[(&str, &str)]) -> Server {
         let dir = scratch(&format!("{name}-serve"));
         let profiles = dir.join("profiles");
         std::fs::create_dir_all(&profiles).expect("profiles dir");
@@ -142,7 +152,8 @@ impl Server {
         args.push(state.clone().into());
         args.extend(extra.iter().map(Into::into));
         args.push(profiles.into());
-        let mut server = Server { socket, control, status, keeper, state, args, child: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut server = Server { socket, control, status, keeper, state, args, env, child: None };
         server.spawn();
         server
     }
@@ -154,6 +165,7 @@ impl Server {
         let child = Command::new(bin("sigvisor"))
             .args(&self.args)
             .env("RUST_LOG", "sigvisor=info")
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -250,3 +250,29 @@ fn keeper_lets_go_of_finished_listeners() {
     }
     assert_eq!(fds(), before, "keeper fds before and after five finished targets");
 }
+
+/// A listener whose task panics (a failpoint, mid-notification) goes to
+/// the keeper, which answers that call and the rest; serve keeps serving
+/// the next target.
+#[test]
+fn a_panicking_listener_goes_to_the_keeper() {
+    let server = Server::with_env("restart-panic", &[("SIGVISOR_FAILPOINT", "listener-panic:500")]);
+    let launch = |args: &[&str]| {
+        let out = output_bounded(
+            Command::new(bin("sigvisor-launch"))
+                .arg("--socket")
+                .arg(&server.socket)
+                .arg("--")
+                .arg(closer())
+                .args(args),
+            "closer",
+        );
+        assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+        report(&out)
+    };
+    assert_precise_where_signalled(&launch(&["--threads", "2", "--closes", "2000"]));
+    // The failpoint fired once: the next target is served as usual.
+    assert_precise(&launch(&["--threads", "2", "--closes", "200"]));
+    let (_, log) = server.stop();
+    assert!(log.contains("handed to the keeper"), "{log}");
+}
