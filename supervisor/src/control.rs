@@ -100,26 +100,14 @@ async fn client(stream: UnixStream, registry: Arc<Registry>, allowed: bool, uid:
         return Ok(());
     }
     let Some(line) = line else { return Ok(()) };
-    let request: Request = match serde_json::from_str(&line) {
+    let request = match parse_request(&line) {
         Ok(r) => r,
-        Err(e) => {
-            write.write_all(reply(&Response::error(format!("bad request: {e}"), true))?.as_bytes()).await?;
+        Err(refusal) => {
+            write.write_all(reply(&refusal)?.as_bytes()).await?;
             return Ok(());
         }
     };
-    let changes = !matches!(request, Request::Get { .. });
     let response = match request {
-        Request::Apply { file, text } => match profile::parse(&text, Path::new(&file)) {
-            Ok((trace, policy)) => Response::traces(vec![registry.apply(trace, policy)]),
-            Err(e) => Response::error(e, true),
-        },
-        Request::Get { name: None } => Response::traces(registry.list()),
-        Request::Get { name: Some(name) } => result(registry.get(&name)),
-        Request::Operation { name, operation } => result(registry.operation(&name, &operation)),
-        Request::Delete { name } => match registry.delete(&name) {
-            Ok(()) => Response::traces(Vec::new()),
-            Err(e) => Response::error(e, false),
-        },
         Request::Stream { name } => {
             let mut events = match registry.subscribe(&name) {
                 Ok(rx) => rx,
@@ -147,12 +135,41 @@ async fn client(stream: UnixStream, registry: Arc<Registry>, allowed: bool, uid:
                 }
             }
         }
+        other => respond(&registry, other),
+    };
+    write.write_all(reply(&response)?.as_bytes()).await?;
+    Ok(())
+}
+
+/// One request line, or the response that refuses it.
+pub fn parse_request(line: &str) -> Result<Request, Response> {
+    serde_json::from_str(line).map_err(|e| Response::error(format!("bad request: {e}"), true))
+}
+
+/// The response to any request but `stream` (which `client` follows);
+/// a change is saved to the state directory, if there is one.
+pub fn respond(registry: &Registry, request: Request) -> Response {
+    let changes = !matches!(request, Request::Get { .. });
+    let response = match request {
+        Request::Apply { file, text } => match profile::parse(&text, Path::new(&file)) {
+            Ok((trace, policy)) => Response::traces(vec![registry.apply(trace, policy)]),
+            Err(e) => Response::error(e, true),
+        },
+        Request::Get { name: None } => Response::traces(registry.list()),
+        Request::Get { name: Some(name) } => result(registry.get(&name)),
+        Request::Operation { name, operation } => result(registry.operation(&name, &operation)),
+        Request::Delete { name } => match registry.delete(&name) {
+            Ok(()) => Response::traces(Vec::new()),
+            Err(e) => Response::error(e, false),
+        },
+        Request::Stream { name } => {
+            Response::error(format!("stream {name}: follow it through a connection"), false)
+        }
     };
     if changes {
         registry.save_state();
     }
-    write.write_all(reply(&response)?.as_bytes()).await?;
-    Ok(())
+    response
 }
 
 fn result(r: Result<Trace, crate::registry::RegistryError>) -> Response {

@@ -35,7 +35,7 @@ impl StateDir {
     }
 
     /// The Traces saved; one that no longer loads (a profile rule changed
-    /// since it was saved) is reported, named, and left out.
+    /// since it was saved) is reported, named, left out and kept aside.
     pub fn load(&self) -> Vec<Saved> {
         let Ok(entries) = std::fs::read_dir(&self.traces) else { return Vec::new() };
         let mut files: Vec<PathBuf> = entries
@@ -50,7 +50,15 @@ impl StateDir {
                     let state = trace.status.take().map(|s| s.state).unwrap_or_default();
                     saved.push(Saved { trace, policy, state });
                 }
-                Err(e) => tracing::error!("a saved Trace no longer loads, left out: {e}"),
+                Err(e) => {
+                    // Kept aside, not overwritten or removed by the next save.
+                    let aside = file.with_extension("yaml.unloadable");
+                    let _ = std::fs::rename(&file, &aside);
+                    tracing::error!(
+                        "a saved Trace no longer loads, left out (kept as {}): {e}",
+                        aside.display()
+                    );
+                }
             }
         }
         saved
@@ -92,4 +100,43 @@ fn write_atomically(file: &Path, trace: &Trace) -> Result<()> {
     std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, file)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(name: &str, state: &str) -> Trace {
+        let text = format!(
+            "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\n\
+             spec:\n  gadget: signal\n  runMode: Manual\n  outputMode: Status\n  parameters:\n    signal: USR1\n"
+        );
+        let (mut trace, _) = profile::parse(&text, Path::new("t.yaml")).expect("profile");
+        trace.status =
+            Some(TraceStatus { state: state.into(), output: "counts".into(), ..TraceStatus::default() });
+        trace
+    }
+
+    #[test]
+    fn saves_loads_and_forgets_deleted_traces() {
+        let dir = std::env::temp_dir().join(format!("sigvisor-state-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).expect("open");
+        state.save(&[trace("a", "Started"), trace("b", "Stopped"), trace("c", "")]);
+        let saved = state.load();
+        let names: Vec<(&str, &str)> =
+            saved.iter().map(|s| (s.trace.metadata.name.as_str(), s.state.as_str())).collect();
+        assert_eq!(names, [("a", "Started"), ("b", "Stopped"), ("c", "")]);
+        assert_eq!(saved[0].policy.signal, libc::SIGUSR1);
+        // The status output is not state: only the state is kept.
+        let text = std::fs::read_to_string(dir.join("traces/a.yaml")).expect("a.yaml");
+        assert!(!text.contains("counts"), "{text}");
+        state.save(&[trace("b", "Started")]);
+        let names: Vec<String> = state.load().into_iter().map(|s| s.trace.metadata.name).collect();
+        assert_eq!(names, ["b"]);
+        std::fs::write(dir.join("traces/bad.yaml"), "kind: Nope").expect("write");
+        assert_eq!(state.load().len(), 1, "a file that no longer loads is left out");
+        assert!(dir.join("traces/bad.yaml.unloadable").exists(), "and kept aside");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
