@@ -36,7 +36,8 @@ trap 'kill ${server:-} 2>/dev/null; rm -rf "${served:-}"; rm -f "$status" "$no_k
 run="$out/sigvisor run --status-file $status"
 # A serve with no Trace: its listeners are selected by none (answered at once).
 served=$(mktemp -d)
-"$out/sigvisor" serve --socket "$served/agent.sock" --control "$served/control.sock" 2>/dev/null &
+"$out/sigvisor" serve --socket "$served/agent.sock" --control "$served/control.sock" \
+  --keeper "$served/keeper.sock" --state-dir "$served/state" 2>/dev/null &
 server=$!
 while [ ! -S "$served/agent.sock" ]; do sleep 0.05; done
 t8="--threads 8"

@@ -1,5 +1,6 @@
 //! The keeper process (`sigvisor keeper`): single-threaded, blocking, one
-//! `poll` over its sockets and the listeners it holds.
+//! epoll over its sockets and the listeners it holds (each registered once,
+//! so that 10,000 held listeners cost nothing per wake-up).
 //!
 //! While a supervisor is attached, the keeper only holds: it polls each
 //! listener for nothing but a hang-up (a filter no task uses), and drops
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -102,6 +103,7 @@ impl Kept {
 }
 
 struct Keeper {
+    epoll: Epoll,
     region: Region,
     kept: BTreeMap<u32, Kept>,
     listening: Option<OwnedFd>,
@@ -113,12 +115,19 @@ struct Keeper {
     rescued: u64,
 }
 
-/// What one `poll` reported, copied out so that the keeper can change.
-enum Event {
-    Signal,
-    Connection,
-    Supervisor,
-    Listener(u32, PollFlags),
+/// What one epoll event is about: its data word.
+const SIGNALS: u64 = u64::MAX;
+const CONNECTION: u64 = u64::MAX - 1;
+const SUPERVISOR: u64 = u64::MAX - 2;
+
+/// How a held listener is watched: a hang-up only (always reported), or
+/// notifications too while the keeper answers it.
+fn interest(serving: bool) -> EpollFlags {
+    if serving {
+        EpollFlags::EPOLLIN
+    } else {
+        EpollFlags::empty()
+    }
 }
 
 /// Runs the keeper until it has nothing left to keep (with
@@ -137,7 +146,13 @@ pub fn run(opts: Options) -> Result<i32> {
         Some(path) => Some(listen(path)?),
         None => None,
     };
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+    if let Some(l) = &listening {
+        epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, CONNECTION))?;
+    }
     let mut keeper = Keeper {
+        epoll,
         region: Region::create().context("creating the slot region")?,
         kept: BTreeMap::new(),
         listening,
@@ -165,18 +180,29 @@ pub fn run(opts: Options) -> Result<i32> {
         if serving != ticker.is_some() {
             ticker = if serving { Some(Ticker::start(RECV_TICK)?) } else { None };
         }
-        let timeout = if opts.exit_when_idle && !keeper.had_supervisor { 1000 } else { -1 };
-        for event in keeper.wait(signals.as_fd(), timeout)? {
-            match event {
-                Event::Signal => {
+        // Waiting for a first supervisor is bounded (FIRST_CONNECT).
+        let timeout = if opts.exit_when_idle && !keeper.had_supervisor {
+            EpollTimeout::from(1000u16)
+        } else {
+            EpollTimeout::NONE
+        };
+        let mut events = [EpollEvent::empty(); 64];
+        let n = match keeper.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("epoll_wait"),
+        };
+        for event in &events[..n] {
+            match event.data() {
+                SIGNALS => {
                     while let Ok(Some(_)) = signals.read_signal() {}
                     keeper.draining = true;
                     keeper.listening = None;
                     tracing::info!("SIGTERM: exiting once no listener is held ({} now)", keeper.kept.len());
                 }
-                Event::Connection => keeper.accept(),
-                Event::Supervisor => keeper.message(),
-                Event::Listener(slot, revents) => keeper.listener(slot, revents),
+                CONNECTION => keeper.accept(),
+                SUPERVISOR => keeper.message(),
+                slot => keeper.listener(slot as u32, event.events()),
             }
         }
     }
@@ -204,42 +230,6 @@ fn listen(path: &std::path::Path) -> Result<OwnedFd> {
 }
 
 impl Keeper {
-    /// One `poll` over everything; what it reported.
-    fn wait(&self, signals: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<Vec<Event>> {
-        let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
-        let mut events = vec![Event::Signal];
-        if let Some(l) = &self.listening {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-            events.push(Event::Connection);
-        }
-        if let Some(s) = &self.supervisor {
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-            events.push(Event::Supervisor);
-        }
-        for (&slot, kept) in &self.kept {
-            // Held for a supervisor: only a hang-up (always reported) matters.
-            let interest = if kept.serving { PollFlags::POLLIN } else { PollFlags::empty() };
-            fds.push(PollFd::new(kept.listener.as_fd(), interest));
-            events.push(Event::Listener(slot, PollFlags::empty()));
-        }
-        let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::NONE);
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        }
-        let ready: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
-        Ok(events
-            .into_iter()
-            .zip(ready)
-            .filter(|(_, r)| !r.is_empty())
-            .map(|(event, r)| match event {
-                Event::Listener(slot, _) => Event::Listener(slot, r),
-                other => other,
-            })
-            .collect())
-    }
-
     fn accept(&mut self) {
         let Some(listening) = &self.listening else { return };
         let conn = match fd::seqpacket_accept(listening.as_fd()) {
@@ -302,12 +292,18 @@ impl Keeper {
                     self.answered,
                     self.rescued
                 );
-                for kept in self.kept.values_mut() {
-                    kept.serving = false;
-                    kept.answered = 0;
+                let slots: Vec<u32> = self.kept.keys().copied().collect();
+                for slot in slots {
+                    self.set_serving(slot, false);
+                    if let Some(kept) = self.kept.get_mut(&slot) {
+                        kept.answered = 0;
+                    }
                 }
                 self.answered = 0;
                 self.rescued = 0;
+                if let Err(e) = self.epoll.add(&conn, EpollEvent::new(EpollFlags::EPOLLIN, SUPERVISOR)) {
+                    tracing::error!("watching the supervisor's connection: {e}");
+                }
                 self.supervisor = Some(conn);
                 self.had_supervisor = true;
             }
@@ -352,6 +348,12 @@ impl Keeper {
                     last_id: None,
                 };
                 // A slot is reused only after its listener hung up.
+                self.release(slot);
+                if let Err(e) =
+                    self.epoll.add(&kept.listener, EpollEvent::new(interest(false), u64::from(slot)))
+                {
+                    tracing::error!("watching listener {slot}: {e}");
+                }
                 self.kept.insert(slot, kept);
             }
             ToKeeper::Known { slot, process } => {
@@ -371,7 +373,9 @@ impl Keeper {
     /// The supervisor is gone: answer what it left unanswered, then every
     /// call, until another one attaches.
     fn supervisor_lost(&mut self, why: &str) {
-        self.supervisor = None;
+        if let Some(conn) = self.supervisor.take() {
+            let _ = self.epoll.delete(&conn);
+        }
         let slots: Vec<u32> = self.kept.iter().filter(|(_, k)| !k.serving).map(|(&s, _)| s).collect();
         for &slot in &slots {
             self.rescue(slot);
@@ -386,8 +390,8 @@ impl Keeper {
     /// Takes a listener over from its supervisor: answers the notification
     /// its slot names, and those that may have been received after it.
     fn rescue(&mut self, slot: u32) {
+        self.set_serving(slot, true);
         let Some(kept) = self.kept.get_mut(&slot) else { return };
-        kept.serving = true;
         let Some(cell) = self.region.cell(slot) else { return };
         use std::sync::atomic::Ordering::Relaxed;
         let (id, state) = (cell.id.load(Relaxed), cell.state.swap(slot::IDLE, Relaxed));
@@ -410,9 +414,25 @@ impl Keeper {
         self.rescued += rescued;
     }
 
-    fn listener(&mut self, slot: u32, revents: PollFlags) {
+    fn set_serving(&mut self, slot: u32, serving: bool) {
         let Some(kept) = self.kept.get_mut(&slot) else { return };
-        if kept.serving && revents.contains(PollFlags::POLLIN) {
+        kept.serving = serving;
+        let mut event = EpollEvent::new(interest(serving), u64::from(slot));
+        if let Err(e) = self.epoll.modify(&kept.listener, &mut event) {
+            tracing::error!("watching listener {slot}: {e}");
+        }
+    }
+
+    /// Stops holding a listener (closing the keeper's copy).
+    fn release(&mut self, slot: u32) {
+        if let Some(kept) = self.kept.remove(&slot) {
+            let _ = self.epoll.delete(&kept.listener);
+        }
+    }
+
+    fn listener(&mut self, slot: u32, revents: EpollFlags) {
+        let Some(kept) = self.kept.get_mut(&slot) else { return };
+        if kept.serving && revents.contains(EpollFlags::EPOLLIN) {
             match kept.listener.recv_once() {
                 Ok(notif) => {
                     kept.last_id = Some(notif.id);
@@ -435,9 +455,9 @@ impl Keeper {
             }
             return;
         }
-        if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+        if revents.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
             tracing::debug!("listener {slot}: no process uses its filter any more; released");
-            self.kept.remove(&slot);
+            self.release(slot);
         }
     }
 }
