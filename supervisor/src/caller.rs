@@ -183,6 +183,23 @@ impl Callers {
         }
     }
 
+    /// Ends the handler changes the kernel has made by now, as a decision
+    /// would: before the tables go to another supervisor (the keeper, which
+    /// makes no decisions, records changes but never settles them).
+    pub fn settle_all(&mut self) {
+        let Callers { processes, changed, .. } = self;
+        for (&tgid, process) in processes.iter_mut() {
+            let Some(pending) = process.pending.as_ref().filter(|p| !p.exec && change_made(p)) else {
+                continue;
+            };
+            let signal = pending.signal;
+            process.pending = None;
+            // SigCgt is the process's: any of its threads shows it.
+            check_with_proc(process, tgid, signal);
+            changed.push(tgid);
+        }
+    }
+
     /// What changed since the last call, as a successor should know it;
     /// empty (and no allocation) when nothing did.
     pub fn take_changed(&mut self) -> Vec<KnownProcess> {

@@ -34,7 +34,7 @@ pub async fn receive(socket: OwnedFd) -> Result<Handoff, HandoffError> {
 }
 
 /// Whether `bytes` hold one complete JSON value (more may follow: ignored).
-fn is_whole_document(bytes: &[u8]) -> bool {
+pub fn is_whole_document(bytes: &[u8]) -> bool {
     let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
     matches!(values.next(), Some(Ok(_)))
 }

@@ -8,16 +8,17 @@
 //! call; at start, serve takes back whatever the keeper holds, and the
 //! Traces from its state directory.
 
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::attach::{self, Keeping};
-use crate::keeper::link::Link;
+use crate::keeper::link::{Link, Taken};
 use crate::notify::{Context, LoopMode};
 use crate::profile::{Policy, Trace};
 use crate::registry::Registry;
@@ -58,10 +59,10 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
         tracing::info!("trace {}: state {:?}{error}", trace.metadata.name, status.state);
     }
     registry.keep_state_in(state);
-    let (listener, _agent_file) = socket::bind(&opts.socket)?;
     let (control, _control_file) = socket::bind(&opts.control)?;
     let log = opts.state_dir.join("keeper.log");
-    let (keeper, adopted) = Link::connect(&opts.keeper, &log)?;
+    let Taken { link: keeper, adopted, agent } = Link::connect(&opts.keeper, &log)?;
+    let listener = agent_socket(&opts.socket, agent, &keeper)?;
     tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
     let ctx = Context::new(opts.loop_mode);
     if !adopted.is_empty() {
@@ -90,7 +91,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
                     let cred = stream.peer_cred().ok();
                     let peer = cred.map(|c| format!("peer pid {} uid {}", c.pid().unwrap_or(0), c.uid()))
                         .unwrap_or_else(|| "unknown peer".into());
-                    let runtime = cred.and_then(|c| c.pid()).and_then(runtime_name);
+                    let runtime = cred.and_then(|c| c.pid()).and_then(crate::container::runtime_name);
                     let fd = match stream.into_std() {
                         Ok(s) => OwnedFd::from(s),
                         Err(e) => { tracing::warn!("{peer}: {e}"); continue }
@@ -132,6 +133,24 @@ async fn connection(
     }
 }
 
+/// The agent socket: the keeper's, if it holds the one at `path` (it
+/// accepted on it while no supervisor was attached); else bound anew, and
+/// a copy given to the keeper, so that the socket outlives this process.
+fn agent_socket(path: &Path, held: Option<(PathBuf, OwnedFd)>, keeper: &Link) -> Result<UnixListener> {
+    if let Some((_, socket)) = held.filter(|(p, _)| p == path && path.exists()) {
+        let socket = std::os::unix::net::UnixListener::from(socket);
+        socket.set_nonblocking(true)?;
+        tracing::info!("took the agent socket {} back from the keeper", path.display());
+        return Ok(UnixListener::from_std(socket)?);
+    }
+    let (listener, file) = socket::bind(path)?;
+    if keeper.give_agent(path, listener.as_fd()) {
+        // The keeper removes it when it exits.
+        file.leave();
+    }
+    Ok(listener)
+}
+
 /// Traces saved by an earlier serve: those given on the command line keep
 /// their given spec and take back their state; the others come back whole.
 fn restore(registry: &Registry, saved: Vec<Saved>, given: &[String]) {
@@ -149,14 +168,6 @@ fn restore(registry: &Registry, saved: Vec<Saved>, given: &[String]) {
             let _ = registry.operation(&name, op);
         }
     }
-}
-
-/// The program that connected (`runc`, `crun`, `sigvisor-launch`), from
-/// its process name: runc's processes are named `runc:[1:CHILD]` and the like.
-fn runtime_name(pid: i32) -> Option<String> {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    let name = comm.trim_end().split(":[").next()?.to_owned();
-    (!name.is_empty()).then_some(name)
 }
 
 /// Profiles from files and directories (their *.yaml and *.yml, sorted).

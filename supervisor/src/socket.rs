@@ -11,9 +11,18 @@ use tokio::net::UnixListener;
 /// the scope that holds it (errors included).
 pub struct SocketFile(PathBuf);
 
+impl SocketFile {
+    /// Leaves the file in place: another process (the keeper) holds the socket.
+    pub fn leave(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

@@ -159,8 +159,8 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        // A killed serve leaves its sockets: wait for the new ones.
-        let _ = std::fs::remove_file(&self.socket);
+        // A killed serve leaves its control socket: wait for the new one.
+        // (The agent socket stays: the keeper holds it across restarts.)
         let _ = std::fs::remove_file(&self.control);
         let child = Command::new(bin("sigvisor"))
             .args(&self.args)

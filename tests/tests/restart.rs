@@ -73,7 +73,8 @@ fn kill_9_of_serve_under_a_wrapped_program() {
     let keeper_log = std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default();
     assert!(keeper_log.contains("supervisor gone"), "{keeper_log}");
     // Nothing left to keep, no supervisor: the keeper is gone too.
-    assert!(wait_gone(keeper, Duration::from_secs(5)), "keeper {keeper} outlived everything");
+    // It holds the agent socket a grace period longer, for a restart.
+    assert!(wait_gone(keeper, Duration::from_secs(15)), "keeper {keeper} outlived everything");
 }
 
 /// A runc container whose entrypoint is wrapped by the static launcher.
@@ -275,4 +276,31 @@ fn a_panicking_listener_goes_to_the_keeper() {
     assert_precise(&launch(&["--threads", "2", "--closes", "200"]));
     let (_, log) = server.stop();
     assert!(log.contains("handed to the keeper"), "{log}");
+}
+
+/// A container started while serve is down hands its listener to the
+/// keeper (which holds serve's agent socket); the next serve takes it.
+#[test]
+fn a_container_started_while_serve_is_down_is_kept() {
+    if !require_tools() {
+        return;
+    }
+    let mut server = Server::start("restart-gap", &[]);
+    let mut args = vec!["/bin/closer"];
+    args.extend(CLOSING);
+    let bundle = bundle("restart-gap", &args);
+    patch(&bundle, &server.socket, &["--runtime", "crun"]);
+    server.kill();
+    let id = container_id("restart-gap");
+    let container = thread::spawn(move || crun_run(&bundle, &id));
+    thread::sleep(Duration::from_millis(1000));
+    server.restart();
+    thread::sleep(Duration::from_millis(700));
+    let after = server.get("all");
+    let out = container.join().expect("crun thread");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise_where_signalled(&report(&out));
+    assert!(signals_sent(&after) > 0, "the new serve signals the container: {after:?}");
+    let keeper_log = std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default();
+    assert!(keeper_log.contains("while no supervisor is attached"), "{keeper_log}");
 }

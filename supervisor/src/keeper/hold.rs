@@ -19,8 +19,9 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use super::intake::{Agent, Intake, Received, AGENT, FIRST_HANDOFF};
 use super::{slot, Record, ToKeeper, ToSupervisor, MAX_KNOWN, MAX_PACKET};
-use crate::caller::{handler_calls, KnownProcess};
+use crate::caller::{handler_calls, Callers, KnownProcess};
 use crate::response::{self, Answered};
 use crate::sys::fd;
 use crate::sys::region::Region;
@@ -37,6 +38,14 @@ const RECV_TICK: Duration = Duration::from_millis(100);
 /// Ids after the last recorded one that are probed when a supervisor is
 /// lost: it may have died between its RECV and recording the id.
 const PROBED_IDS: u64 = 8;
+
+/// A keeper holding serve's agent socket stays this long with nothing to
+/// keep, so that a serve restarting finds it (and containers starting
+/// meanwhile can still hand over their listeners).
+const IDLE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long an attaching supervisor waits for handoffs under way.
+const FINISH_LIMIT: Duration = Duration::from_secs(1);
 
 pub struct Options {
     /// Listen here for supervisors (`sigvisor serve`'s keeper).
@@ -59,9 +68,25 @@ struct Kept {
     answered: u64,
     /// The last id the keeper received on it.
     last_id: Option<u64>,
+    /// While the keeper answers it: the handler changes it records, as a
+    /// supervisor would, for the next one.
+    callers: Option<Callers>,
 }
 
 impl Kept {
+    fn new(listener: Listener, record: Record, serving: bool) -> Kept {
+        Kept {
+            listener,
+            record,
+            known: BTreeMap::new(),
+            order: VecDeque::new(),
+            serving,
+            answered: 0,
+            last_id: None,
+            callers: None,
+        }
+    }
+
     fn remember(&mut self, process: KnownProcess) {
         let pid = process.tgid;
         if self.known.insert(pid, process).is_none() {
@@ -70,6 +95,30 @@ impl Kept {
                 if let Some(old) = self.order.pop_front() {
                     self.known.remove(&old);
                 }
+            }
+        }
+    }
+
+    /// Records a handler change or exec the keeper answers itself.
+    fn observe(&mut self, notif: &crate::sys::seccomp::Notification, call: crate::handlers::HandlerCall) {
+        let known = &self.known;
+        let callers = self.callers.get_or_insert_with(|| {
+            let mut callers = Callers::new(self.record.watched);
+            callers.import(known.values().cloned().collect());
+            callers
+        });
+        callers.observe(&self.listener, notif, call);
+        for process in callers.take_changed() {
+            self.remember(process);
+        }
+    }
+
+    /// A supervisor takes over: what the keeper recorded goes with it.
+    fn hand_over(&mut self) {
+        if let Some(mut callers) = self.callers.take() {
+            callers.settle_all();
+            for process in callers.take_changed() {
+                self.remember(process);
             }
         }
     }
@@ -108,6 +157,8 @@ struct Keeper {
     kept: BTreeMap<u32, Kept>,
     listening: Option<OwnedFd>,
     supervisor: Option<OwnedFd>,
+    /// serve's agent socket, and handoffs the keeper is reading from it.
+    intake: Intake,
     had_supervisor: bool,
     draining: bool,
     /// Since the last supervisor attached.
@@ -157,6 +208,7 @@ pub fn run(opts: Options) -> Result<i32> {
         kept: BTreeMap::new(),
         listening,
         supervisor: None,
+        intake: Intake::default(),
         had_supervisor: false,
         draining: false,
         answered: 0,
@@ -166,22 +218,30 @@ pub fn run(opts: Options) -> Result<i32> {
         keeper.attach(conn);
     }
     let started = Instant::now();
+    let mut idle_since: Option<Instant> = None;
     let mut ticker: Option<Ticker> = None;
     loop {
-        let idle = keeper.supervisor.is_none() && keeper.kept.is_empty();
-        if idle && (keeper.draining || (opts.exit_when_idle && keeper.had_supervisor)) {
+        let idle = keeper.supervisor.is_none() && keeper.kept.is_empty() && !keeper.intake.busy();
+        idle_since = if idle { idle_since.or(Some(Instant::now())) } else { None };
+        let grace = if keeper.intake.agent.is_some() { IDLE_GRACE } else { Duration::ZERO };
+        let idle_for = idle_since.map(|t| t.elapsed());
+        if idle
+            && (keeper.draining || (opts.exit_when_idle && keeper.had_supervisor && idle_for >= Some(grace)))
+        {
             break;
         }
         if idle && opts.exit_when_idle && started.elapsed() > FIRST_CONNECT {
             tracing::warn!("no supervisor connected within {FIRST_CONNECT:?}");
             break;
         }
+        keeper.intake.expire(&keeper.epoll);
         let serving = keeper.kept.values().any(|k| k.serving);
         if serving != ticker.is_some() {
             ticker = if serving { Some(Ticker::start(RECV_TICK)?) } else { None };
         }
-        // Waiting for a first supervisor is bounded (FIRST_CONNECT).
-        let timeout = if opts.exit_when_idle && !keeper.had_supervisor {
+        // Waiting for a first supervisor, a handoff and an idle keeper's
+        // grace are bounded.
+        let timeout = if (opts.exit_when_idle && (!keeper.had_supervisor || idle)) || keeper.intake.busy() {
             EpollTimeout::from(1000u16)
         } else {
             EpollTimeout::NONE
@@ -198,10 +258,17 @@ pub fn run(opts: Options) -> Result<i32> {
                     while let Ok(Some(_)) = signals.read_signal() {}
                     keeper.draining = true;
                     keeper.listening = None;
+                    keeper.drop_agent();
                     tracing::info!("SIGTERM: exiting once no listener is held ({} now)", keeper.kept.len());
                 }
                 CONNECTION => keeper.accept(),
                 SUPERVISOR => keeper.message(),
+                AGENT => keeper.intake.accept(&keeper.epoll),
+                token if token >= FIRST_HANDOFF => {
+                    if let Some(received) = keeper.intake.readable(&keeper.epoll, token) {
+                        keeper.take_in(received);
+                    }
+                }
                 slot => keeper.listener(slot as u32, event.events()),
             }
         }
@@ -209,6 +276,7 @@ pub fn run(opts: Options) -> Result<i32> {
     if let Some(path) = &opts.socket {
         let _ = std::fs::remove_file(path);
     }
+    keeper.drop_agent();
     tracing::info!("nothing left to keep: exiting");
     Ok(0)
 }
@@ -232,7 +300,7 @@ fn listen(path: &std::path::Path) -> Result<OwnedFd> {
 impl Keeper {
     fn accept(&mut self) {
         let Some(listening) = &self.listening else { return };
-        let conn = match fd::seqpacket_accept(listening.as_fd()) {
+        let conn = match fd::accept(listening.as_fd(), false) {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!("accept: {e}");
@@ -262,6 +330,13 @@ impl Keeper {
     /// A supervisor connected: it gets the region and every listener; the
     /// keeper stops answering (it is single-threaded: no RECV is under way).
     fn attach(&mut self, conn: OwnedFd) {
+        for received in self.intake.finish(&self.epoll, FINISH_LIMIT) {
+            self.take_in(received);
+        }
+        self.intake.unwatch(&self.epoll);
+        for kept in self.kept.values_mut() {
+            kept.hand_over();
+        }
         let sent = (|| -> io::Result<usize> {
             send(conn.as_fd(), &ToSupervisor::Region, Some(self.region.fd()))?;
             for (&slot, kept) in &self.kept {
@@ -277,6 +352,10 @@ impl Keeper {
                     answered: kept.answered,
                 };
                 send(conn.as_fd(), &adopt, Some(kept.listener.as_fd()))?;
+            }
+            if let Some(agent) = &self.intake.agent {
+                let path = agent.path.display().to_string();
+                send(conn.as_fd(), &ToSupervisor::Agent { path }, Some(agent.socket.as_fd()))?;
             }
             send(
                 conn.as_fd(),
@@ -307,7 +386,38 @@ impl Keeper {
                 self.supervisor = Some(conn);
                 self.had_supervisor = true;
             }
-            Err(e) => tracing::warn!("a supervisor connected and went before it had everything: {e}"),
+            Err(e) => {
+                tracing::warn!("a supervisor connected and went before it had everything: {e}");
+                self.intake.watch(&self.epoll);
+            }
+        }
+    }
+
+    /// A listener the keeper received itself: answered until a supervisor
+    /// attaches and takes it with the others.
+    fn take_in(&mut self, (handoff, runtime): Received) {
+        let Some(slot) = (0..crate::sys::region::SLOTS as u32).find(|s| !self.kept.contains_key(s)) else {
+            tracing::error!("no free slot: a listener received is dropped");
+            return;
+        };
+        let record = Record::of(&handoff, runtime.as_deref());
+        let kept = Kept::new(Listener::new(handoff.listener), record, true);
+        if let Err(e) = self.epoll.add(&kept.listener, EpollEvent::new(interest(true), u64::from(slot))) {
+            tracing::error!("watching listener {slot}: {e}");
+        }
+        tracing::info!(
+            "container {:?}: listener received from {} while no supervisor is attached: answered unsignalled until one is",
+            handoff.state.state().id(),
+            runtime.as_deref().unwrap_or("an unknown program")
+        );
+        self.kept.insert(slot, kept);
+    }
+
+    /// Gives up serve's agent socket, and its file.
+    fn drop_agent(&mut self) {
+        if let Some(agent) = self.intake.agent.take() {
+            self.intake.unwatch(&self.epoll);
+            let _ = std::fs::remove_file(&agent.path);
         }
     }
 
@@ -338,15 +448,7 @@ impl Keeper {
                     tracing::warn!("supervisor: keep {slot} without exactly one fd; ignored");
                     return;
                 };
-                let kept = Kept {
-                    listener: Listener::new(listener),
-                    record,
-                    known: BTreeMap::new(),
-                    order: VecDeque::new(),
-                    serving: false,
-                    answered: 0,
-                    last_id: None,
-                };
+                let kept = Kept::new(Listener::new(listener), record, false);
                 // A slot is reused only after its listener hung up.
                 self.release(slot);
                 if let Err(e) =
@@ -360,6 +462,17 @@ impl Keeper {
                 if let Some(kept) = self.kept.get_mut(&slot) {
                     kept.remember(process);
                 }
+            }
+            ToKeeper::Agent { path } => {
+                let Some(socket) = fds.pop().filter(|_| fds.is_empty()) else {
+                    tracing::warn!("supervisor: agent socket without exactly one fd; ignored");
+                    return;
+                };
+                let path = PathBuf::from(path);
+                if let Some(old) = self.intake.agent.take().filter(|old| old.path != path) {
+                    let _ = std::fs::remove_file(&old.path);
+                }
+                self.intake.agent = Some(Agent { path, socket });
             }
             ToKeeper::GiveBack { slot } => {
                 if self.kept.contains_key(&slot) {
@@ -376,6 +489,7 @@ impl Keeper {
         if let Some(conn) = self.supervisor.take() {
             let _ = self.epoll.delete(&conn);
         }
+        self.intake.watch(&self.epoll);
         let slots: Vec<u32> = self.kept.iter().filter(|(_, k)| !k.serving).map(|(&s, _)| s).collect();
         for &slot in &slots {
             self.rescue(slot);
@@ -436,8 +550,8 @@ impl Keeper {
             match kept.listener.recv_once() {
                 Ok(notif) => {
                     kept.last_id = Some(notif.id);
-                    if handler_calls().classify(notif.data.arch, notif.data.nr).is_some() {
-                        kept.forget_handlers(thread_group(notif.pid as i32));
+                    if let Some(call) = handler_calls().classify(notif.data.arch, notif.data.nr) {
+                        kept.observe(&notif, call);
                     }
                     match response::answer(&kept.listener, notif.id) {
                         Ok(Answered::Continued) => {
@@ -471,13 +585,6 @@ fn in_bookkeeping_call(tgid: i32) -> bool {
             .and_then(|text| text.split_ascii_whitespace().next()?.parse::<i32>().ok());
         nr.is_some_and(|nr| handler_calls().any_abi(nr))
     })
-}
-
-/// The process of thread `tid`, from /proc (None if it is gone: then its
-/// process may be any, and all are forgotten).
-fn thread_group(tid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 fn send(socket: BorrowedFd<'_>, message: &ToSupervisor, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {

@@ -8,7 +8,7 @@
 //! only stores ids in its slot.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +44,14 @@ pub struct Adopted {
     pub known: Vec<KnownProcess>,
     /// Calls the keeper answered for it while no supervisor was attached.
     pub answered: u64,
+}
+
+/// What a supervisor takes over from the keeper when it connects.
+pub struct Taken {
+    pub link: Arc<Link>,
+    pub adopted: Vec<Adopted>,
+    /// The agent socket the keeper held (its path and listening socket).
+    pub agent: Option<(PathBuf, OwnedFd)>,
 }
 
 /// One listener's place with the keeper.
@@ -93,8 +101,8 @@ impl Custody {
 
 impl Link {
     /// Connects to the keeper at `path`, starting one (detached, logging to
-    /// `log`) if none listens; returns the listeners it held.
-    pub fn connect(path: &Path, log: &Path) -> Result<(Arc<Link>, Vec<Adopted>)> {
+    /// `log`) if none listens; takes what it held.
+    pub fn connect(path: &Path, log: &Path) -> Result<Taken> {
         let socket = match fd::seqpacket_connect(path) {
             Ok(socket) => socket,
             Err(_) => {
@@ -130,13 +138,14 @@ impl Link {
         crate::sys::process::new_session(&mut command);
         command.spawn().context("starting the keeper")?;
         drop(theirs);
-        Ok(Link::handshake(ours)?.0)
+        Ok(Link::handshake(ours)?.link)
     }
 
     /// Receives the region and every listener, up to `Ready`.
-    fn handshake(socket: OwnedFd) -> Result<(Arc<Link>, Vec<Adopted>)> {
+    fn handshake(socket: OwnedFd) -> Result<Taken> {
         let mut region = None;
         let mut adopted = Vec::new();
+        let mut agent = None;
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
             let mut fds = Vec::new();
@@ -170,6 +179,10 @@ impl Link {
                     }
                     break;
                 }
+                ToSupervisor::Agent { path } => {
+                    let fd = fds.pop().context("the agent socket came without its fd")?;
+                    agent = Some((PathBuf::from(path), fd));
+                }
                 ToSupervisor::Refused { reason } => bail!("{reason}"),
             }
         }
@@ -181,7 +194,7 @@ impl Link {
             }
         }
         let link = Link { socket, region, used: Mutex::new(used), broken: AtomicBool::new(false) };
-        Ok((Arc::new(link), adopted))
+        Ok(Taken { link: Arc::new(link), adopted, agent })
     }
 
     /// Gives the keeper a copy of a new listener; None if it cannot keep it
@@ -193,16 +206,21 @@ impl Link {
             used[free] = true;
             free as u32
         };
-        let mut state = handoff.state.clone();
-        *state.fds_mut() = vec![sigvisor_proto::SECCOMP_FD_NAME.to_owned()];
-        let record = Record {
-            state: serde_json::to_string(&state).unwrap_or_default(),
-            runtime: runtime.map(str::to_owned),
-        };
+        let record = Record::of(handoff, runtime);
         if !self.send(&ToKeeper::Keep { slot, record }, Some(&handoff.listener)) {
             return None;
         }
         self.custody(slot)
+    }
+
+    /// Gives the keeper a copy of serve's listening agent socket, so that it
+    /// outlives this process. False if the keeper is gone.
+    pub fn give_agent(&self, path: &Path, socket: BorrowedFd<'_>) -> bool {
+        let message = ToKeeper::Agent { path: path.display().to_string() };
+        match serde_json::to_vec(&message) {
+            Ok(bytes) => fd::send_packet(self.socket.as_fd(), &bytes, Some(socket)).is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// The custody of a listener adopted from the keeper.

@@ -24,6 +24,7 @@
 //! with at most one fd (a listener, or the region's memfd).
 
 pub mod hold;
+pub mod intake;
 pub mod link;
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,22 @@ pub struct Record {
     /// The program that handed it over (`runc`, `crun`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// The signals whose handler changes its filter traps (a mask).
+    #[serde(default)]
+    pub watched: u64,
+}
+
+impl Record {
+    pub fn of(handoff: &sigvisor_proto::Handoff, runtime: Option<&str>) -> Record {
+        let mut state = handoff.state.clone();
+        *state.fds_mut() = vec![sigvisor_proto::SECCOMP_FD_NAME.to_owned()];
+        // Serializing what was just deserialized cannot fail.
+        Record {
+            state: serde_json::to_string(&state).unwrap_or_default(),
+            runtime: runtime.map(str::to_owned),
+            watched: handoff.metadata.watched_signals,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +88,9 @@ pub enum ToKeeper {
     /// The supervisor stopped serving this listener (its task failed): the
     /// keeper answers it from now on.
     GiveBack { slot: u32 },
+    /// serve's listening agent socket (the fd attached), which the keeper
+    /// accepts on while no supervisor is attached.
+    Agent { path: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +101,9 @@ pub enum ToSupervisor {
     /// A listener the keeper holds (the fd attached): the supervisor serves
     /// it from now on. `answered`: calls the keeper answered for it.
     Adopt { slot: u32, record: Record, known: Vec<KnownProcess>, answered: u64 },
+    /// The agent socket the keeper holds (the fd attached), for the
+    /// supervisor to accept on rather than bind a new one.
+    Agent { path: String },
     /// Every listener was sent. `rescued`: notifications a dead supervisor
     /// had received and the keeper answered by their id.
     Ready { answered: u64, rescued: u64 },

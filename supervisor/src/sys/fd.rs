@@ -140,8 +140,11 @@ pub fn seqpacket_listen(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-pub fn seqpacket_accept(listening: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let fd = accept4(listening.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+/// Accepts one connection, non-blocking if asked (any socket type).
+pub fn accept(listening: BorrowedFd<'_>, nonblocking: bool) -> io::Result<OwnedFd> {
+    let flags =
+        if nonblocking { SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK } else { SockFlag::SOCK_CLOEXEC };
+    let fd = accept4(listening.as_raw_fd(), flags)?;
     // SAFETY: accept4 returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
