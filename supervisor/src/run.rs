@@ -71,7 +71,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     };
 
     // A keeper of our own: if this process dies, CMD's calls still complete.
-    let keeper = Link::private()?;
+    let keeping = match Link::private() {
+        Ok(link) => Keeping::New(link),
+        Err(e) => {
+            tracing::warn!("no keeper ({e:#}): if sigvisor dies, CMD's trapped calls fail with ENOSYS");
+            Keeping::None
+        }
+    };
     let (ours, theirs) = fd::socketpair_for_child(SockType::Stream).context("socketpair")?;
     let mut command = tokio::process::Command::new(&launcher);
     command.arg("--socket-fd").arg(theirs.as_raw_fd().to_string());
@@ -93,7 +99,6 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok(handoff) => {
             let registry = Arc::clone(&registry);
             Some(tokio::spawn(async move {
-                let keeping = Keeping::New(keeper);
                 crate::attach::supervise(handoff, "sigvisor-launch", None, &registry, ctx, keeping).await
             }))
         }

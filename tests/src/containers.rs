@@ -249,6 +249,36 @@ impl Drop for Server {
     }
 }
 
+/// The fixture under `sigvisor-launch` against a server's agent socket.
+pub fn launch(server: &Server, args: &[&str]) -> Child {
+    Command::new(bin("sigvisor-launch"))
+        .arg("--socket")
+        .arg(&server.socket)
+        .arg("--")
+        .arg(crate::closer())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sigvisor-launch")
+}
+
+/// The Dockerfile way: a bundle whose entrypoint (`args`) is wrapped by the
+/// static launcher copied into the image, the agent socket a volume.
+pub fn wrapped_bundle(name: &str, args: &[&str], socket: &Path) -> PathBuf {
+    let mut wrapped = vec!["/sigvisor-launch", "--socket", "/run/sigvisor.sock", "--"];
+    wrapped.extend(args);
+    let bundle = bundle(name, &wrapped);
+    std::fs::copy(bin("sigvisor-launch-static"), bundle.join("rootfs/sigvisor-launch"))
+        .expect("copy launcher");
+    edit_config(&bundle, |c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/run/sigvisor.sock", "type": "bind", "source": socket, "options": ["rbind", "ro"],
+        }))
+    });
+    bundle
+}
+
 /// `status.output` of a Trace, parsed.
 pub fn summary(trace: &serde_yaml::Value) -> serde_yaml::Value {
     serde_yaml::from_str(trace["status"]["output"].as_str().expect("status.output")).expect("summary YAML")

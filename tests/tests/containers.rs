@@ -155,17 +155,7 @@ fn hand_wrapped_entrypoint_in_a_busybox_image() {
         return;
     }
     let server = Server::start("wrapped", &[]);
-    let mut args = vec!["/sigvisor-launch", "--socket", "/run/sigvisor.sock", "--"];
-    args.extend(CLOSER);
-    let bundle = bundle("wrapped", &args);
-    std::fs::copy(bin("sigvisor-launch-static"), bundle.join("rootfs/sigvisor-launch"))
-        .expect("copy launcher");
-    let socket = server.socket.clone();
-    edit_config(&bundle, |c| {
-        c["mounts"].as_array_mut().expect("mounts").push(json!({
-            "destination": "/run/sigvisor.sock", "type": "bind", "source": socket, "options": ["rbind", "ro"],
-        }))
-    });
+    let bundle = wrapped_bundle("wrapped", CLOSER, &server.socket);
     let id = container_id("wrapped");
     let out = runc_run(&bundle, &id);
     assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));

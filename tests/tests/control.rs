@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sigvisor_tests::containers::{report, Server};
+use sigvisor_tests::containers::{launch, report, Server};
 use sigvisor_tests::*;
 
 fn trace_yaml(name: &str, run_mode: &str, output_mode: &str, extra_spec: &str, annotations: &str) -> String {
@@ -40,20 +40,6 @@ fn apply(control: &Path, dir: &Path, file: &str, text: &str) -> Output {
     let path = dir.join(file);
     std::fs::write(&path, text).expect("write profile");
     output_bounded(sigvisor().arg("apply").arg("-f").arg(&path).arg("--control").arg(control), "apply")
-}
-
-/// The fixture under `sigvisor-launch` against a server's agent socket.
-fn launch(server: &Server, args: &[&str]) -> Child {
-    Command::new(bin("sigvisor-launch"))
-        .arg("--socket")
-        .arg(&server.socket)
-        .arg("--")
-        .arg(closer())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sigvisor-launch")
 }
 
 #[test]

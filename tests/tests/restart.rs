@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sigvisor_tests::containers::*;
 use sigvisor_tests::*;
 
@@ -53,16 +52,7 @@ fn wait_gone(pid: i32, limit: Duration) -> bool {
 fn kill_9_of_serve_under_a_wrapped_program() {
     let mut server = Server::start("restart-launch", &[]);
     let keeper = server.keeper_pid();
-    let target = Command::new(bin("sigvisor-launch"))
-        .arg("--socket")
-        .arg(&server.socket)
-        .arg("--")
-        .arg(closer())
-        .args(CLOSING)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sigvisor-launch");
+    let target = launch(&server, CLOSING);
     let after = kill_and_restart(&mut server);
     let out = wait_bounded(target, "closer");
     assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
@@ -84,21 +74,18 @@ fn kill_9_of_serve_under_a_wrapped_container_entrypoint() {
         return;
     }
     let mut server = Server::start("restart-wrapped", &[]);
-    let mut args = vec!["/sigvisor-launch", "--socket", "/run/sigvisor.sock", "--", "/bin/closer"];
-    args.extend(CLOSING);
-    let bundle = bundle("restart-wrapped", &args);
-    std::fs::copy(bin("sigvisor-launch-static"), bundle.join("rootfs/sigvisor-launch"))
-        .expect("copy launcher");
-    let socket = server.socket.clone();
-    edit_config(&bundle, |c| {
-        c["mounts"].as_array_mut().expect("mounts").push(json!({
-            "destination": "/run/sigvisor.sock", "type": "bind", "source": socket, "options": ["rbind", "ro"],
-        }))
-    });
+    let args: Vec<&str> = ["/bin/closer"].iter().chain(CLOSING).copied().collect();
+    let bundle = wrapped_bundle("restart-wrapped", &args, &server.socket);
     let id = container_id("restart-wrapped");
-    let container = thread::spawn(move || runc_run(&bundle, &id));
-    let after = kill_and_restart(&mut server);
-    let out = container.join().expect("runc thread");
+    container_survives(&mut server, move || runc_run(&bundle, &id));
+}
+
+/// Runs a container on another thread while serve is killed and started
+/// again: it completes, and the new serve signals it.
+fn container_survives(server: &mut Server, run: impl FnOnce() -> std::process::Output + Send + 'static) {
+    let container = thread::spawn(run);
+    let after = kill_and_restart(server);
+    let out = container.join().expect("container thread");
     assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert_precise_where_signalled(&report(&out));
     assert!(signals_sent(&after) > 0, "the new serve signals: {after:?}");
@@ -116,12 +103,7 @@ fn kill_9_of_serve_under_a_crun_container() {
     let bundle = bundle("restart-crun", &args);
     patch(&bundle, &server.socket, &["--runtime", "crun"]);
     let id = container_id("restart-crun");
-    let container = thread::spawn(move || crun_run(&bundle, &id));
-    let after = kill_and_restart(&mut server);
-    let out = container.join().expect("crun thread");
-    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    assert_precise_where_signalled(&report(&out));
-    assert!(signals_sent(&after) > 0, "the new serve signals: {after:?}");
+    container_survives(&mut server, move || crun_run(&bundle, &id));
 }
 
 /// SIGTERM hands over cleanly; the Traces applied through the control
@@ -153,16 +135,7 @@ fn sigterm_hands_over_and_applied_traces_come_back() {
         );
         assert_eq!(exit_code(&out), 0, "{name} {op}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let target = Command::new(bin("sigvisor-launch"))
-        .arg("--socket")
-        .arg(&server.socket)
-        .arg("--")
-        .arg(closer())
-        .args(CLOSING)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sigvisor-launch");
+    let target = launch(&server, CLOSING);
     thread::sleep(Duration::from_millis(700));
     server.terminate();
     thread::sleep(Duration::from_millis(500));

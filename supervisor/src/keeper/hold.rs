@@ -230,7 +230,7 @@ pub fn run(opts: Options) -> Result<i32> {
         {
             break;
         }
-        if idle && opts.exit_when_idle && started.elapsed() > FIRST_CONNECT {
+        if idle && opts.exit_when_idle && !keeper.had_supervisor && started.elapsed() > FIRST_CONNECT {
             tracing::warn!("no supervisor connected within {FIRST_CONNECT:?}");
             break;
         }
