@@ -2,10 +2,10 @@
 //! epoll over its sockets and the listeners it holds (each registered once,
 //! so that 10,000 held listeners cost nothing per wake-up).
 //!
-//! While a supervisor is attached, the keeper only holds: it polls each
-//! listener for nothing but a hang-up (a filter no task uses), and drops
-//! its copy then. While none is attached, it answers every notification
-//! with CONTINUE, and a supervisor that connects takes every listener back.
+//! While a supervisor is attached, the keeper only holds: each copy waits,
+//! untouched, until the supervisor says its filter has no task left. While
+//! none is attached, it answers every notification with CONTINUE, and a
+//! supervisor that connects takes every listener back.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -170,16 +170,6 @@ struct Keeper {
 const SIGNALS: u64 = u64::MAX;
 const CONNECTION: u64 = u64::MAX - 1;
 const SUPERVISOR: u64 = u64::MAX - 2;
-
-/// How a held listener is watched: a hang-up only (always reported), or
-/// notifications too while the keeper answers it.
-fn interest(serving: bool) -> EpollFlags {
-    if serving {
-        EpollFlags::EPOLLIN
-    } else {
-        EpollFlags::empty()
-    }
-}
 
 /// Runs the keeper until it has nothing left to keep (with
 /// `exit_when_idle`) or, after SIGTERM, holds no listener any more.
@@ -401,16 +391,13 @@ impl Keeper {
             return;
         };
         let record = Record::of(&handoff, runtime.as_deref());
-        let kept = Kept::new(Listener::new(handoff.listener), record, true);
-        if let Err(e) = self.epoll.add(&kept.listener, EpollEvent::new(interest(true), u64::from(slot))) {
-            tracing::error!("watching listener {slot}: {e}");
-        }
+        self.kept.insert(slot, Kept::new(Listener::new(handoff.listener), record, false));
+        self.set_serving(slot, true);
         tracing::info!(
             "container {:?}: listener received from {} while no supervisor is attached: answered unsignalled until one is",
             handoff.state.state().id(),
             runtime.as_deref().unwrap_or("an unknown program")
         );
-        self.kept.insert(slot, kept);
     }
 
     /// Gives up serve's agent socket, and its file.
@@ -448,16 +435,11 @@ impl Keeper {
                     tracing::warn!("supervisor: keep {slot} without exactly one fd; ignored");
                     return;
                 };
-                let kept = Kept::new(Listener::new(listener), record, false);
                 // A slot is reused only after its listener hung up.
                 self.release(slot);
-                if let Err(e) =
-                    self.epoll.add(&kept.listener, EpollEvent::new(interest(false), u64::from(slot)))
-                {
-                    tracing::error!("watching listener {slot}: {e}");
-                }
-                self.kept.insert(slot, kept);
+                self.kept.insert(slot, Kept::new(Listener::new(listener), record, false));
             }
+            ToKeeper::Release { slot } => self.release(slot),
             ToKeeper::Known { slot, process } => {
                 if let Some(kept) = self.kept.get_mut(&slot) {
                     kept.remember(process);
@@ -494,11 +476,15 @@ impl Keeper {
         for &slot in &slots {
             self.rescue(slot);
         }
-        tracing::warn!(
-            "supervisor gone ({why}): answering {} listeners' calls until one attaches; {} rescued",
-            slots.len(),
-            self.rescued
-        );
+        if slots.is_empty() {
+            tracing::debug!("supervisor gone ({why}), holding no listener");
+        } else {
+            tracing::warn!(
+                "supervisor gone ({why}): answering {} listeners' calls until one attaches; {} rescued",
+                slots.len(),
+                self.rescued
+            );
+        }
     }
 
     /// Takes a listener over from its supervisor: answers the notification
@@ -528,11 +514,22 @@ impl Keeper {
         self.rescued += rescued;
     }
 
+    /// A listener the keeper answers is in its epoll; one a supervisor
+    /// serves is not: even a registration for nothing would put an epoll
+    /// callback on every notification's wake-up (measured: +4% on an
+    /// unsignalled round trip). The supervisor says when it hangs up.
     fn set_serving(&mut self, slot: u32, serving: bool) {
         let Some(kept) = self.kept.get_mut(&slot) else { return };
+        if kept.serving == serving {
+            return;
+        }
         kept.serving = serving;
-        let mut event = EpollEvent::new(interest(serving), u64::from(slot));
-        if let Err(e) = self.epoll.modify(&kept.listener, &mut event) {
+        let watched = if serving {
+            self.epoll.add(&kept.listener, EpollEvent::new(EpollFlags::EPOLLIN, u64::from(slot)))
+        } else {
+            self.epoll.delete(&kept.listener)
+        };
+        if let Err(e) = watched {
             tracing::error!("watching listener {slot}: {e}");
         }
     }
@@ -540,7 +537,9 @@ impl Keeper {
     /// Stops holding a listener (closing the keeper's copy).
     fn release(&mut self, slot: u32) {
         if let Some(kept) = self.kept.remove(&slot) {
-            let _ = self.epoll.delete(&kept.listener);
+            if kept.serving {
+                let _ = self.epoll.delete(&kept.listener);
+            }
         }
     }
 

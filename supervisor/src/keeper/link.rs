@@ -87,6 +87,7 @@ impl Custody {
 
     /// The listener is done with: its filter has no task left.
     pub fn release(self) {
+        self.link.send(&ToKeeper::Release { slot: self.slot }, None);
         if let Some(used) = shared::lock(&self.link.used).get_mut(self.slot as usize) {
             *used = false;
         }

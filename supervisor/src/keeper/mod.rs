@@ -6,7 +6,7 @@
 //! ENOSYS only when a listener's *last* reference closes; while any copy is
 //! open, callers wait. So the supervisor hands a copy of each listener it
 //! receives to the keeper (`link.rs`) and serves it as before; the keeper
-//! (`hold.rs`) only watches for hang-ups. When the supervisor's connection
+//! (`hold.rs`) only holds it, until the supervisor says it hung up. When the supervisor's connection
 //! ends, however it ends (exit, `kill -9`, OOM, panic), the keeper answers
 //! every call itself with CONTINUE and no signal, until a supervisor
 //! connects again and takes every listener back, with what it had said of
@@ -83,6 +83,8 @@ impl Record {
 pub enum ToKeeper {
     /// A new listener (the fd attached), which the supervisor serves.
     Keep { slot: u32, record: Record },
+    /// No task uses this listener's filter any more: the keeper closes its copy.
+    Release { slot: u32 },
     /// What the supervisor knows now of one process's handlers.
     Known { slot: u32, process: KnownProcess },
     /// The supervisor stopped serving this listener (its task failed): the
