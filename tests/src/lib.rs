@@ -225,6 +225,25 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     children
 }
 
+/// `sigvisor run`'s two children: (CMD, the launcher having exec'd into
+/// it; its keeper), once both are up.
+pub fn run_children(sigvisor: i32) -> (i32, i32) {
+    let is_keeper = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("keeper"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let children = children_of(sigvisor);
+        let keeper = children.iter().copied().find(is_keeper);
+        let cmd = children.iter().copied().find(|pid| !is_keeper(pid));
+        if let (Some(cmd), Some(keeper)) = (cmd, keeper) {
+            return (cmd, keeper);
+        }
+        assert!(std::time::Instant::now() < deadline, "sigvisor run {sigvisor}'s children: {children:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Writes the seed profile with `parameters` added, for one test.
 pub fn profile_with(name: &str, parameters: &[(&str, &str)]) -> PathBuf {
     let mut text = std::fs::read_to_string(seed_profile()).expect("seed profile");

@@ -169,16 +169,7 @@ fn kill_9_of_run_leaves_cmd_working() {
         .spawn()
         .expect("spawn sigvisor run");
     thread::sleep(Duration::from_millis(700));
-    let sigvisor_pid = run.id() as i32;
-    let children = children_of(sigvisor_pid);
-    let keeper = children
-        .iter()
-        .copied()
-        .find(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("keeper"))
-        })
-        .unwrap_or_else(|| panic!("no keeper among sigvisor run's children {children:?}"));
-    let cmd = children.iter().copied().find(|&pid| pid != keeper).expect("CMD is a child of sigvisor run");
+    let (cmd, keeper) = run_children(run.id() as i32);
     run.kill().expect("kill -9 sigvisor run");
     let _ = run.wait();
     // CMD writes its report to the pipe it shares with the dead sigvisor.

@@ -218,8 +218,7 @@ fn target_killed_mid_syscall_leaves_the_supervisor_serving() {
         .spawn()
         .expect("spawn sigvisor");
     std::thread::sleep(Duration::from_millis(500));
-    // The target is sigvisor's only child: the launcher execs into it.
-    let target_pid = children_of(child.id() as i32)[0];
+    let (target_pid, _keeper) = run_children(child.id() as i32);
     // SAFETY: kill takes plain integers.
     assert_eq!(unsafe { libc::kill(target_pid, libc::SIGKILL) }, 0);
     let run = Run::from_output(wait_bounded(child, "sigvisor run"), &status);
