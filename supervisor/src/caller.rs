@@ -236,6 +236,12 @@ impl Callers {
         Some(caller)
     }
 
+    /// The start time of a process seen (it tells it from a later one
+    /// with its pid).
+    pub fn process_start(&self, tgid: i32) -> Option<u64> {
+        self.processes.get(&tgid).map(|p| p.start)
+    }
+
     /// The pin of a thread `caller` returned.
     pub fn pin(&self, tid: i32) -> Option<&Pin> {
         self.threads.get(&tid).map(|t| &t.pin)
@@ -660,18 +666,26 @@ fn read_sigaction(tid: i32, at: u64, len: usize) -> io::Result<[u8; 32]> {
 
 /// Whether every page of `[at, at+len)` in `tid`'s process is in memory or
 /// in swap (`/proc/<tid>/pagemap`); true where pagemap cannot be read.
-fn resident(tid: i32, at: u64, len: usize) -> bool {
+pub(crate) fn resident(tid: i32, at: u64, len: usize) -> bool {
+    resident_prefix(tid, at, len) == len
+}
+
+/// How many bytes from `at` (at most `len`) are in pages that are in
+/// memory or in swap.
+pub(crate) fn resident_prefix(tid: i32, at: u64, len: usize) -> usize {
     let page = memory::page_size();
-    let Ok(pagemap) = File::open(format!("/proc/{tid}/pagemap")) else { return true };
+    let Ok(pagemap) = File::open(format!("/proc/{tid}/pagemap")) else { return len };
     let (first, last) = (at / page, (at + len.max(1) as u64 - 1) / page);
-    (first..=last).all(|index| {
-        let mut entry = [0u8; 8];
-        match pagemap.read_at(&mut entry, index * 8) {
-            // Bit 63: present; bit 62: swapped.
-            Ok(8) => u64::from_ne_bytes(entry) >> 62 != 0,
-            _ => true,
-        }
-    })
+    // One read for the whole range: an entry per page.
+    let mut entries = vec![0u8; ((last - first + 1) * 8) as usize];
+    let Ok(n) = pagemap.read_at(&mut entries, first * 8) else { return len };
+    let held = entries[..n - n % 8]
+        .chunks_exact(8)
+        // Bit 63: present; bit 62: swapped.
+        .take_while(|e| u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) >> 62 != 0)
+        .count() as u64;
+    let end = (first + held) * page;
+    usize::try_from(end.saturating_sub(at)).map_or(len, |n| n.min(len))
 }
 
 /// The fields of `/proc/<tid>/status` sigvisor uses.

@@ -45,6 +45,25 @@ pub enum Skip {
     Comm,
     /// Not a call that `when` selects.
     When,
+    /// The Trace's `signal: none`: observed (and its stack taken), never signalled.
+    SignalNone,
+}
+
+impl Skip {
+    /// Whether the Trace selected the call all the same (its stack is
+    /// taken if it asks for stacks): only the signal was not sent.
+    pub fn selected(self) -> bool {
+        !matches!(
+            self,
+            Skip::NotSelected
+                | Skip::NotStarted
+                | Skip::CallerNotVisible
+                | Skip::CallerGone
+                | Skip::MinThreads
+                | Skip::Comm
+                | Skip::When
+        )
+    }
 }
 
 impl fmt::Display for Skip {
@@ -65,6 +84,7 @@ impl fmt::Display for Skip {
             Skip::MinThreads => "min-threads",
             Skip::Comm => "comm",
             Skip::When => "when",
+            Skip::SignalNone => "signal-none",
         })
     }
 }
@@ -121,7 +141,7 @@ impl<P: Processes> Decider<P> {
     /// The decision for one notification. Cheap refusals come first; the
     /// handler check reads the process's table, not /proc.
     pub fn decide(&mut self, policy: &Policy, listener: &Listener, notif: &Notification) -> Decision {
-        if !self.wait_killable {
+        if !self.wait_killable && policy.send_signal {
             return Decision::Skip(Skip::FilterNotKillable, None);
         }
         if notif.pid == 0 {
@@ -144,7 +164,11 @@ impl<P: Processes> Decider<P> {
             }
         }
         let compat = handlers::is_compat(notif.data.arch, notif.data.nr);
-        let skip = match self.callers.verdict(&caller, policy.signal, policy.any_handler, compat) {
+        let verdict = match policy.send_signal {
+            true => self.callers.verdict(&caller, policy.signal, policy.any_handler, compat),
+            false => Verdict::Signal,
+        };
+        let skip = match verdict {
             Verdict::Signal => None,
             Verdict::NoHandler => Some(Skip::NoHandler),
             Verdict::CrashHandler => Some(Skip::CrashHandler),
@@ -169,6 +193,9 @@ impl<P: Processes> Decider<P> {
             if !self.callers.count_call(&caller).is_some_and(|n| when.selects(n)) {
                 return Decision::Skip(Skip::When, Some(caller));
             }
+        }
+        if !policy.send_signal {
+            return Decision::Skip(Skip::SignalNone, Some(caller));
         }
         Decision::Signal(caller)
     }
@@ -216,6 +243,8 @@ mod tests {
             run_mode: RunMode::Auto,
             output_mode: OutputMode::Status,
             signal: libc::SIGILL,
+            send_signal: true,
+            stacks: false,
             any_handler: false,
             syscalls: vec![],
             min_threads: 1,

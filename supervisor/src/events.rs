@@ -16,6 +16,7 @@ use crate::caller::Caller;
 use crate::container::Origin;
 use crate::decision::Skip;
 use crate::profile::OutputMode;
+use crate::stacks::Stack;
 use crate::sys::seccomp::{Listener, Notification};
 
 /// Events a slow `stream` client may fall behind by before it loses some.
@@ -108,6 +109,9 @@ struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     result: &'a str,
+    /// The caller's stack, when the Trace asks for stacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a Stack>,
 }
 
 #[derive(Serialize)]
@@ -120,6 +124,15 @@ struct ContainerRef<'a> {
     namespace: &'a str,
 }
 
+/// What became of a notification, for its event.
+#[derive(Clone, Copy)]
+pub struct Happened<'a> {
+    pub caller: Option<&'a Caller>,
+    pub skipped: Option<Skip>,
+    pub stack: Option<&'a Stack>,
+    pub result: &'a str,
+}
+
 /// What one listener needs to describe its notifications.
 pub struct Describer {
     pub node: String,
@@ -130,7 +143,8 @@ pub struct Describer {
 /// A notification's description, gathered before the answer.
 pub struct Pending {
     syscall: Arc<str>,
-    path: Option<String>,
+    /// For close, the path its fd referred to.
+    pub path: Option<String>,
 }
 
 impl Describer {
@@ -153,15 +167,8 @@ impl Describer {
     }
 
     /// After CONTINUE: the event line, to the sink.
-    pub fn emit(
-        &self,
-        sink: &Sink,
-        notif: &Notification,
-        pending: &Pending,
-        caller: Option<&Caller>,
-        skipped: Option<Skip>,
-        result: &str,
-    ) {
+    pub fn emit(&self, sink: &Sink, notif: &Notification, pending: &Pending, happened: &Happened<'_>) {
+        let Happened { caller, skipped, stack, result } = *happened;
         let event = Event {
             time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
             node: &self.node,
@@ -180,6 +187,7 @@ impl Describer {
             action: if skipped.is_some() { "skipped" } else { "signalled" },
             reason: skipped.map(|why| why.to_string()),
             result,
+            stack,
         };
         match serde_json::to_string(&event) {
             Ok(line) => sink.send(line),

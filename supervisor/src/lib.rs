@@ -37,6 +37,7 @@ pub mod serve;
 pub mod shared;
 pub mod signal;
 pub mod socket;
+pub mod stacks;
 pub mod state;
 pub mod stats;
 pub mod sys;

@@ -12,6 +12,8 @@ use crate::stats::Stats;
 
 /// Threads listed in `status.output`, busiest first.
 const TOP_THREADS: usize = 20;
+/// Stacks listed in `status.output`, most frequent first.
+const TOP_STACKS: usize = 20;
 
 /// `status.output`: a YAML document as a string (the CRD's field is a
 /// string), readable by people and by `yaml.safe_load` alike.
@@ -33,6 +35,26 @@ struct Summary<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     containers: &'a [ContainerLine],
     threads: Vec<ThreadLine<'a>>,
+    /// Who made the calls: the distinct stacks, most frequent first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stacks: Vec<StackLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stacks_missed: Option<StacksMissed<'a>>,
+}
+
+#[derive(Serialize)]
+struct StackLine<'a> {
+    count: u64,
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    paths: &'a std::collections::BTreeSet<String>,
+    frames: &'a [String],
+}
+
+#[derive(Serialize)]
+struct StacksMissed<'a> {
+    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -113,7 +135,7 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
     threads.sort_by(|a, b| b.notifications.cmp(&a.notifications).then(a.tid.cmp(&b.tid)));
     threads.truncate(TOP_THREADS);
     let summary = Summary {
-        signal: profile::signal_name(policy.signal),
+        signal: if policy.send_signal { profile::signal_name(policy.signal) } else { "none".into() },
         syscalls: &policy.syscalls,
         notifications: stats.notifications,
         signals_sent: stats.signals,
@@ -129,8 +151,22 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
         },
         containers,
         threads,
+        stacks: top_stacks(stats),
+        stacks_missed: (stats.stacks_missed > 0)
+            .then_some(StacksMissed { count: stats.stacks_missed, last: stats.last_stack_miss.as_deref() }),
     };
     serde_yaml::to_string(&summary).unwrap_or_else(|e| format!("unrenderable summary: {e}\n"))
+}
+
+fn top_stacks(stats: &Stats) -> Vec<StackLine<'_>> {
+    let mut stacks: Vec<StackLine> = stats
+        .stacks
+        .iter()
+        .map(|(frames, n)| StackLine { count: n.count, paths: &n.paths, frames })
+        .collect();
+    stacks.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.frames.cmp(b.frames)));
+    stacks.truncate(TOP_STACKS);
+    stacks
 }
 
 /// The warning a trace carries when its filter cannot wait killable.

@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex};
 use crate::caller::KnownProcess;
 use crate::caller::{self, Caller, Callers};
 use crate::decision::{Decider, Decision, Skip};
-use crate::events::Describer;
+use crate::events::{Describer, Happened};
 use crate::keeper::link::Custody;
 use crate::registry::{Selection, TraceHandle};
 use crate::response::{self, Answered};
 use crate::shared;
 use crate::signal::{self, SignalError};
+use crate::stacks::{Stack, Stacks};
 use crate::stats::Stats;
 use crate::sys::seccomp::{Listener, Notification};
 
@@ -43,6 +44,8 @@ pub struct Pipeline {
     describer: Describer,
     /// This listener's place with the keeper, if it keeps a copy.
     custody: Option<Custody>,
+    /// Stack capture, made when a Trace first asks for stacks.
+    stacks: Option<Box<Stacks>>,
 }
 
 /// What became of one notification, recorded once it is answered.
@@ -71,6 +74,7 @@ impl Pipeline {
             stats: Arc::default(),
             describer,
             custody,
+            stacks: None,
         };
         pipeline.follow_selection();
         pipeline
@@ -169,8 +173,15 @@ impl Pipeline {
             },
             Some(config) => self.decide_and_signal(&config.policy, listener, &notif),
         };
+        let stack = match (&config, &outcome.caller) {
+            (Some(c), Some(caller)) if c.policy.stacks && outcome.skipped.is_none_or(Skip::selected) => {
+                Some(self.stack(listener, &notif, caller))
+            }
+            _ => None,
+        };
         let events = config.filter(|c| c.sink.wants_events());
-        let pending = events.as_ref().map(|_| self.describer.before_answer(listener, &notif));
+        let pending =
+            (events.is_some() || stack.is_some()).then(|| self.describer.before_answer(listener, &notif));
         self.tell_keeper();
         let answered = response::answer(listener, notif.id);
         if let Some(custody) = &self.custody {
@@ -188,6 +199,11 @@ impl Pipeline {
             stats.error(format_args!("signalling tid {}: {e}", caller.tid));
         }
         stats.handlers = self.decider.callers.knowledge;
+        match &stack {
+            Some(Ok(stack)) => stats.stack(stack.lines(), pending.as_ref().and_then(|p| p.path.as_deref())),
+            Some(Err(why)) => stats.stack_missed(why),
+            None => {}
+        }
         let result: Cow<'static, str> = match answered {
             Ok(Answered::Continued) => "continued".into(),
             Ok(Answered::CallerGone) => {
@@ -201,10 +217,26 @@ impl Pipeline {
         };
         drop(stats);
         if let (Some(config), Some(pending)) = (events, pending) {
-            let caller = outcome.caller.as_ref();
-            self.describer.emit(&config.sink, &notif, &pending, caller, outcome.skipped, &result);
+            let happened = Happened {
+                caller: outcome.caller.as_ref(),
+                skipped: outcome.skipped,
+                stack: stack.as_ref().and_then(|s| s.as_ref().ok()),
+                result: &result,
+            };
+            self.describer.emit(&config.sink, &notif, &pending, &happened);
         }
         Ok(())
+    }
+
+    /// The caller's stack, taken while it waits: proven by ID_VALID after
+    /// the reads to be this call's (its thread was frozen throughout).
+    fn stack(&mut self, listener: &Listener, notif: &Notification, caller: &Caller) -> Result<Stack, String> {
+        let start = self.decider.callers.process_start(caller.tgid).ok_or("its process is gone")?;
+        let stack = self.stacks.get_or_insert_with(Box::default).capture(caller.tid, caller.tgid, start)?;
+        if !listener.id_valid(notif.id) {
+            return Err("the caller went away during the capture".into());
+        }
+        Ok(stack)
     }
 
     /// The decision, and the signal if it says so: before the answer.

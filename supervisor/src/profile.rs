@@ -56,7 +56,7 @@ impl OutputMode {
     }
 }
 /// Accepted keys of `spec.parameters`, documented in docs/profiles.md.
-pub const PARAMETERS: &[&str] = &["signal", "handler", "syscalls", "min-threads", "comm", "when"];
+pub const PARAMETERS: &[&str] = &["signal", "handler", "syscalls", "min-threads", "comm", "when", "stacks"];
 /// Values of `spec.parameters.handler`.
 pub const HANDLERS: &[&str] = &["own", "any"];
 
@@ -152,8 +152,12 @@ pub struct TraceStatus {
 pub struct Policy {
     pub run_mode: RunMode,
     pub output_mode: OutputMode,
-    /// Signal sent to the calling thread.
+    /// Signal sent to the calling thread (and whose handler the filter
+    /// watches); with `send_signal` false (`signal: none`), none is sent.
     pub signal: i32,
+    pub send_signal: bool,
+    /// `stacks: "true"`: sigvisor captures the calling thread's stack.
+    pub stacks: bool,
     /// `handler: any`: crash handlers are signalled too (the user knows
     /// better); by default only a handler meant for this signal is.
     pub any_handler: bool,
@@ -257,6 +261,8 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
         run_mode: RunMode::Manual,
         output_mode: OutputMode::Status,
         signal: libc::SIGILL,
+        send_signal: true,
+        stacks: false,
         any_handler: false,
         syscalls: vec!["close".into()],
         min_threads: 1,
@@ -272,7 +278,16 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
             _ => return Err(check.err(&field, "must be a string (parameters are a map of string to string)")),
         };
         match key.as_str() {
-            "signal" => policy.signal = parse_signal(&value).map_err(|m| check.err(&field, m))?,
+            "signal" if value == "none" => policy.send_signal = false,
+            "signal" => {
+                policy.signal = parse_signal(&value).map_err(|m| {
+                    check.err(&field, format_args!("{m}; or none (observe only, never signal)"))
+                })?
+            }
+            "stacks" => {
+                check.one_of(&field, &value, &["true", "false"])?;
+                policy.stacks = value == "true";
+            }
             "handler" => {
                 check.one_of(&field, &value, HANDLERS)?;
                 policy.any_handler = value == "any";

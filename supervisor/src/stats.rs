@@ -1,7 +1,8 @@
 //! What happened to the notifications of one trace, counted on the hot path
 //! by the listener that owns it and merged when listeners end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::caller::{Caller, Knowledge};
 use crate::decision::Skip;
@@ -9,6 +10,9 @@ use crate::decision::Skip;
 /// Per-thread entries kept at most; past that, threads are counted in
 /// aggregate only, so a long-lived supervisor's memory stays bounded.
 const MAX_THREADS: usize = 4096;
+/// Distinct stacks kept, and fd paths per stack; past that, counted only.
+const MAX_STACKS: usize = 1024;
+const MAX_PATHS: usize = 8;
 
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -23,6 +27,29 @@ pub struct Stats {
     pub threads: HashMap<i32, ThreadStats>,
     /// How the listener knows its processes' handlers.
     pub handlers: Knowledge,
+    /// Stacks captured (`stacks: "true"`), by their frames' text.
+    pub stacks: HashMap<Arc<[String]>, StackCount>,
+    /// Selected calls whose stack could not be taken, and the last reason.
+    pub stacks_missed: u64,
+    pub last_stack_miss: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StackCount {
+    pub count: u64,
+    /// The paths of the fds closed from it (close only), a few.
+    pub paths: BTreeSet<String>,
+}
+
+impl StackCount {
+    fn add(&mut self, count: u64, paths: impl IntoIterator<Item = String>) {
+        self.count += count;
+        for path in paths {
+            if self.paths.len() < MAX_PATHS {
+                self.paths.insert(path);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -69,6 +96,21 @@ impl Stats {
         }
     }
 
+    /// A captured stack, and the path of the fd closed from it.
+    pub fn stack(&mut self, lines: Vec<String>, path: Option<&str>) {
+        let key: Arc<[String]> = Arc::from(lines);
+        if self.stacks.len() >= MAX_STACKS && !self.stacks.contains_key(&key) {
+            self.stack_missed(format_args!("more than {MAX_STACKS} distinct stacks"));
+            return;
+        }
+        self.stacks.entry(key).or_default().add(1, path.map(str::to_owned));
+    }
+
+    pub fn stack_missed(&mut self, why: impl std::fmt::Display) {
+        self.stacks_missed += 1;
+        self.last_stack_miss = Some(why.to_string());
+    }
+
     pub fn error(&mut self, what: impl std::fmt::Display) {
         self.errors += 1;
         let message = what.to_string();
@@ -92,6 +134,15 @@ impl Stats {
         self.errors += other.errors;
         if other.last_error.is_some() {
             self.last_error.clone_from(&other.last_error);
+        }
+        for (stack, n) in &other.stacks {
+            if self.stacks.len() < MAX_STACKS || self.stacks.contains_key(stack) {
+                self.stacks.entry(Arc::clone(stack)).or_default().add(n.count, n.paths.iter().cloned());
+            }
+        }
+        self.stacks_missed += other.stacks_missed;
+        if other.last_stack_miss.is_some() {
+            self.last_stack_miss.clone_from(&other.last_stack_miss);
         }
         for (tid, t) in &other.threads {
             if self.threads.len() < MAX_THREADS || self.threads.contains_key(tid) {

@@ -1,0 +1,284 @@
+//! The calling thread's user stack, captured by sigvisor itself while the
+//! thread waits for the answer: no signal, no handler, no cooperation. The
+//! thread is frozen inside the trapped call, so its SP and PC
+//! (`/proc/TID/syscall`) and its stack (`process_vm_readv`) hold still.
+//!
+//! - Go code unwinds by `.gopclntab` (`gopclntab.rs`): each function's frame
+//!   size at each PC, as Go's own traceback does; it survives `strip`.
+//! - C, C++ and Rust code unwinds by DWARF CFI (`.eh_frame`), with
+//!   `framehop`, and is named by the binary's symbols (`.symtab`, else
+//!   `.dynsym`; Rust names demangled). No file:line for it yet.
+//! - A frame that cannot be unwound ends the stack, and the stack says why:
+//!   never a made-up frame. (The frame pointer, RBP, is not in
+//!   `/proc/TID/syscall`: a frame whose CFA is RBP-based ends the stack.)
+//!
+//! Binaries are read once per binary (`modules.rs`), and the addresses they
+//! map to once per listener.
+
+pub mod gopclntab;
+pub mod modules;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+use serde::Serialize;
+
+use crate::sys::memory;
+use modules::ProcessMap;
+
+/// Frames kept per stack.
+const MAX_FRAMES: usize = 64;
+/// Stack bytes read from SP (clipped to the stack's mapping).
+const STACK_BYTES: u64 = 64 * 1024;
+
+/// One frame: where it is, and what it is called.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Frame {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    pub module: Arc<str>,
+    /// Its address in the process, and in its module as linked.
+    #[serde(serialize_with = "hex")]
+    pub address: u64,
+    #[serde(serialize_with = "hex_opt", skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+fn hex<S: serde::Serializer>(address: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{address:#x}"))
+}
+
+fn hex_opt<S: serde::Serializer>(address: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{:#x}", address.unwrap_or_default()))
+}
+
+impl Frame {
+    /// `function (file:line)`, as the status lists frames.
+    pub fn text(&self) -> String {
+        let function = self.function.as_deref().unwrap_or("??");
+        match (&self.file, self.line, self.offset) {
+            (Some(file), Some(line), _) => format!("{function} ({file}:{line})"),
+            (_, _, Some(offset)) => format!("{function} ({}+{offset:#x})", self.module),
+            _ => format!("{function} ({:#x})", self.address),
+        }
+    }
+}
+
+/// A captured stack, innermost frame first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stack {
+    pub frames: Vec<Frame>,
+    /// Why unwinding stopped before a thread's first frame, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<String>,
+}
+
+impl Stack {
+    /// The lines the status shows: a frame per line, then the stop.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.frames.iter().map(Frame::text).collect();
+        if let Some(why) = &self.truncated {
+            lines.push(format!("... (unwinding stopped: {why})"));
+        }
+        lines
+    }
+}
+
+/// A process as the unwinder sees it.
+struct View {
+    start: u64,
+    map: ProcessMap,
+    unwinder: UnwinderX86_64<Arc<[u8]>>,
+}
+
+/// Stack capture for one listener's callers.
+pub struct Stacks {
+    processes: HashMap<i32, View>,
+    cache: CacheX86_64,
+}
+
+impl Default for Stacks {
+    fn default() -> Self {
+        Stacks { processes: HashMap::new(), cache: CacheX86_64::new() }
+    }
+}
+
+/// The stack memory read at capture: reads outside it fail.
+struct Memory {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl Memory {
+    fn word(&self, at: u64) -> Result<u64, ()> {
+        let i = usize::try_from(at.checked_sub(self.base).ok_or(())?).map_err(|_| ())?;
+        let bytes = self.bytes.get(i..i + 8).ok_or(())?;
+        Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+    }
+}
+
+impl Stacks {
+    /// The stack of thread `tid` of process `tgid`, which waits inside a
+    /// trapped call; Err says why none could be taken.
+    pub fn capture(&mut self, tid: i32, tgid: i32, start: u64) -> Result<Stack, String> {
+        let (sp, pc) = registers(tid)?;
+        // Read again when the process is another, or has mapped code or
+        // stack since (a goroutine's stack is in Go's heap).
+        let stale = self
+            .processes
+            .get(&tgid)
+            .is_none_or(|v| v.start != start || v.map.find(pc).is_none() || v.map.find(sp).is_none());
+        if stale {
+            let map = ProcessMap::read(tgid).ok_or("its maps cannot be read")?;
+            let unwinder = unwinder(&map);
+            self.processes.insert(tgid, View { start, map, unwinder });
+        }
+        let view = self.processes.get(&tgid).ok_or("no view")?;
+        let stack = view.map.find(sp).ok_or("SP is in no mapping")?;
+        // Only pages in memory: a missing one could be a userfaultfd's,
+        // and the read would wait for it. The pages just below the caller's
+        // frames are in memory: it ran on them.
+        let len = crate::caller::resident_prefix(tid, sp, STACK_BYTES.min(stack.end - sp) as usize);
+        if len == 0 {
+            return Err("its stack is not in memory (reading could block)".into());
+        }
+        let mut bytes = vec![0u8; len];
+        memory::read(tid, sp, &mut bytes).map_err(|e| format!("reading its stack: {e}"))?;
+        let memory = Memory { base: sp, bytes };
+        let go = view.map.find(pc).and_then(|m| m.binary.as_ref()).is_some_and(|b| b.go.is_some());
+        let (addresses, truncated) = if go {
+            go_unwind(&view.map, pc, sp, &memory)
+        } else {
+            let regs = UnwindRegsX86_64::new(pc, sp, 0);
+            let mut read = |at: u64| memory.word(at);
+            let mut frames = view.unwinder.iter_frames(pc, regs, &mut self.cache, &mut read);
+            let mut addresses = Vec::new();
+            let truncated = loop {
+                match frames.next() {
+                    Ok(Some(FrameAddress::InstructionPointer(a))) => addresses.push((a, a)),
+                    Ok(Some(FrameAddress::ReturnAddress(a))) => addresses.push((a.get(), a.get() - 1)),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e.to_string()),
+                }
+                if addresses.len() >= MAX_FRAMES {
+                    break Some(format!("more than {MAX_FRAMES} frames"));
+                }
+            };
+            (addresses, truncated)
+        };
+        let frames =
+            addresses.into_iter().map(|(address, lookup)| self.frame(tgid, address, lookup)).collect();
+        Ok(Stack { frames, truncated })
+    }
+
+    /// Names a frame: `lookup` is the address inside its call instruction
+    /// (a return address less one) or the PC itself.
+    fn frame(&mut self, tgid: i32, address: u64, lookup: u64) -> Frame {
+        let Some(view) = self.processes.get(&tgid) else { return unnamed(address) };
+        let Some(mapping) = view.map.find(lookup) else { return unnamed(address) };
+        let Some(binary) = mapping.binary.clone() else { return unnamed(address) };
+        let module = Arc::clone(&binary.path);
+        let linked = binary.bias(mapping).map(|bias| lookup.wrapping_sub(bias));
+        if let (Some(go), Some(linked)) = (&binary.go, linked) {
+            if let Some(f) = go.func(linked) {
+                let (file, line) =
+                    go.file_line(f, linked).map_or((None, None), |(f, l)| (Some(Arc::from(f)), Some(l)));
+                let function = go.name(f).map(Arc::from);
+                return Frame { function, file, line, module, address, offset: Some(linked) };
+            }
+        }
+        let function = linked.and_then(|l| binary.symbol(l)).cloned();
+        Frame { function, file: None, line: None, module, address, offset: linked }
+    }
+}
+
+fn unnamed(address: u64) -> Frame {
+    Frame { function: None, file: None, line: None, module: Arc::from("?"), address, offset: None }
+}
+
+/// SP and PC of a thread inside a syscall, from `/proc/TID/syscall`
+/// ("nr arg0..arg5 sp pc").
+fn registers(tid: i32) -> Result<(u64, u64), String> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).map_err(|e| e.to_string())?;
+    let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    match fields.as_slice() {
+        [_, _, _, _, _, _, _, sp, pc] => Ok((hex(sp).ok_or("bad SP")?, hex(pc).ok_or("bad PC")?)),
+        _ => Err(format!("not inside a syscall ({})", text.trim())),
+    }
+}
+
+/// Go frames, by each function's frame size at its PC: the return address
+/// is just above the frame.
+fn go_unwind(
+    map: &ProcessMap,
+    mut pc: u64,
+    mut sp: u64,
+    memory: &Memory,
+) -> (Vec<(u64, u64)>, Option<String>) {
+    let mut frames = Vec::new();
+    for depth in 0..MAX_FRAMES {
+        let lookup = if depth == 0 { pc } else { pc - 1 };
+        frames.push((pc, lookup));
+        let found = map.find(lookup).and_then(|m| {
+            let binary = m.binary.as_ref()?;
+            let go = binary.go.as_ref()?;
+            let linked = lookup.wrapping_sub(binary.bias(m)?);
+            let f = go.func(linked)?;
+            Some((go.is_root(f), go.sp_delta(f, linked)))
+        });
+        let (root, delta) = match found {
+            Some(found) => found,
+            None => return (frames, Some(format!("no Go function at {pc:#x}"))),
+        };
+        if root {
+            return (frames, None);
+        }
+        let Some(delta) = delta.and_then(|d| u64::try_from(d).ok()) else {
+            return (frames, Some(format!("no frame size at {pc:#x}")));
+        };
+        let fp = sp + delta + 8;
+        match memory.word(fp - 8) {
+            Ok(ret) if ret != 0 => {
+                pc = ret;
+                sp = fp;
+            }
+            Ok(_) => return (frames, None),
+            Err(()) => return (frames, Some(format!("stack not read at {:#x}", fp - 8))),
+        }
+    }
+    (frames, Some(format!("more than {MAX_FRAMES} frames")))
+}
+
+/// framehop's view of a process's native binaries.
+fn unwinder(map: &ProcessMap) -> UnwinderX86_64<Arc<[u8]>> {
+    let mut unwinder = UnwinderX86_64::new();
+    for mapping in &map.mappings {
+        let Some(binary) = &mapping.binary else { continue };
+        let Some(bias) = binary.bias(mapping) else { continue };
+        let u = &binary.unwind;
+        if u.eh_frame.is_none() {
+            continue;
+        }
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: u.text.as_ref().map(|(r, _)| r.clone()),
+            text: u.text.as_ref().map(|(_, d)| Arc::clone(d)),
+            got_svma: u.got.clone(),
+            eh_frame_svma: u.eh_frame.as_ref().map(|(r, _)| r.clone()),
+            eh_frame: u.eh_frame.as_ref().map(|(_, d)| Arc::clone(d)),
+            eh_frame_hdr_svma: u.eh_frame_hdr.as_ref().map(|(r, _)| r.clone()),
+            eh_frame_hdr: u.eh_frame_hdr.as_ref().map(|(_, d)| Arc::clone(d)),
+            ..ExplicitModuleSectionInfo::default()
+        };
+        let module = Module::new(binary.path.to_string(), mapping.start..mapping.end, bias, info);
+        unwinder.add_module(module);
+    }
+    unwinder
+}

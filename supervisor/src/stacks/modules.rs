@@ -1,0 +1,168 @@
+//! Which binary holds an address in a process, and each binary's tables:
+//! Go's `.gopclntab`, or the DWARF CFI (`.eh_frame`) and symbols of
+//! C, C++ and Rust code, and its symbols. A binary is read once, by device and inode, for
+//! every process that maps it, through `/proc/PID/map_files` (which reaches
+//! into a container's filesystem as well as the host's).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use super::gopclntab::Pclntab;
+use crate::shared;
+
+/// A section's address (as linked) and bytes.
+pub type Section = (Range<u64>, Arc<[u8]>);
+
+/// What unwinding a native frame needs from its binary.
+pub struct Unwind {
+    pub text: Option<Section>,
+    pub eh_frame: Option<Section>,
+    pub eh_frame_hdr: Option<Section>,
+    pub got: Option<Range<u64>>,
+}
+
+pub struct Binary {
+    /// The path the process maps it from (in its own mount namespace).
+    pub path: Arc<str>,
+    pub go: Option<Pclntab>,
+    /// Function symbols (`.symtab`, else `.dynsym`): (address, size, name),
+    /// sorted by address, names demangled.
+    symbols: Vec<(u64, u64, Arc<str>)>,
+    pub unwind: Unwind,
+    /// (vaddr, file offset, size) of each loadable segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl Binary {
+    fn load(mut file: File, path: Arc<str>) -> Option<Binary> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        let elf = object::File::parse(&*bytes).ok()?;
+        let section = |name: &str| -> Option<Section> {
+            let s = elf.section_by_name(name)?;
+            let data = s.uncompressed_data().ok()?;
+            Some((s.address()..s.address() + s.size(), Arc::from(&*data)))
+        };
+        let text = section(".text");
+        let go = elf.section_by_name(".gopclntab").and_then(|s| {
+            let data = s.uncompressed_data().ok()?.into_owned();
+            Pclntab::parse(data, text.as_ref().map_or(0, |(r, _)| r.start))
+        });
+        let unwind = Unwind {
+            text,
+            eh_frame: section(".eh_frame"),
+            eh_frame_hdr: section(".eh_frame_hdr"),
+            got: elf.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
+        };
+        let mut symbols: Vec<(u64, u64, Arc<str>)> = elf
+            .symbols()
+            .chain(elf.dynamic_symbols())
+            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+            .filter_map(|s| {
+                let name = s.name().ok()?;
+                Some((s.address(), s.size(), Arc::from(rustc_demangle::demangle(name).to_string())))
+            })
+            .collect();
+        symbols.sort_by_key(|s| s.0);
+        symbols.dedup_by_key(|s| s.0);
+        let segments = elf
+            .segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (s.address(), offset, size)
+            })
+            .collect();
+        Some(Binary { path, go, symbols, unwind, segments })
+    }
+
+    /// The function symbol holding `linked` (an address as linked).
+    pub fn symbol(&self, linked: u64) -> Option<&Arc<str>> {
+        let i = self.symbols.partition_point(|s| s.0 <= linked).checked_sub(1)?;
+        let (address, size, name) = &self.symbols[i];
+        // A symbol without a size runs to the next one.
+        let end = if *size > 0 { address + size } else { self.symbols.get(i + 1).map_or(u64::MAX, |s| s.0) };
+        (linked < end).then_some(name)
+    }
+
+    /// How far the binary is loaded from its linked addresses, given one of
+    /// its mappings: the address of linked address 0.
+    pub fn bias(&self, mapping: &Mapping) -> Option<u64> {
+        let (vaddr, offset, _) = self
+            .segments
+            .iter()
+            .find(|(_, off, size)| (*off..off + size.max(&1)).contains(&mapping.offset))?;
+        Some(mapping.start.wrapping_sub(vaddr + (mapping.offset - offset)))
+    }
+}
+
+/// A mapped range of a process.
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    /// The binary, for an executable file mapping.
+    pub binary: Option<Arc<Binary>>,
+}
+
+/// Every mapping of one process, read at once.
+pub struct ProcessMap {
+    pub mappings: Vec<Mapping>,
+}
+
+impl ProcessMap {
+    /// Reads `/proc/PID/maps`; binaries come from `cache` or are loaded.
+    pub fn read(pid: i32) -> Option<ProcessMap> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let mut mappings = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.split_ascii_whitespace();
+            let (range, perms, offset, dev, inode) =
+                (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            let path = fields.collect::<Vec<_>>().join(" ");
+            let (start, end) = range.split_once('-')?;
+            let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+            let offset = u64::from_str_radix(offset, 16).ok()?;
+            let inode: u64 = inode.parse().ok()?;
+            let binary = (perms.contains('x') && inode != 0)
+                .then(|| binary(pid, start, end, dev, inode, &path))
+                .flatten();
+            mappings.push(Mapping { start, end, offset, binary });
+        }
+        Some(ProcessMap { mappings })
+    }
+
+    pub fn find(&self, address: u64) -> Option<&Mapping> {
+        self.mappings.iter().find(|m| (m.start..m.end).contains(&address))
+    }
+}
+
+/// The binary mapped at `range` in `pid`, from the cache or loaded.
+fn binary(pid: i32, start: u64, end: u64, dev: &str, inode: u64, path: &str) -> Option<Arc<Binary>> {
+    /// Binaries by device and inode.
+    type Cache = Mutex<HashMap<(String, u64), Arc<Binary>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = (dev.to_owned(), inode);
+    if let Some(known) = shared::lock(CACHE.get_or_init(Default::default)).get(&key) {
+        return Some(Arc::clone(known));
+    }
+    // Loaded without the lock: a binary is megabytes; another thread that
+    // loads it meanwhile only duplicates work.
+    // map_files names ranges without the leading zeros maps shows.
+    let loaded = File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+        .ok()
+        .and_then(|file| Binary::load(file, Arc::from(path)))
+        .map(Arc::new);
+    match &loaded {
+        // Not remembered: it may be readable next time.
+        None => tracing::debug!("stacks: cannot read {path} (pid {pid}): its frames show as addresses"),
+        Some(binary) => {
+            drop(shared::lock(CACHE.get_or_init(Default::default)).insert(key, Arc::clone(binary)))
+        }
+    }
+    loaded
+}

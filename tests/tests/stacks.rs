@@ -1,0 +1,101 @@
+//! Issue 13: sigvisor captures the closing thread's stack itself, for
+//! programs with no handler at all (`signal: none`, `stacks: "true"`).
+
+use std::path::Path;
+use std::process::Command;
+
+use sigvisor_tests::*;
+
+/// Runs `cmd` under a Trace that observes and takes stacks; returns the
+/// run and its stacks as lists of frame lines.
+fn stacks_of(name: &str, cmd: &[&str]) -> (Run, Vec<Vec<String>>) {
+    let profile = profile_with(name, &[("signal", "none"), ("stacks", "true")]);
+    let status = scratch(name).join("status.yaml");
+    let child = run_command(&status, &profile, &[]).args(cmd).spawn().expect("spawn sigvisor run");
+    let run = Run::from_output(wait_bounded(child, name), &status);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.count("signalsSent"), 0, "signal: none sends nothing");
+    let summary = run.summary();
+    let stacks = summary["stacks"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("no stacks in the status: {summary:?}"))
+        .iter()
+        .map(|s| {
+            let frames = s["frames"].as_sequence().expect("frames");
+            frames.iter().map(|f| f.as_str().unwrap_or_default().to_owned()).collect()
+        })
+        .collect();
+    (run, stacks)
+}
+
+/// Whether some stack has these functions, in this order (innermost first),
+/// each frame line starting with its name.
+fn has_chain(stacks: &[Vec<String>], chain: &[&str]) -> bool {
+    stacks.iter().any(|frames| {
+        let mut rest = frames.iter();
+        chain.iter().all(|want| rest.any(|f| f.starts_with(&format!("{want} "))))
+    })
+}
+
+fn show(stacks: &[Vec<String>]) -> String {
+    stacks.iter().map(|s| s.join("\n")).collect::<Vec<_>>().join("\n\n")
+}
+
+/// The Go demo's question, for a plain Go program with no handler: the
+/// finalizer closed one file, `os.ReadFile` in `main.main` another.
+#[test]
+fn go_program_without_handler_unstripped_and_stripped() {
+    let Some(plaingo) = plaingo() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must build the Go fixture (make test installs golang-go)"
+        );
+        eprintln!("SKIPPED: no Go");
+        return;
+    };
+    let stripped = scratch("plaingo-stripped").join("plaingo");
+    std::fs::copy(plaingo, &stripped).expect("copy plaingo");
+    let out = Command::new("strip").arg(&stripped).output().expect("strip");
+    assert!(out.status.success(), "strip: {}", String::from_utf8_lossy(&out.stderr));
+    for (name, binary) in [("go-stacks", Path::new(plaingo)), ("go-stacks-stripped", stripped.as_path())] {
+        let binary = binary.to_str().expect("path");
+        let (_, stacks) = stacks_of(name, &[binary]);
+        let finalizer = ["syscall.Close", "os.(*file).close", "runtime.runfinq", "runtime.goexit"];
+        assert!(has_chain(&stacks, &finalizer), "{name}: the finalizer's stack:\n{}", show(&stacks));
+        let read_file = ["syscall.Close", "os.ReadFile", "main.main", "runtime.main", "runtime.goexit"];
+        assert!(has_chain(&stacks, &read_file), "{name}: os.ReadFile's stack:\n{}", show(&stacks));
+        // Go's tables carry lines: the ReadFile call in main.go.
+        assert!(
+            stacks.iter().flatten().any(|f| f.starts_with("main.main (") && f.contains("plaingo/main.go:")),
+            "{name}: main.main with its line:\n{}",
+            show(&stacks)
+        );
+    }
+}
+
+/// C built -O2 (no frame pointers), dynamic and static: the function that
+/// called close, under libc's close wrapper.
+#[test]
+fn c_program_without_frame_pointers_dynamic_and_static() {
+    for (name, binary) in
+        [("c-stacks", closer()), ("c-stacks-static", env!("SIGVISOR_FIXTURE_CLOSER_STATIC"))]
+    {
+        let (run, stacks) = stacks_of(name, &[binary, "--no-handler", "--threads", "2", "--closes", "50"]);
+        assert_eq!(run.reports.len(), 1, "{}", run.stderr);
+        assert_untouched(&run.reports[0]);
+        // The threads' closes: 100 of them, one stack: libc's wrapper
+        // (`__close`, or `__libc_close` in a static build), then `closer`.
+        let closing = stacks
+            .iter()
+            .find(|s| s.len() >= 2 && s[0].contains("close (") && s[1].starts_with("closer "))
+            .unwrap_or_else(|| panic!("{name}: no close <- closer stack:\n{}", show(&stacks)));
+        let summary = run.summary();
+        let count = summary["stacks"]
+            .as_sequence()
+            .and_then(|s| s.iter().find(|s| s["frames"][1].as_str() == Some(closing[1].as_str())))
+            .and_then(|s| s["count"].as_u64());
+        assert_eq!(count, Some(100), "{name}: every thread close has its stack:\n{}", show(&stacks));
+        // The main thread's close of its fd directory, from main.
+        assert!(has_chain(&stacks, &["open_fds", "main"]), "{name}: main's stack:\n{}", show(&stacks));
+    }
+}
