@@ -5,8 +5,10 @@
  * checked against N*T so a benchmark can't pass by signalling nothing).
  * With --crash-handler, the same handler is SIGSEGV's too: a crash handler
  * to sigvisor, which never signals it (the count must stay 0).
+ * With --depth D, each thread closes D calls deep (D-1 frames of descend()
+ * above the loop), for the cost of capturing a deep stack.
  *
- * Usage: closebench N [--handler|--crash-handler] [--threads T]
+ * Usage: closebench N [--handler|--crash-handler] [--threads T] [--depth D]
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -25,12 +27,28 @@ static int devnull;
 
 static void on_sigill(int sig) { (void)sig; atomic_fetch_add(&signals, 1); }
 
-static void *closer(void *arg) {
-    int fd = 100 + (int)(long)arg;
+static int depth = 1;
+
+__attribute__((noinline)) static void close_loop(int fd) {
     for (long i = 0; i < n; i++) {
         dup2(devnull, fd);
         if (close(fd) != 0) { perror("close"); exit(1); }
     }
+}
+
+/* Not a tail call (the add after it), so every level keeps its frame. */
+__attribute__((noinline)) static int descend(int level, int fd) {
+    if (level <= 1) {
+        close_loop(fd);
+        return 0;
+    }
+    int r = descend(level - 1, fd);
+    __asm__ volatile("" ::: "memory");
+    return r + 1;
+}
+
+static void *closer(void *arg) {
+    descend(depth, 100 + (int)(long)arg);
     return NULL;
 }
 
@@ -41,6 +59,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--handler")) handler = 1;
         else if (!strcmp(argv[i], "--crash-handler")) handler = crash = 1;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--depth") && i + 1 < argc) depth = atoi(argv[++i]);
     }
     if (threads < 1 || threads > 64) threads = 1;
     if (handler) {

@@ -23,15 +23,17 @@ stopped=$(mktemp --suffix=.yaml)
 by_comm=$(mktemp --suffix=.yaml)
 by_threads=$(mktemp --suffix=.yaml)
 by_when=$(mktemp --suffix=.yaml)
+stacks=$(mktemp --suffix=.yaml)
 sed 's/^metadata:/metadata:\n  annotations:\n    gadget.kinvolk.io\/operation: stop/' "$profile" > "$stopped"
-for pair in "by_comm|comm: \"nomatch*\"" "by_threads|min-threads: \"9\"" "by_when|when: \"1000000\""; do
+for pair in "by_comm|comm: \"nomatch*\"" "by_threads|min-threads: \"9\"" "by_when|when: \"1000000\"" \
+  "stacks|signal: none\n    stacks: \"true\""; do
   IFS='|' read -r var parameter <<<"$pair"
-  { cat "$profile"; printf '  parameters:\n    %s\n' "$parameter"; } > "${!var}"
+  { cat "$profile"; printf "  parameters:\n    $parameter\n"; } > "${!var}"
 done
 printf '#!/bin/sh\nexec %s --no-wait-killable "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_killable"
 printf '#!/bin/sh\nexec %s --no-handler-rules "$@"\n' "$PWD/$out/sigvisor-launch" > "$no_rules"
 chmod +x "$no_killable" "$no_rules"
-trap 'kill ${server:-} 2>/dev/null; rm -rf "${served:-}"; rm -f "$status" "$no_killable" "$no_rules" "$stopped" "$by_comm" "$by_threads" "$by_when"' EXIT
+trap 'kill ${server:-} 2>/dev/null; rm -rf "${served:-}"; rm -f "$status" "$no_killable" "$no_rules" "$stopped" "$by_comm" "$by_threads" "$by_when" "$stacks"' EXIT
 
 run="$out/sigvisor run --status-file $status"
 # A serve with no Trace: its listeners are selected by none (answered at once).
@@ -63,6 +65,8 @@ configs=(
   "C loop, 8 threads|$out/minsup|--handler $t8|$per8|$((per8 * 8))|loop8"
   "sigvisor, default, 8 threads|$run $profile --|--handler $t8|$per8|$((per8 * 8))|loop8"
   "strace -f -e inject=close:signal=SIGILL|strace -qq -o /dev/null -f -e trace=close -e inject=close:signal=SIGILL|--handler|$slow|$slow|loop"
+  "sigvisor, stack of 30 frames (signal: none)|$run $stacks --|--depth 26|$slow|0|loop"
+  "strace -k, stack of 30 frames|strace -qq -o /dev/null -f -k -e trace=close|--depth 26|$((slow / 10))|0|loop"
 )
 
 printf '%-46s %10s %10s %8s  %s\n' "mechanism ($rounds rounds)" "median µs" "best µs" "ratio" "to"

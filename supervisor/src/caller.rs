@@ -673,8 +673,15 @@ pub(crate) fn resident(tid: i32, at: u64, len: usize) -> bool {
 /// How many bytes from `at` (at most `len`) are in pages that are in
 /// memory or in swap.
 pub(crate) fn resident_prefix(tid: i32, at: u64, len: usize) -> usize {
+    match File::open(format!("/proc/{tid}/pagemap")) {
+        Ok(pagemap) => resident_prefix_in(&pagemap, at, len),
+        Err(_) => len,
+    }
+}
+
+/// The same, with the process's `pagemap` already open.
+pub(crate) fn resident_prefix_in(pagemap: &File, at: u64, len: usize) -> usize {
     let page = memory::page_size();
-    let Ok(pagemap) = File::open(format!("/proc/{tid}/pagemap")) else { return len };
     let (first, last) = (at / page, (at + len.max(1) as u64 - 1) / page);
     // One read for the whole range: an entry per page.
     let mut entries = vec![0u8; ((last - first + 1) * 8) as usize];

@@ -25,7 +25,7 @@ use crate::registry::{Selection, TraceHandle};
 use crate::response::{self, Answered};
 use crate::shared;
 use crate::signal::{self, SignalError};
-use crate::stacks::{Stack, Stacks};
+use crate::stacks::{Captured, Stacks};
 use crate::stats::Stats;
 use crate::sys::seccomp::{Listener, Notification};
 
@@ -200,7 +200,9 @@ impl Pipeline {
         }
         stats.handlers = self.decider.callers.knowledge;
         match &stack {
-            Some(Ok(stack)) => stats.stack(stack.lines(), pending.as_ref().and_then(|p| p.path.as_deref())),
+            Some(Ok(captured)) => {
+                stats.stack(Arc::clone(&captured.lines), pending.as_ref().and_then(|p| p.path.as_deref()))
+            }
             Some(Err(why)) => stats.stack_missed(why),
             None => {}
         }
@@ -220,7 +222,7 @@ impl Pipeline {
             let happened = Happened {
                 caller: outcome.caller.as_ref(),
                 skipped: outcome.skipped,
-                stack: stack.as_ref().and_then(|s| s.as_ref().ok()),
+                stack: stack.as_ref().and_then(|s| s.as_ref().ok()).map(|c| &*c.stack),
                 result: &result,
             };
             self.describer.emit(&config.sink, &notif, &pending, &happened);
@@ -230,7 +232,12 @@ impl Pipeline {
 
     /// The caller's stack, taken while it waits: proven by ID_VALID after
     /// the reads to be this call's (its thread was frozen throughout).
-    fn stack(&mut self, listener: &Listener, notif: &Notification, caller: &Caller) -> Result<Stack, String> {
+    fn stack(
+        &mut self,
+        listener: &Listener,
+        notif: &Notification,
+        caller: &Caller,
+    ) -> Result<Captured, String> {
         let start = self.decider.callers.process_start(caller.tgid).ok_or("its process is gone")?;
         let stack = self.stacks.get_or_insert_with(Box::default).capture(caller.tid, caller.tgid, start)?;
         if !listener.id_valid(notif.id) {

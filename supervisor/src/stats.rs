@@ -97,8 +97,7 @@ impl Stats {
     }
 
     /// A captured stack, and the path of the fd closed from it.
-    pub fn stack(&mut self, lines: Vec<String>, path: Option<&str>) {
-        let key: Arc<[String]> = Arc::from(lines);
+    pub fn stack(&mut self, key: Arc<[String]>, path: Option<&str>) {
         if self.stacks.len() >= MAX_STACKS && !self.stacks.contains_key(&key) {
             self.stack_missed(format_args!("more than {MAX_STACKS} distinct stacks"));
             return;

@@ -19,6 +19,8 @@ pub mod gopclntab;
 pub mod modules;
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
@@ -30,8 +32,10 @@ use modules::ProcessMap;
 
 /// Frames kept per stack.
 const MAX_FRAMES: usize = 64;
-/// Stack bytes read from SP (clipped to the stack's mapping).
-const STACK_BYTES: u64 = 64 * 1024;
+/// Stack bytes read from SP at first, and at most (clipped to the stack's
+/// mapping).
+const FIRST_READ: u64 = 8 * 1024;
+const STACK_BYTES: u64 = 256 * 1024;
 
 /// One frame: where it is, and what it is called.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -95,17 +99,41 @@ struct View {
     start: u64,
     map: ProcessMap,
     unwinder: UnwinderX86_64<Arc<[u8]>>,
+    /// `/proc/PID/pagemap`, kept open.
+    pagemap: Option<File>,
+}
+
+/// Threads' `/proc/TID/syscall` files kept open (a kept-open file names its
+/// thread, never a later one with its tid), at most this many.
+const MAX_THREAD_FILES: usize = 256;
+/// Stacks kept named, by their addresses, per listener.
+const MAX_NAMED: usize = 4096;
+
+/// A captured stack: its lines for the status (shared by every capture of
+/// the same addresses), and its frames.
+pub struct Captured {
+    pub lines: Arc<[String]>,
+    pub stack: Arc<Stack>,
 }
 
 /// Stack capture for one listener's callers.
 pub struct Stacks {
     processes: HashMap<i32, View>,
+    threads: HashMap<i32, File>,
     cache: CacheX86_64,
+    /// Stacks already named, by process and frame addresses: a repeated
+    /// call path costs a hash lookup, not a symbolization.
+    named: HashMap<(i32, Vec<u64>), (Arc<[String]>, Arc<Stack>)>,
 }
 
 impl Default for Stacks {
     fn default() -> Self {
-        Stacks { processes: HashMap::new(), cache: CacheX86_64::new() }
+        Stacks {
+            processes: HashMap::new(),
+            threads: HashMap::new(),
+            cache: CacheX86_64::new(),
+            named: HashMap::new(),
+        }
     }
 }
 
@@ -121,13 +149,22 @@ impl Memory {
         let bytes = self.bytes.get(i..i + 8).ok_or(())?;
         Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
     }
+
+    fn end(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
 }
+
+/// Frames as unwound: (address, address to look its function up at), and
+/// why unwinding stopped early, with the address it could not read if that
+/// was why.
+type Unwound = (Vec<(u64, u64)>, Option<(String, Option<u64>)>);
 
 impl Stacks {
     /// The stack of thread `tid` of process `tgid`, which waits inside a
     /// trapped call; Err says why none could be taken.
-    pub fn capture(&mut self, tid: i32, tgid: i32, start: u64) -> Result<Stack, String> {
-        let (sp, pc) = registers(tid)?;
+    pub fn capture(&mut self, tid: i32, tgid: i32, start: u64) -> Result<Captured, String> {
+        let (sp, pc) = self.registers(tid)?;
         // Read again when the process is another, or has mapped code or
         // stack since (a goroutine's stack is in Go's heap).
         let stale = self
@@ -137,44 +174,69 @@ impl Stacks {
         if stale {
             let map = ProcessMap::read(tgid).ok_or("its maps cannot be read")?;
             let unwinder = unwinder(&map);
-            self.processes.insert(tgid, View { start, map, unwinder });
+            let pagemap = File::open(format!("/proc/{tgid}/pagemap")).ok();
+            self.processes.insert(tgid, View { start, map, unwinder, pagemap });
         }
         let view = self.processes.get(&tgid).ok_or("no view")?;
-        let stack = view.map.find(sp).ok_or("SP is in no mapping")?;
-        // Only pages in memory: a missing one could be a userfaultfd's,
-        // and the read would wait for it. The pages just below the caller's
-        // frames are in memory: it ran on them.
-        let len = crate::caller::resident_prefix(tid, sp, STACK_BYTES.min(stack.end - sp) as usize);
-        if len == 0 {
-            return Err("its stack is not in memory (reading could block)".into());
+        let limit = view.map.find(sp).ok_or("SP is in no mapping")?.end;
+        // A small read first (a stack of 30 C frames is about 1 KiB); the
+        // whole window only if unwinding ran past it.
+        let mut unwound = None;
+        for want in [FIRST_READ, STACK_BYTES] {
+            let memory = read_stack(view, tid, sp, want.min(limit - sp))?;
+            let (addresses, stop) = unwind(view, &mut self.cache, pc, sp, &memory);
+            let ran_out = matches!(&stop, Some((_, Some(at))) if *at >= memory.end() && memory.end() < limit);
+            unwound = Some((addresses, stop));
+            if !ran_out || want == STACK_BYTES {
+                break;
+            }
         }
-        let mut bytes = vec![0u8; len];
-        memory::read(tid, sp, &mut bytes).map_err(|e| format!("reading its stack: {e}"))?;
-        let memory = Memory { base: sp, bytes };
-        let go = view.map.find(pc).and_then(|m| m.binary.as_ref()).is_some_and(|b| b.go.is_some());
-        let (addresses, truncated) = if go {
-            go_unwind(&view.map, pc, sp, &memory)
-        } else {
-            let regs = UnwindRegsX86_64::new(pc, sp, 0);
-            let mut read = |at: u64| memory.word(at);
-            let mut frames = view.unwinder.iter_frames(pc, regs, &mut self.cache, &mut read);
-            let mut addresses = Vec::new();
-            let truncated = loop {
-                match frames.next() {
-                    Ok(Some(FrameAddress::InstructionPointer(a))) => addresses.push((a, a)),
-                    Ok(Some(FrameAddress::ReturnAddress(a))) => addresses.push((a.get(), a.get() - 1)),
-                    Ok(None) => break None,
-                    Err(e) => break Some(e.to_string()),
-                }
-                if addresses.len() >= MAX_FRAMES {
-                    break Some(format!("more than {MAX_FRAMES} frames"));
-                }
-            };
-            (addresses, truncated)
-        };
+        let (addresses, stop) = unwound.ok_or("nothing read")?;
+        let key = (tgid, addresses.iter().map(|(a, _)| *a).collect::<Vec<u64>>());
+        if let Some((lines, stack)) = self.named.get(&key) {
+            return Ok(Captured { lines: Arc::clone(lines), stack: Arc::clone(stack) });
+        }
         let frames =
             addresses.into_iter().map(|(address, lookup)| self.frame(tgid, address, lookup)).collect();
-        Ok(Stack { frames, truncated })
+        let stack = Stack { frames, truncated: stop.map(|(why, _)| why) };
+        let lines: Arc<[String]> = Arc::from(stack.lines());
+        let stack = Arc::new(stack);
+        if self.named.len() >= MAX_NAMED {
+            self.named.clear();
+        }
+        self.named.insert(key, (Arc::clone(&lines), Arc::clone(&stack)));
+        Ok(Captured { lines, stack })
+    }
+
+    /// SP and PC of a thread inside a syscall, from its kept-open
+    /// `/proc/TID/syscall` ("nr arg0..arg5 sp pc").
+    fn registers(&mut self, tid: i32) -> Result<(u64, u64), String> {
+        if self.threads.len() >= MAX_THREAD_FILES && !self.threads.contains_key(&tid) {
+            self.threads.clear();
+        }
+        let file = match self.threads.entry(tid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(File::open(format!("/proc/{tid}/syscall")).map_err(|e| e.to_string())?)
+            }
+        };
+        let mut buf = [0u8; 256];
+        let read = file.read_at(&mut buf, 0);
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                // The thread this file named is gone.
+                self.threads.remove(&tid);
+                return Err(e.to_string());
+            }
+        };
+        let text = std::str::from_utf8(&buf[..n]).map_err(|e| e.to_string())?;
+        let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+        match fields.as_slice() {
+            [_, _, _, _, _, _, _, sp, pc] => Ok((hex(sp).ok_or("bad SP")?, hex(pc).ok_or("bad PC")?)),
+            _ => Err(format!("not inside a syscall ({})", text.trim())),
+        }
     }
 
     /// Names a frame: `lookup` is the address inside its call instruction
@@ -202,26 +264,52 @@ fn unnamed(address: u64) -> Frame {
     Frame { function: None, file: None, line: None, module: Arc::from("?"), address, offset: None }
 }
 
-/// SP and PC of a thread inside a syscall, from `/proc/TID/syscall`
-/// ("nr arg0..arg5 sp pc").
-fn registers(tid: i32) -> Result<(u64, u64), String> {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).map_err(|e| e.to_string())?;
-    let fields: Vec<&str> = text.split_ascii_whitespace().collect();
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
-    match fields.as_slice() {
-        [_, _, _, _, _, _, _, sp, pc] => Ok((hex(sp).ok_or("bad SP")?, hex(pc).ok_or("bad PC")?)),
-        _ => Err(format!("not inside a syscall ({})", text.trim())),
+/// Reads `len` bytes of stack from SP: only pages in memory (a missing one
+/// could be a userfaultfd's, and the read would wait for it). The pages of
+/// the caller's own frames are in memory: it ran on them.
+fn read_stack(view: &View, tid: i32, sp: u64, len: u64) -> Result<Memory, String> {
+    let len = match &view.pagemap {
+        Some(pagemap) => crate::caller::resident_prefix_in(pagemap, sp, len as usize),
+        None => len as usize,
+    };
+    if len == 0 {
+        return Err("its stack is not in memory (reading could block)".into());
     }
+    let mut bytes = vec![0u8; len];
+    memory::read(tid, sp, &mut bytes).map_err(|e| format!("reading its stack: {e}"))?;
+    Ok(Memory { base: sp, bytes })
+}
+
+/// Unwinds from PC and SP: Go code by its tables, native code by its CFI.
+fn unwind(view: &View, cache: &mut CacheX86_64, pc: u64, sp: u64, memory: &Memory) -> Unwound {
+    let go = view.map.find(pc).and_then(|m| m.binary.as_ref()).is_some_and(|b| b.go.is_some());
+    if go {
+        return go_unwind(&view.map, pc, sp, memory);
+    }
+    let regs = UnwindRegsX86_64::new(pc, sp, 0);
+    let mut read = |at: u64| memory.word(at);
+    let mut frames = view.unwinder.iter_frames(pc, regs, cache, &mut read);
+    let mut addresses = Vec::new();
+    let stop = loop {
+        match frames.next() {
+            Ok(Some(FrameAddress::InstructionPointer(a))) => addresses.push((a, a)),
+            Ok(Some(FrameAddress::ReturnAddress(a))) => addresses.push((a.get(), a.get() - 1)),
+            Ok(None) => break None,
+            Err(framehop::Error::CouldNotReadStack(at)) => {
+                break Some((format!("stack not readable at {at:#x}"), Some(at)))
+            }
+            Err(e) => break Some((e.to_string(), None)),
+        }
+        if addresses.len() >= MAX_FRAMES {
+            break Some((format!("more than {MAX_FRAMES} frames"), None));
+        }
+    };
+    (addresses, stop)
 }
 
 /// Go frames, by each function's frame size at its PC: the return address
 /// is just above the frame.
-fn go_unwind(
-    map: &ProcessMap,
-    mut pc: u64,
-    mut sp: u64,
-    memory: &Memory,
-) -> (Vec<(u64, u64)>, Option<String>) {
+fn go_unwind(map: &ProcessMap, mut pc: u64, mut sp: u64, memory: &Memory) -> Unwound {
     let mut frames = Vec::new();
     for depth in 0..MAX_FRAMES {
         let lookup = if depth == 0 { pc } else { pc - 1 };
@@ -235,13 +323,13 @@ fn go_unwind(
         });
         let (root, delta) = match found {
             Some(found) => found,
-            None => return (frames, Some(format!("no Go function at {pc:#x}"))),
+            None => return (frames, Some((format!("no Go function at {pc:#x}"), None))),
         };
         if root {
             return (frames, None);
         }
         let Some(delta) = delta.and_then(|d| u64::try_from(d).ok()) else {
-            return (frames, Some(format!("no frame size at {pc:#x}")));
+            return (frames, Some((format!("no frame size at {pc:#x}"), None)));
         };
         let fp = sp + delta + 8;
         match memory.word(fp - 8) {
@@ -250,10 +338,10 @@ fn go_unwind(
                 sp = fp;
             }
             Ok(_) => return (frames, None),
-            Err(()) => return (frames, Some(format!("stack not read at {:#x}", fp - 8))),
+            Err(()) => return (frames, Some((format!("stack not readable at {:#x}", fp - 8), Some(fp - 8)))),
         }
     }
-    (frames, Some(format!("more than {MAX_FRAMES} frames")))
+    (frames, Some((format!("more than {MAX_FRAMES} frames"), None)))
 }
 
 /// framehop's view of a process's native binaries.
