@@ -116,6 +116,9 @@ pub struct Captured {
     pub stack: Arc<Stack>,
 }
 
+/// A stack's lines for the status, and its frames.
+type Named = (Arc<[String]>, Arc<Stack>);
+
 /// Stack capture for one listener's callers.
 pub struct Stacks {
     processes: HashMap<i32, View>,
@@ -123,7 +126,7 @@ pub struct Stacks {
     cache: CacheX86_64,
     /// Stacks already named, by process and frame addresses: a repeated
     /// call path costs a hash lookup, not a symbolization.
-    named: HashMap<(i32, Vec<u64>), (Arc<[String]>, Arc<Stack>)>,
+    named: HashMap<(i32, Vec<u64>), Named>,
 }
 
 impl Default for Stacks {
