@@ -6,6 +6,7 @@
 //! under its Trace → `notify` waits for notifications → `pipeline` answers
 //! each: `decision` (with `caller` and `handlers`) → `signal` → `response`
 //! (CONTINUE) → `stats`, `events` and `output` (the Trace status). The
+//! `stacks` takes the caller's stack from outside, when a Trace asks. The
 //! `keeper` holds a copy of every listener, so that the targets' calls go on
 //! when the supervisor dies; `state` keeps the Traces. `sys` holds every
 //! unsafe. The Trace model: `profile`, `registry`, `container`.
