@@ -9,6 +9,8 @@ fn main() {
     let src = "fixtures/closer.c";
     println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-changed=fixtures/adversary.c");
+    println!("cargo:rerun-if-changed=fixtures/stacks.c");
+    println!("cargo:rerun-if-changed=fixtures/rustcloser.rs");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let compiler = cc::Build::new().get_compiler();
     // A dynamic build for the host, a static one for busybox container rootfs.
@@ -16,6 +18,7 @@ fn main() {
         ("closer", "SIGVISOR_FIXTURE_CLOSER", None, src),
         ("closer-static", "SIGVISOR_FIXTURE_CLOSER_STATIC", Some("-static"), src),
         ("adversary", "SIGVISOR_FIXTURE_ADVERSARY", None, "fixtures/adversary.c"),
+        ("stacks", "SIGVISOR_FIXTURE_STACKS", None, "fixtures/stacks.c"),
     ] {
         let out = out_dir.join(name);
         let status = Command::new(compiler.path())
@@ -30,6 +33,7 @@ fn main() {
         println!("cargo:rustc-env={env}={}", out.display());
     }
     build_plaingo(&out_dir);
+    build_rustcloser(&out_dir);
     // An i386 build on x86_64, to check that the filter traps the compat ABI
     // too (needs gcc-multilib, which `make test` installs).
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
@@ -86,4 +90,19 @@ fn build_plaingo(out_dir: &Path) {
         String::from_utf8_lossy(&built.stderr)
     );
     println!("cargo:rustc-env=SIGVISOR_FIXTURE_PLAINGO={}", out.display());
+}
+
+/// tests/fixtures/rustcloser.rs, a Rust release build (no frame pointers,
+/// symbols kept), with the rustc that builds these tests.
+fn build_rustcloser(out_dir: &Path) {
+    let out = out_dir.join("rustcloser");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let status = Command::new(rustc)
+        .args(["--edition", "2021", "-C", "opt-level=3", "-C", "panic=abort", "-o"])
+        .arg(&out)
+        .arg("fixtures/rustcloser.rs")
+        .status()
+        .expect("running rustc");
+    assert!(status.success(), "compiling fixtures/rustcloser.rs failed");
+    println!("cargo:rustc-env=SIGVISOR_FIXTURE_RUSTCLOSER={}", out.display());
 }

@@ -9,13 +9,29 @@ use sigvisor_tests::*;
 /// Runs `cmd` under a Trace that observes and takes stacks; returns the
 /// run and its stacks as lists of frame lines.
 fn stacks_of(name: &str, cmd: &[&str]) -> (Run, Vec<Vec<String>>) {
+    let (run, stacks) = stacks_of_any(name, cmd);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    (run, stacks)
+}
+
+/// The same, whatever CMD's exit status. Every selected call has its stack
+/// or is counted as missed.
+fn stacks_of_any(name: &str, cmd: &[&str]) -> (Run, Vec<Vec<String>>) {
     let profile = profile_with(name, &[("signal", "none"), ("stacks", "true")]);
     let status = scratch(name).join("status.yaml");
     let child = run_command(&status, &profile, &[]).args(cmd).spawn().expect("spawn sigvisor run");
     let run = Run::from_output(wait_bounded(child, name), &status);
-    assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.count("signalsSent"), 0, "signal: none sends nothing");
+    assert_eq!(run.count("errors"), 0, "{}", run.stderr);
     let summary = run.summary();
+    let captured: u64 =
+        summary["stacks"].as_sequence().map_or(0, |s| s.iter().filter_map(|s| s["count"].as_u64()).sum());
+    let missed = summary["stacksMissed"]["count"].as_u64().unwrap_or(0);
+    assert_eq!(
+        captured + missed,
+        run.skipped("signal-none"),
+        "every selected call has its stack or is missed: {summary:?}"
+    );
     let stacks = summary["stacks"]
         .as_sequence()
         .unwrap_or_else(|| panic!("no stacks in the status: {summary:?}"))
@@ -98,4 +114,62 @@ fn c_program_without_frame_pointers_dynamic_and_static() {
         // The main thread's close of its fd directory, from main.
         assert!(has_chain(&stacks, &["open_fds", "main"]), "{name}: main's stack:\n{}", show(&stacks));
     }
+}
+
+/// Eight threads closing at once, each from a function of its own: every
+/// stack is its own thread's. The process then execs itself (its mappings
+/// change under sigvisor) and closes ten more times from close_from_0.
+#[test]
+fn eight_threads_each_from_its_own_function_then_an_exec() {
+    let (_, stacks) = stacks_of(
+        "c-8-threads",
+        &[env!("SIGVISOR_FIXTURE_STACKS"), "--threads", "8", "--closes", "200", "--exec-self"],
+    );
+    for i in 0..8 {
+        let function = format!("close_from_{i} ");
+        let found = stacks.iter().any(|s| s.get(1).is_some_and(|f| f.starts_with(&function)));
+        assert!(found, "no stack from close_from_{i}:\n{}", show(&stacks));
+    }
+    // The counts: read again from the status with their stacks.
+    let (run, _) = stacks_of(
+        "c-8-threads-counts",
+        &[env!("SIGVISOR_FIXTURE_STACKS"), "--threads", "8", "--closes", "200"],
+    );
+    let summary = run.summary();
+    for i in 0..8 {
+        let count = summary["stacks"]
+            .as_sequence()
+            .and_then(|s| {
+                s.iter().find(|s| {
+                    s["frames"][1].as_str().is_some_and(|f| f.starts_with(&format!("close_from_{i} ")))
+                })
+            })
+            .and_then(|s| s["count"].as_u64());
+        assert_eq!(
+            count,
+            Some(200),
+            "close_from_{i}'s closes, each with its own thread's stack: {summary:?}"
+        );
+    }
+}
+
+/// A Rust release build (no frame pointers): the call chain by name.
+#[test]
+fn rust_release_binary_by_function_name() {
+    let (_, stacks) = stacks_of("rust-stacks", &[env!("SIGVISOR_FIXTURE_RUSTCLOSER")]);
+    let chain = ["rustcloser::drop_the_file", "rustcloser::open_and_close", "rustcloser::main"];
+    assert!(has_chain(&stacks, &chain), "the Rust call chain:\n{}", show(&stacks));
+}
+
+/// A target killed while its threads close at full rate: sigvisor stays
+/// healthy, writes the status, and every selected call is captured or
+/// counted as missed.
+#[test]
+fn target_killed_while_its_stacks_are_taken() {
+    let (run, stacks) = stacks_of_any(
+        "killed-stacks",
+        &[closer(), "--no-handler", "--threads", "4", "--duration-ms", "300", "--kill-self"],
+    );
+    assert_eq!(run.code, 137, "{}", run.stderr);
+    assert!(has_chain(&stacks, &["closer"]), "{}", show(&stacks));
 }

@@ -30,6 +30,11 @@ use serde::Serialize;
 use crate::sys::memory;
 use modules::ProcessMap;
 
+/// The RBP unwinding starts with: unknown, and unreadable on purpose.
+const UNKNOWN_RBP: u64 = 0x10;
+
+const NEEDS_RBP: &str = "a frame that needs the frame pointer (RBP is not known from outside)";
+
 /// Frames kept per stack.
 const MAX_FRAMES: usize = 64;
 /// Stack bytes read from SP at first, and at most (clipped to the stack's
@@ -289,7 +294,10 @@ fn unwind(view: &View, cache: &mut CacheX86_64, pc: u64, sp: u64, memory: &Memor
     if go {
         return go_unwind(&view.map, pc, sp, memory);
     }
-    let regs = UnwindRegsX86_64::new(pc, sp, 0);
+    // RBP is not in /proc/TID/syscall. An RBP of 0 would end a frame-pointer
+    // frame as if the stack were whole; an address that cannot be read makes
+    // it fail, and the stack says why.
+    let regs = UnwindRegsX86_64::new(pc, sp, UNKNOWN_RBP);
     let mut read = |at: u64| memory.word(at);
     let mut frames = view.unwinder.iter_frames(pc, regs, cache, &mut read);
     let mut addresses = Vec::new();
@@ -298,6 +306,10 @@ fn unwind(view: &View, cache: &mut CacheX86_64, pc: u64, sp: u64, memory: &Memor
             Ok(Some(FrameAddress::InstructionPointer(a))) => addresses.push((a, a)),
             Ok(Some(FrameAddress::ReturnAddress(a))) => addresses.push((a.get(), a.get() - 1)),
             Ok(None) => break None,
+            Err(
+                framehop::Error::CouldNotReadStack(..0x1000)
+                | framehop::Error::FramepointerUnwindingMovedBackwards,
+            ) => break Some((NEEDS_RBP.into(), None)),
             Err(framehop::Error::CouldNotReadStack(at)) => {
                 break Some((format!("stack not readable at {at:#x}"), Some(at)))
             }

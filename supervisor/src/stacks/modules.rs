@@ -34,7 +34,7 @@ pub struct Binary {
     /// sorted by address, names demangled.
     symbols: Vec<(u64, u64, Arc<str>)>,
     pub unwind: Unwind,
-    /// (vaddr, file offset, size) of each loadable segment.
+    /// (vaddr, file offset, size) of each executable loadable segment.
     segments: Vec<(u64, u64, u64)>,
 }
 
@@ -65,13 +65,18 @@ impl Binary {
             .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
             .filter_map(|s| {
                 let name = s.name().ok()?;
-                Some((s.address(), s.size(), Arc::from(rustc_demangle::demangle(name).to_string())))
+                // `{:#}`: Rust names without their hash suffix.
+                Some((s.address(), s.size(), Arc::from(format!("{:#}", rustc_demangle::demangle(name)))))
             })
             .collect();
         symbols.sort_by_key(|s| s.0);
         symbols.dedup_by_key(|s| s.0);
+        // Only code is looked up: a non-executable segment may share the
+        // code's first page (its page-aligned range overlaps), and would
+        // give the wrong bias.
         let segments = elf
             .segments()
+            .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0))
             .map(|s| {
                 let (offset, size) = s.file_range();
                 (s.address(), offset, size)
@@ -90,13 +95,15 @@ impl Binary {
     }
 
     /// How far the binary is loaded from its linked addresses, given one of
-    /// its mappings: the address of linked address 0.
+    /// its code mappings: the address of linked address 0. A mapping starts
+    /// on a page, its segment anywhere in it.
     pub fn bias(&self, mapping: &Mapping) -> Option<u64> {
+        let page = |x: u64| x & !0xfff;
         let (vaddr, offset, _) = self
             .segments
             .iter()
-            .find(|(_, off, size)| (*off..off + size.max(&1)).contains(&mapping.offset))?;
-        Some(mapping.start.wrapping_sub(vaddr + (mapping.offset - offset)))
+            .find(|(_, off, size)| (page(*off)..off + size.max(&1)).contains(&mapping.offset))?;
+        Some(mapping.start.wrapping_sub(page(*vaddr) + (mapping.offset - page(*offset))))
     }
 }
 
