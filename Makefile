@@ -2,7 +2,7 @@
 # Each installs the Debian packages it needs when they are missing.
 
 CARGO ?= cargo
-PACKAGES := libseccomp-dev pkg-config gcc golang-go runc crun busybox-static
+PACKAGES := libseccomp-dev pkg-config gcc binutils golang-go runc crun busybox-static
 # Real programs the tests run under sigvisor (tests/tests/never_crash.rs).
 PACKAGES += python3 openjdk-17-jdk-headless podman
 BIN := target/debug
