@@ -19,11 +19,19 @@ fn main() {
         ("closer-static", "SIGVISOR_FIXTURE_CLOSER_STATIC", Some("-static"), src),
         ("adversary", "SIGVISOR_FIXTURE_ADVERSARY", None, "fixtures/adversary.c"),
         ("stacks", "SIGVISOR_FIXTURE_STACKS", None, "fixtures/stacks.c"),
+        // With frame pointers, whose frames need RBP to unwind (stacks.rs).
+        ("closer-fp", "SIGVISOR_FIXTURE_CLOSER_FP", Some("-fno-omit-frame-pointer"), src),
+        (
+            "closer-fp-static",
+            "SIGVISOR_FIXTURE_CLOSER_FP_STATIC",
+            Some("-static -fno-omit-frame-pointer"),
+            src,
+        ),
     ] {
         let out = out_dir.join(name);
         let status = Command::new(compiler.path())
             .args(["-O2", "-Wall", "-Wextra", "-pthread"])
-            .args(extra)
+            .args(extra.map(|e| e.split(' ')).into_iter().flatten())
             .arg("-o")
             .arg(&out)
             .arg(src)

@@ -682,17 +682,27 @@ pub(crate) fn resident_prefix(tid: i32, at: u64, len: usize) -> usize {
 /// The same, with the process's `pagemap` already open.
 pub(crate) fn resident_prefix_in(pagemap: &File, at: u64, len: usize) -> usize {
     let page = memory::page_size();
+    let held = resident_pages(pagemap, at, len).iter().take_while(|p| **p).count() as u64;
+    let end = (at / page + held) * page;
+    usize::try_from(end.saturating_sub(at)).map_or(len, |n| n.min(len))
+}
+
+/// For each page of `[at, at+len)`, whether it is in memory or in swap
+/// (all of them if pagemap cannot be read).
+pub(crate) fn resident_pages(pagemap: &File, at: u64, len: usize) -> Vec<bool> {
+    let page = memory::page_size();
     let (first, last) = (at / page, (at + len.max(1) as u64 - 1) / page);
+    let count = (last - first + 1) as usize;
     // One read for the whole range: an entry per page.
-    let mut entries = vec![0u8; ((last - first + 1) * 8) as usize];
-    let Ok(n) = pagemap.read_at(&mut entries, first * 8) else { return len };
-    let held = entries[..n - n % 8]
+    let mut entries = vec![0u8; count * 8];
+    let Ok(n) = pagemap.read_at(&mut entries, first * 8) else { return vec![true; count] };
+    let mut held: Vec<bool> = entries[..n - n % 8]
         .chunks_exact(8)
         // Bit 63: present; bit 62: swapped.
-        .take_while(|e| u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) >> 62 != 0)
-        .count() as u64;
-    let end = (first + held) * page;
-    usize::try_from(end.saturating_sub(at)).map_or(len, |n| n.min(len))
+        .map(|e| u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) >> 62 != 0)
+        .collect();
+    held.resize(count, false);
+    held
 }
 
 /// The fields of `/proc/<tid>/status` sigvisor uses.

@@ -89,13 +89,18 @@ fn go_program_without_handler_unstripped_and_stripped() {
     }
 }
 
-/// C built -O2 (no frame pointers), dynamic and static: the function that
-/// called close, under libc's close wrapper.
+/// C built -O2, without frame pointers and with them (whose frames need
+/// RBP, recovered from their prologues), dynamic and static: the function
+/// that called close under libc's wrapper, and its callers up to `main` or
+/// the thread's start.
 #[test]
-fn c_program_without_frame_pointers_dynamic_and_static() {
-    for (name, binary) in
-        [("c-stacks", closer()), ("c-stacks-static", env!("SIGVISOR_FIXTURE_CLOSER_STATIC"))]
-    {
+fn c_program_with_and_without_frame_pointers_dynamic_and_static() {
+    for (name, binary) in [
+        ("c-stacks", closer()),
+        ("c-stacks-static", env!("SIGVISOR_FIXTURE_CLOSER_STATIC")),
+        ("c-stacks-fp", env!("SIGVISOR_FIXTURE_CLOSER_FP")),
+        ("c-stacks-fp-static", env!("SIGVISOR_FIXTURE_CLOSER_FP_STATIC")),
+    ] {
         let (run, stacks) = stacks_of(name, &[binary, "--no-handler", "--threads", "2", "--closes", "50"]);
         assert_eq!(run.reports.len(), 1, "{}", run.stderr);
         assert_untouched(&run.reports[0]);
@@ -112,7 +117,15 @@ fn c_program_without_frame_pointers_dynamic_and_static() {
             .and_then(|s| s["count"].as_u64());
         assert_eq!(count, Some(100), "{name}: every thread close has its stack:\n{}", show(&stacks));
         // The main thread's close of its fd directory, from main.
-        assert!(has_chain(&stacks, &["open_fds", "main"]), "{name}: main's stack:\n{}", show(&stacks));
+        // The main thread's close of its fd directory, from main, down to
+        // the program's start.
+        assert!(
+            has_chain(&stacks, &["open_fds", "main", "_start"]),
+            "{name}: main's stack:\n{}",
+            show(&stacks)
+        );
+        // The threads' stack goes on under closer, to the thread's start.
+        assert!(closing.len() >= 3, "{name}: the thread's start under closer:\n{}", show(&stacks));
     }
 }
 

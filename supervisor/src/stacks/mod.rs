@@ -17,6 +17,7 @@
 
 pub mod gopclntab;
 pub mod modules;
+pub mod prologue;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -145,16 +146,25 @@ impl Default for Stacks {
     }
 }
 
-/// The stack memory read at capture: reads outside it fail.
+/// The stack memory read at capture: reads outside it, or in a page that
+/// was not in memory (and so not read), fail.
 struct Memory {
     base: u64,
     bytes: Vec<u8>,
+    /// Per page from `base`'s page: read or not.
+    read: Vec<bool>,
 }
 
 impl Memory {
     fn word(&self, at: u64) -> Result<u64, ()> {
         let i = usize::try_from(at.checked_sub(self.base).ok_or(())?).map_err(|_| ())?;
         let bytes = self.bytes.get(i..i + 8).ok_or(())?;
+        let page = memory::page_size();
+        let (first, last) =
+            ((at / page - self.base / page) as usize, ((at + 7) / page - self.base / page) as usize);
+        if !(first..=last).all(|p| self.read.get(p).copied().unwrap_or(false)) {
+            return Err(());
+        }
         Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
     }
 
@@ -273,19 +283,34 @@ fn unnamed(address: u64) -> Frame {
 }
 
 /// Reads `len` bytes of stack from SP: only pages in memory (a missing one
-/// could be a userfaultfd's, and the read would wait for it). The pages of
-/// the caller's own frames are in memory: it ran on them.
+/// could be a userfaultfd's, and the read would wait for it), one read per
+/// run of them. A frame's untouched locals leave holes; the caller's own
+/// frames are in memory: it ran on them.
 fn read_stack(view: &View, tid: i32, sp: u64, len: u64) -> Result<Memory, String> {
-    let len = match &view.pagemap {
-        Some(pagemap) => crate::caller::resident_prefix_in(pagemap, sp, len as usize),
-        None => len as usize,
+    let len = len as usize;
+    let read = match &view.pagemap {
+        Some(pagemap) => crate::caller::resident_pages(pagemap, sp, len),
+        None => vec![true; (len as u64 / memory::page_size() + 2) as usize],
     };
-    if len == 0 {
+    if !read.first().copied().unwrap_or(false) {
         return Err("its stack is not in memory (reading could block)".into());
     }
+    let page = memory::page_size();
     let mut bytes = vec![0u8; len];
-    memory::read(tid, sp, &mut bytes).map_err(|e| format!("reading its stack: {e}"))?;
-    Ok(Memory { base: sp, bytes })
+    let mut p = 0;
+    while p < read.len() {
+        let run = read[p..].iter().take_while(|r| **r == read[p]).count();
+        if read[p] {
+            let from = ((sp / page + p as u64) * page).max(sp);
+            let to = ((sp / page + (p + run) as u64) * page).min(sp + len as u64);
+            if to > from {
+                let range = (from - sp) as usize..(to - sp) as usize;
+                memory::read(tid, from, &mut bytes[range]).map_err(|e| format!("reading its stack: {e}"))?;
+            }
+        }
+        p += run;
+    }
+    Ok(Memory { base: sp, bytes, read })
 }
 
 /// Unwinds from PC and SP: Go code by its tables, native code by its CFI.
@@ -297,29 +322,66 @@ fn unwind(view: &View, cache: &mut CacheX86_64, pc: u64, sp: u64, memory: &Memor
     // RBP is not in /proc/TID/syscall. An RBP of 0 would end a frame-pointer
     // frame as if the stack were whole; an address that cannot be read makes
     // it fail, and the stack says why.
-    let regs = UnwindRegsX86_64::new(pc, sp, UNKNOWN_RBP);
+    let mut regs = UnwindRegsX86_64::new(pc, sp, UNKNOWN_RBP);
     let mut read = |at: u64| memory.word(at);
-    let mut frames = view.unwinder.iter_frames(pc, regs, cache, &mut read);
-    let mut addresses = Vec::new();
+    let mut address = FrameAddress::InstructionPointer(pc);
+    let mut addresses = vec![(pc, pc)];
     let stop = loop {
-        match frames.next() {
-            Ok(Some(FrameAddress::InstructionPointer(a))) => addresses.push((a, a)),
-            Ok(Some(FrameAddress::ReturnAddress(a))) => addresses.push((a.get(), a.get() - 1)),
+        if addresses.len() >= MAX_FRAMES {
+            break Some((format!("more than {MAX_FRAMES} frames"), None));
+        }
+        let mut step = view.unwinder.unwind_frame(address, &mut regs, cache, &mut read);
+        if matches!(step, Err(ref e) if needs_rbp(e)) && regs.bp() == UNKNOWN_RBP {
+            // A frame-pointer frame, and RBP unknown: from its prologue.
+            match frame_pointer(view, address.address_for_lookup(), regs.sp(), memory) {
+                Some(rbp) => {
+                    regs.set_bp(rbp);
+                    step = view.unwinder.unwind_frame(address, &mut regs, cache, &mut read);
+                }
+                None => break Some((NEEDS_RBP.into(), None)),
+            }
+        }
+        match step {
+            Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                Some(next) => {
+                    address = next;
+                    addresses.push((ret, ret - 1));
+                }
+                None => break None,
+            },
             Ok(None) => break None,
-            Err(
-                framehop::Error::CouldNotReadStack(..0x1000)
-                | framehop::Error::FramepointerUnwindingMovedBackwards,
-            ) => break Some((NEEDS_RBP.into(), None)),
+            Err(e) if needs_rbp(&e) => break Some((NEEDS_RBP.into(), None)),
             Err(framehop::Error::CouldNotReadStack(at)) => {
                 break Some((format!("stack not readable at {at:#x}"), Some(at)))
             }
             Err(e) => break Some((e.to_string(), None)),
         }
-        if addresses.len() >= MAX_FRAMES {
-            break Some((format!("more than {MAX_FRAMES} frames"), None));
-        }
     };
     (addresses, stop)
+}
+
+/// Whether framehop failed for want of RBP (it started unreadable).
+fn needs_rbp(e: &framehop::Error) -> bool {
+    matches!(
+        e,
+        framehop::Error::CouldNotReadStack(..0x1000) | framehop::Error::FramepointerUnwindingMovedBackwards
+    )
+}
+
+/// RBP of the frame-pointer function holding `lookup`, whose SP at its call
+/// is `sp`: from its prologue, then checked against the stack: RBP is
+/// 16-aligned, and just above it lies a return address into mapped code.
+fn frame_pointer(view: &View, lookup: u64, sp: u64, memory: &Memory) -> Option<u64> {
+    let mapping = view.map.find(lookup)?;
+    let binary = mapping.binary.as_ref()?;
+    let bias = binary.bias(mapping)?;
+    let entry = binary.symbol_start(lookup.wrapping_sub(bias))?;
+    let (text, code) = binary.unwind.text.as_ref()?;
+    let from = usize::try_from(entry.checked_sub(text.start)?).ok()?;
+    let rbp = sp + prologue::frame_pointer_distance(code.get(from..)?)?;
+    let ret = memory.word(rbp + 8).ok()?;
+    let into_code = view.map.find(ret).is_some_and(|m| m.binary.is_some());
+    (rbp.is_multiple_of(16) && into_code).then_some(rbp)
 }
 
 /// Go frames, by each function's frame size at its PC: the return address

@@ -85,6 +85,12 @@ impl Binary {
         Some(Binary { path, go, symbols, unwind, segments })
     }
 
+    /// Where the function symbol holding `linked` starts.
+    pub fn symbol_start(&self, linked: u64) -> Option<u64> {
+        let i = self.symbols.partition_point(|s| s.0 <= linked).checked_sub(1)?;
+        self.symbol(linked).map(|_| self.symbols[i].0)
+    }
+
     /// The function symbol holding `linked` (an address as linked).
     pub fn symbol(&self, linked: u64) -> Option<&Arc<str>> {
         let i = self.symbols.partition_point(|s| s.0 <= linked).checked_sub(1)?;
