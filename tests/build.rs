@@ -18,7 +18,8 @@ fn main() {
         ("closer", "SIGVISOR_FIXTURE_CLOSER", None, src),
         ("closer-static", "SIGVISOR_FIXTURE_CLOSER_STATIC", Some("-static"), src),
         ("adversary", "SIGVISOR_FIXTURE_ADVERSARY", None, "fixtures/adversary.c"),
-        ("stacks", "SIGVISOR_FIXTURE_STACKS", None, "fixtures/stacks.c"),
+        // With DWARF (-g): its frames have file:line.
+        ("stacks", "SIGVISOR_FIXTURE_STACKS", Some("-g"), "fixtures/stacks.c"),
         // With frame pointers, whose frames need RBP to unwind (stacks.rs).
         ("closer-fp", "SIGVISOR_FIXTURE_CLOSER_FP", Some("-fno-omit-frame-pointer"), src),
         (

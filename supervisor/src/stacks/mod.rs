@@ -7,7 +7,8 @@
 //!   size at each PC, as Go's own traceback does; it survives `strip`.
 //! - C, C++ and Rust code unwinds by DWARF CFI (`.eh_frame`), with
 //!   `framehop`, and is named by the binary's symbols (`.symtab`, else
-//!   `.dynsym`; Rust names demangled). No file:line for it yet.
+//!   `.dynsym`; Rust names demangled), with file:line from its DWARF when
+//!   it was built with `-g`.
 //! - A frame that cannot be unwound ends the stack, and the stack says why:
 //!   never a made-up frame. (The frame pointer, RBP, is not in
 //!   `/proc/TID/syscall`: a frame whose CFA is RBP-based ends the stack.)
@@ -274,7 +275,9 @@ impl Stacks {
             }
         }
         let function = linked.and_then(|l| binary.symbol(l)).cloned();
-        Frame { function, file: None, line: None, module, address, offset: linked }
+        let (file, line) =
+            linked.and_then(|l| binary.line(l)).map_or((None, None), |(f, l)| (Some(f), Some(l)));
+        Frame { function, file, line, module, address, offset: linked }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Binary {
     /// Function symbols (`.symtab`, else `.dynsym`): (address, size, name),
     /// sorted by address, names demangled.
     symbols: Vec<(u64, u64, Arc<str>)>,
+    /// Its DWARF line tables, if it carries them (built with `-g`).
+    lines: Option<Mutex<Lines>>,
     pub unwind: Unwind,
     /// (vaddr, file offset, size) of each executable loadable segment.
     segments: Vec<(u64, u64, u64)>,
@@ -82,7 +84,15 @@ impl Binary {
                 (s.address(), offset, size)
             })
             .collect();
-        Some(Binary { path, go, symbols, unwind, segments })
+        let lines = lines(&elf).map(Mutex::new);
+        Some(Binary { path, go, symbols, lines, unwind, segments })
+    }
+
+    /// The source file and line of `linked`, from DWARF.
+    pub fn line(&self, linked: u64) -> Option<(Arc<str>, u32)> {
+        let lines = shared::lock(self.lines.as_ref()?);
+        let location = lines.find_location(linked).ok()??;
+        Some((Arc::from(location.file?), location.line?))
     }
 
     /// Where the function symbol holding `linked` starts.
@@ -111,6 +121,21 @@ impl Binary {
             .find(|(_, off, size)| (page(*off)..off + size.max(&1)).contains(&mapping.offset))?;
         Some(mapping.start.wrapping_sub(page(*vaddr) + (mapping.offset - page(*offset))))
     }
+}
+
+type Lines = addr2line::Context<gimli::EndianArcSlice<gimli::RunTimeEndian>>;
+
+/// A binary's DWARF, for its lines; None without `.debug_info`.
+fn lines(elf: &object::File) -> Option<Lines> {
+    elf.section_by_name(".debug_info")?;
+    let endian =
+        if elf.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
+    let dwarf = gimli::Dwarf::load(|id| -> Result<_, gimli::Error> {
+        let data = elf.section_by_name(id.name()).and_then(|s| s.uncompressed_data().ok());
+        Ok(gimli::EndianArcSlice::new(Arc::from(data.as_deref().unwrap_or_default()), endian))
+    })
+    .ok()?;
+    addr2line::Context::from_dwarf(dwarf).ok()
 }
 
 /// A mapped range of a process.
