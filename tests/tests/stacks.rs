@@ -189,3 +189,31 @@ fn target_killed_while_its_stacks_are_taken() {
     assert_eq!(run.code, 137, "{}", run.stderr);
     assert!(has_chain(&stacks, &["closer"]), "{}", show(&stacks));
 }
+
+/// Inside a container under `serve`: the process's binaries are the
+/// container's (reached through /proc/PID/map_files), and the stack names
+/// the container's path.
+#[test]
+fn container_process_stacks_under_serve() {
+    use sigvisor_tests::containers::*;
+    if !require_tools() {
+        return;
+    }
+    let trace = "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: who\nspec:\n  gadget: signal\n  \
+                 runMode: Auto\n  outputMode: Status\n  parameters:\n    signal: none\n    stacks: \"true\"\n";
+    let server = Server::with_profiles("stacks-crun", &[], &[("who.yaml", trace)]);
+    let bundle = bundle("stacks-crun", &["/bin/closer", "--no-handler", "--threads", "2", "--closes", "100"]);
+    patch(&bundle, &server.socket, &["--runtime", "crun"]);
+    let out = crun_run(&bundle, &container_id("stacks-crun"));
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_untouched(&report(&out));
+    let (traces, log) = server.stop();
+    let summary = summary(&traces[0]);
+    let found = summary["stacks"].as_sequence().is_some_and(|stacks| {
+        stacks.iter().any(|s| {
+            s["count"].as_u64() == Some(200)
+                && s["frames"][1].as_str().is_some_and(|f| f.starts_with("closer (/bin/closer+"))
+        })
+    });
+    assert!(found, "the container's closes with their stack, named by its own path: {summary:?}\n{log}");
+}
