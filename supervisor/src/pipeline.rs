@@ -53,6 +53,8 @@ struct Outcome {
     caller: Option<Caller>,
     skipped: Option<Skip>,
     signal_error: Option<io::Error>,
+    /// The caller's stack, if the Trace asks for stacks and selected it.
+    stack: Option<Result<Captured, String>>,
 }
 
 impl Pipeline {
@@ -170,15 +172,11 @@ impl Pipeline {
                 caller: None,
                 skipped: Some(if self.trace.is_some() { Skip::NotStarted } else { Skip::NotSelected }),
                 signal_error: None,
+                stack: None,
             },
             Some(config) => self.decide_and_signal(&config.policy, listener, &notif),
         };
-        let stack = match (&config, &outcome.caller) {
-            (Some(c), Some(caller)) if c.policy.stacks && outcome.skipped.is_none_or(Skip::selected) => {
-                Some(self.stack(listener, &notif, caller))
-            }
-            _ => None,
-        };
+        let stack = outcome.stack;
         let events = config.filter(|c| c.sink.wants_events());
         let pending =
             (events.is_some() || stack.is_some()).then(|| self.describer.before_answer(listener, &notif));
@@ -253,23 +251,36 @@ impl Pipeline {
         listener: &Listener,
         notif: &Notification,
     ) -> Outcome {
-        let caller = match self.decider.decide(policy, listener, notif) {
-            Decision::Skip(why, caller) => return Outcome { caller, skipped: Some(why), signal_error: None },
-            Decision::Signal(caller) => caller,
+        let (caller, skip) = match self.decider.decide(policy, listener, notif) {
+            Decision::Skip(why, caller) => (caller, Some(why)),
+            Decision::Signal(caller) => (Some(caller), None),
+        };
+        // The stack before the signal: a signal wakes the waiting thread
+        // for a moment (it goes back to a killable wait), and /proc shows
+        // no registers of a running thread.
+        let stack = match &caller {
+            Some(caller) if policy.stacks && skip.is_none_or(Skip::selected) => {
+                Some(self.stack(listener, notif, caller))
+            }
+            _ => None,
+        };
+        let caller = match (caller, skip) {
+            (Some(caller), None) => caller,
+            (caller, skipped) => return Outcome { caller, skipped, signal_error: None, stack },
         };
         let signal = policy.signal;
-        match signal::signal_caller(listener, notif, &self.decider.callers, &caller, signal) {
-            Ok(()) => {
-                self.decider.callers.signalled(&caller, signal);
-                Outcome { caller: Some(caller), skipped: None, signal_error: None }
-            }
-            Err(SignalError::CallerGone) => {
-                self.decider.callers.forget(caller.tid);
-                Outcome { caller: Some(caller), skipped: Some(Skip::CallerGone), signal_error: None }
-            }
-            Err(SignalError::Os(e)) => {
-                Outcome { caller: Some(caller), skipped: Some(Skip::SignalFailed), signal_error: Some(e) }
-            }
-        }
+        let (skipped, signal_error) =
+            match signal::signal_caller(listener, notif, &self.decider.callers, &caller, signal) {
+                Ok(()) => {
+                    self.decider.callers.signalled(&caller, signal);
+                    (None, None)
+                }
+                Err(SignalError::CallerGone) => {
+                    self.decider.callers.forget(caller.tid);
+                    (Some(Skip::CallerGone), None)
+                }
+                Err(SignalError::Os(e)) => (Some(Skip::SignalFailed), Some(e)),
+            };
+        Outcome { caller: Some(caller), skipped, signal_error, stack }
     }
 }

@@ -217,3 +217,33 @@ fn container_process_stacks_under_serve() {
     });
     assert!(found, "the container's closes with their stack, named by its own path: {summary:?}\n{log}");
 }
+
+/// With a signal too, and Stream output: each event carries its stack, and
+/// the signals stay precise (the capture happens while the caller waits,
+/// after the signal is queued and before the answer).
+#[test]
+fn stream_events_carry_the_stack_with_a_signal() {
+    let profile = scratch("stream-stacks-profile").join("stream.yaml");
+    std::fs::write(
+        &profile,
+        "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: who\nspec:\n  gadget: signal\n  \
+         runMode: Auto\n  outputMode: Stream\n  parameters:\n    stacks: \"true\"\n",
+    )
+    .expect("profile");
+    let run = run_closer("stream-stacks", &profile, &[], &["--threads", "2", "--closes", "20"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_precise(&run.reports[0]);
+    let events: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["action"] == "signalled")
+        .collect();
+    assert_eq!(events.len(), 40, "one event per signalled close:\n{}", run.stderr);
+    for event in &events {
+        let frames = event["stack"]["frames"].as_array().expect("stack.frames");
+        let names: Vec<&str> = frames.iter().filter_map(|f| f["function"].as_str()).collect();
+        assert!(names.contains(&"closer"), "the thread's function in its stack: {event}");
+        assert!(frames.iter().all(|f| f["module"].is_string() && f["address"].is_string()), "{event}");
+    }
+}

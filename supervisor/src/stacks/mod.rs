@@ -239,23 +239,27 @@ impl Stacks {
                 e.insert(File::open(format!("/proc/{tid}/syscall")).map_err(|e| e.to_string())?)
             }
         };
-        let mut buf = [0u8; 256];
-        let read = file.read_at(&mut buf, 0);
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => {
-                // The thread this file named is gone.
-                self.threads.remove(&tid);
-                return Err(e.to_string());
-            }
-        };
-        let text = std::str::from_utf8(&buf[..n]).map_err(|e| e.to_string())?;
-        let fields: Vec<&str> = text.split_ascii_whitespace().collect();
         let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
-        match fields.as_slice() {
-            [_, _, _, _, _, _, _, sp, pc] => Ok((hex(sp).ok_or("bad SP")?, hex(pc).ok_or("bad PC")?)),
-            _ => Err(format!("not inside a syscall ({})", text.trim())),
+        let mut buf = [0u8; 256];
+        // A waiting thread woken for a moment (a signal from elsewhere)
+        // reads as "running" until it waits again.
+        for _ in 0..3 {
+            let n = match file.read_at(&mut buf, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    // The thread this file named is gone.
+                    self.threads.remove(&tid);
+                    return Err(e.to_string());
+                }
+            };
+            let text = std::str::from_utf8(&buf[..n]).map_err(|e| e.to_string())?;
+            let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+            if let [_, _, _, _, _, _, _, sp, pc] = fields.as_slice() {
+                return Ok((hex(sp).ok_or("bad SP")?, hex(pc).ok_or("bad PC")?));
+            }
+            std::thread::yield_now();
         }
+        Err("not inside a syscall (running)".into())
     }
 
     /// Names a frame: `lookup` is the address inside its call instruction
