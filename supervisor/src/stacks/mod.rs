@@ -113,6 +113,8 @@ struct View {
 /// Threads' `/proc/TID/syscall` files kept open (a kept-open file names its
 /// thread, never a later one with its tid), at most this many.
 const MAX_THREAD_FILES: usize = 256;
+/// Processes' views kept per listener.
+const MAX_PROCESSES: usize = 64;
 /// Stacks kept named, by their addresses, per listener.
 const MAX_NAMED: usize = 4096;
 
@@ -194,6 +196,13 @@ impl Stacks {
             let map = ProcessMap::read(tgid).ok_or("its maps cannot be read")?;
             let unwinder = unwinder(&map);
             let pagemap = File::open(format!("/proc/{tgid}/pagemap")).ok();
+            if self.processes.len() >= MAX_PROCESSES && !self.processes.contains_key(&tgid) {
+                // The gone go first; the live are read again when next seen.
+                self.processes.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if self.processes.len() >= MAX_PROCESSES {
+                    self.processes.clear();
+                }
+            }
             self.processes.insert(tgid, View { start, map, unwinder, pagemap });
         }
         let view = self.processes.get(&tgid).ok_or("no view")?;

@@ -15,6 +15,9 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 use super::gopclntab::Pclntab;
 use crate::shared;
 
+/// Binaries kept loaded; past this, those no process uses are dropped.
+const MAX_BINARIES: usize = 256;
+
 /// A section's address (as linked) and bytes.
 pub type Section = (Range<u64>, Arc<[u8]>);
 
@@ -199,7 +202,12 @@ fn binary(pid: i32, start: u64, end: u64, dev: &str, inode: u64, path: &str) -> 
         // Not remembered: it may be readable next time.
         None => tracing::debug!("stacks: cannot read {path} (pid {pid}): its frames show as addresses"),
         Some(binary) => {
-            drop(shared::lock(CACHE.get_or_init(Default::default)).insert(key, Arc::clone(binary)))
+            let mut cache = shared::lock(CACHE.get_or_init(Default::default));
+            if cache.len() >= MAX_BINARIES {
+                // Only binaries no process view holds any more go.
+                cache.retain(|_, b| Arc::strong_count(b) > 1);
+            }
+            cache.insert(key, Arc::clone(binary));
         }
     }
     loaded
