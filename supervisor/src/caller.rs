@@ -800,6 +800,12 @@ mod tests {
         assert!(pin.alive());
         go_tx.send(()).expect("let it end");
         thread.join().expect("join");
+        // join returns when the kernel clears the thread's tid word, a
+        // moment before its exit is complete and its pidfd readable.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while pin.alive() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         assert!(!pin.alive(), "an exited thread's pin must read dead");
     }
 

@@ -161,7 +161,9 @@ struct Memory {
 impl Memory {
     fn word(&self, at: u64) -> Result<u64, ()> {
         let i = usize::try_from(at.checked_sub(self.base).ok_or(())?).map_err(|_| ())?;
-        let bytes = self.bytes.get(i..i + 8).ok_or(())?;
+        // Addresses come from the target's memory: any value, no overflow.
+        let bytes = self.bytes.get(i..i.checked_add(8).ok_or(())?).ok_or(())?;
+        // In range now: base <= at and at + 8 <= base + len.
         let page = memory::page_size();
         let (first, last) =
             ((at / page - self.base / page) as usize, ((at + 7) / page - self.base / page) as usize);
@@ -394,8 +396,8 @@ fn frame_pointer(view: &View, lookup: u64, sp: u64, memory: &Memory) -> Option<u
     let entry = binary.symbol_start(lookup.wrapping_sub(bias))?;
     let (text, code) = binary.unwind.text.as_ref()?;
     let from = usize::try_from(entry.checked_sub(text.start)?).ok()?;
-    let rbp = sp + prologue::frame_pointer_distance(code.get(from..)?)?;
-    let ret = memory.word(rbp + 8).ok()?;
+    let rbp = sp.checked_add(prologue::frame_pointer_distance(code.get(from..)?)?)?;
+    let ret = memory.word(rbp.checked_add(8)?).ok()?;
     let into_code = view.map.find(ret).is_some_and(|m| m.binary.is_some());
     (rbp.is_multiple_of(16) && into_code).then_some(rbp)
 }
@@ -424,7 +426,10 @@ fn go_unwind(map: &ProcessMap, mut pc: u64, mut sp: u64, memory: &Memory) -> Unw
         let Some(delta) = delta.and_then(|d| u64::try_from(d).ok()) else {
             return (frames, Some((format!("no frame size at {pc:#x}"), None)));
         };
-        let fp = sp + delta + 8;
+        // The frame size comes from the binary's table: any value.
+        let Some(fp) = sp.checked_add(delta).and_then(|f| f.checked_add(8)) else {
+            return (frames, Some((format!("a frame size past the address space at {pc:#x}"), None)));
+        };
         match memory.word(fp - 8) {
             Ok(ret) if ret != 0 => {
                 pc = ret;

@@ -17,6 +17,8 @@ use crate::shared;
 
 /// Binaries kept loaded; past this, those no process uses are dropped.
 const MAX_BINARIES: usize = 256;
+/// The largest binary read for its tables (its frames show as addresses).
+const MAX_BINARY_BYTES: u64 = 1 << 30;
 
 /// A section's address (as linked) and bytes.
 pub type Section = (Range<u64>, Arc<[u8]>);
@@ -45,6 +47,10 @@ pub struct Binary {
 
 impl Binary {
     fn load(mut file: File, path: Arc<str>) -> Option<Binary> {
+        // Read whole, once; a binary past this size is not read at all.
+        if file.metadata().ok()?.len() > MAX_BINARY_BYTES {
+            return None;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).ok()?;
         let elf = object::File::parse(&*bytes).ok()?;
