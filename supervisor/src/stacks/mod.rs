@@ -206,6 +206,9 @@ impl Stacks {
                 }
             }
             self.processes.insert(tgid, View { start, map, unwinder, pagemap });
+            // Its addresses may mean other code now (an exec, another
+            // process with the pid).
+            self.named.retain(|(pid, _), _| *pid != tgid);
         }
         let view = self.processes.get(&tgid).ok_or("no view")?;
         let limit = view.map.find(sp).ok_or("SP is in no mapping")?.end;
