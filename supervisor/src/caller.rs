@@ -230,10 +230,11 @@ impl Callers {
         if !cached {
             self.open(listener, notif)?;
         }
+        let tgid = self.threads.get(&tid)?.tgid;
+        // Settled first: an exec it ends renames the thread.
+        self.settle(tid, tgid, cached);
         let thread = self.threads.get(&tid)?;
-        let caller = Caller { tid, tgid: thread.tgid, name: Arc::clone(&thread.name) };
-        self.settle(tid, caller.tgid, cached);
-        Some(caller)
+        Some(Caller { tid, tgid, name: Arc::clone(&thread.name) })
     }
 
     /// The start time of a process seen (it tells it from a later one

@@ -65,7 +65,9 @@ enum Command {
     /// with the fd as SCM_RIGHTS). Its container is matched against the
     /// started Traces (runMode Auto) by spec.node and spec.filter; a container
     /// no started Trace selects has its syscalls answered at once. On SIGINT
-    /// or SIGTERM, prints every Trace with its status and exits 0.
+    /// or SIGTERM, prints every Trace with its status and exits 0; the
+    /// containers' listeners stay with the keeper (--keeper), which answers
+    /// their calls until serve is started again and takes them back.
     #[command(after_help = "Example:\n  sigvisor serve --socket /run/sigvisor/agent.sock profiles/\n\n\
         Then point a container's linux.seccomp.listenerPath at the socket (see docs/containers.md).")]
     Serve {
@@ -107,7 +109,8 @@ enum Command {
     /// Run it yourself only to keep it apart from serve (its own systemd
     /// unit, or its own container in a DaemonSet: docs/containers.md). On
     /// SIGTERM it exits once no listener is left; SIGINT and SIGHUP are
-    /// ignored.
+    /// ignored. Logs go to stderr (serve points the keeper it starts at
+    /// STATE_DIR/keeper.log); RUST_LOG as for serve.
     Keeper {
         /// Listen for supervisors here.
         #[arg(long, value_name = "PATH", required_unless_present = "fd", conflicts_with = "fd")]
@@ -115,7 +118,9 @@ enum Command {
         /// Serve one supervisor already connected on this fd (`sigvisor run`).
         #[arg(long, value_name = "FD")]
         fd: Option<i32>,
-        /// Exit once no supervisor is attached and no listener is held.
+        /// Exit once no supervisor is attached and no listener is held (5 s
+        /// later while it holds serve's agent socket, so that a restarted
+        /// serve finds it). What serve and run start themselves.
         #[arg(long)]
         exit_when_idle: bool,
     },
@@ -256,15 +261,25 @@ fn patch_options(
 
 fn main() -> ExitCode {
     run::raise_fd_limit();
+    let cli = Cli::parse();
+    // The long-running commands say what they do; the others only warn.
+    let level = match cli.command {
+        Command::Serve { .. } | Command::Keeper { .. } => "warn,sigvisor=info",
+        _ => "warn",
+    };
+    if !matches!(cli.command, Command::Serve { .. } | Command::Keeper { .. } | Command::Run { .. }) {
+        // A verb piped into `head` ends quietly, as other tools do.
+        sigvisor::sys::process::default_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Check { profiles } => {
             for path in profiles {
                 if let Err(e) = profile::load(&path) {

@@ -109,6 +109,8 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
             _ = term.recv() => break,
         }
     }
+    keeper.stopping();
+    tracing::info!("stopping: the keeper answers the listeners' calls until serve is started again");
     crate::output::write_status(&registry.list(), opts.status_file.as_deref())?;
     Ok(0)
 }

@@ -160,6 +160,8 @@ struct Keeper {
     /// serve's agent socket, and handoffs the keeper is reading from it.
     intake: Intake,
     had_supervisor: bool,
+    /// The supervisor said it is stopping (SIGTERM), not crashing.
+    leaving: bool,
     draining: bool,
     /// Since the last supervisor attached.
     answered: u64,
@@ -200,6 +202,7 @@ pub fn run(opts: Options) -> Result<i32> {
         supervisor: None,
         intake: Intake::default(),
         had_supervisor: false,
+        leaving: false,
         draining: false,
         answered: 0,
         rescued: 0,
@@ -440,6 +443,7 @@ impl Keeper {
                 self.kept.insert(slot, Kept::new(Listener::new(listener), record, false));
             }
             ToKeeper::Release { slot } => self.release(slot),
+            ToKeeper::Stopping => self.leaving = true,
             ToKeeper::Known { slot, process } => {
                 if let Some(kept) = self.kept.get_mut(&slot) {
                     kept.remember(process);
@@ -476,13 +480,21 @@ impl Keeper {
         for &slot in &slots {
             self.rescue(slot);
         }
+        let stopped = std::mem::take(&mut self.leaving);
+        let what = if stopped { "supervisor stopped" } else { "supervisor gone" };
+        let rescued = if self.rescued > 0 {
+            format!("; {} calls it had received and not answered were answered by their id", self.rescued)
+        } else {
+            String::new()
+        };
         if slots.is_empty() {
-            tracing::debug!("supervisor gone ({why}), holding no listener");
+            tracing::info!("{what} ({why}), holding no listener");
+        } else if stopped {
+            tracing::info!("{what}: answering {} listeners' calls until one attaches{rescued}", slots.len());
         } else {
             tracing::warn!(
-                "supervisor gone ({why}): answering {} listeners' calls until one attaches; {} rescued",
-                slots.len(),
-                self.rescued
+                "{what} ({why}): answering {} listeners' calls until one attaches{rescued}",
+                slots.len()
             );
         }
     }

@@ -214,6 +214,11 @@ impl Link {
         self.custody(slot)
     }
 
+    /// Tells the keeper this supervisor stops on purpose.
+    pub fn stopping(&self) {
+        self.send(&ToKeeper::Stopping, None);
+    }
+
     /// Gives the keeper a copy of serve's listening agent socket, so that it
     /// outlives this process. False if the keeper is gone.
     pub fn give_agent(&self, path: &Path, socket: BorrowedFd<'_>) -> bool {

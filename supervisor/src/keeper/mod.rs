@@ -85,6 +85,9 @@ pub enum ToKeeper {
     Keep { slot: u32, record: Record },
     /// No task uses this listener's filter any more: the keeper closes its copy.
     Release { slot: u32 },
+    /// The supervisor is stopping on purpose (SIGTERM): what follows is
+    /// not a crash.
+    Stopping,
     /// What the supervisor knows now of one process's handlers.
     Known { slot: u32, process: KnownProcess },
     /// The supervisor stopped serving this listener (its task failed): the

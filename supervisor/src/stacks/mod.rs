@@ -35,10 +35,12 @@ use modules::ProcessMap;
 /// The RBP unwinding starts with: unknown, and unreadable on purpose.
 const UNKNOWN_RBP: u64 = 0x10;
 
-const NEEDS_RBP: &str = "a frame that needs the frame pointer (RBP is not known from outside)";
+const NEEDS_RBP: &str = "a frame that needs the frame pointer: RBP is not known from outside, \
+                         and this function's prologue does not give it (alloca, a realigned stack, \
+                         or no symbol for the function)";
 
 /// Frames kept per stack.
-const MAX_FRAMES: usize = 64;
+const MAX_FRAMES: usize = 128;
 /// Stack bytes read from SP at first, and at most (clipped to the stack's
 /// mapping).
 const FIRST_READ: u64 = 8 * 1024;
@@ -283,19 +285,22 @@ impl Stacks {
         let Some(mapping) = view.map.find(lookup) else { return unnamed(address) };
         let Some(binary) = mapping.binary.clone() else { return unnamed(address) };
         let module = Arc::clone(&binary.path);
-        let linked = binary.bias(mapping).map(|bias| lookup.wrapping_sub(bias));
+        let bias = binary.bias(mapping);
+        // Names by the call (`lookup`); the offset shown is the address's.
+        let linked = bias.map(|bias| lookup.wrapping_sub(bias));
+        let offset = bias.map(|bias| address.wrapping_sub(bias));
         if let (Some(go), Some(linked)) = (&binary.go, linked) {
             if let Some(f) = go.func(linked) {
                 let (file, line) =
                     go.file_line(f, linked).map_or((None, None), |(f, l)| (Some(Arc::from(f)), Some(l)));
                 let function = go.name(f).map(Arc::from);
-                return Frame { function, file, line, module, address, offset: Some(linked) };
+                return Frame { function, file, line, module, address, offset };
             }
         }
         let function = linked.and_then(|l| binary.symbol(l)).cloned();
         let (file, line) =
             linked.and_then(|l| binary.line(l)).map_or((None, None), |(f, l)| (Some(f), Some(l)));
-        Frame { function, file, line, module, address, offset: linked }
+        Frame { function, file, line, module, address, offset }
     }
 }
 

@@ -65,3 +65,11 @@ pub fn new_session(command: &mut std::process::Command) {
         });
     }
 }
+
+/// Restores SIGPIPE's default action (Rust ignores it), so that a command
+/// whose output is piped into `head` ends at once instead of failing to
+/// print.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler, so no Rust code runs on delivery.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+}
