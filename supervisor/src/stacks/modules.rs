@@ -70,16 +70,14 @@ impl Binary {
             eh_frame_hdr: section(".eh_frame_hdr"),
             got: elf.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
         };
-        let mut symbols: Vec<(u64, u64, Arc<str>)> = elf
-            .symbols()
-            .chain(elf.dynamic_symbols())
-            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
-            .filter_map(|s| {
-                let name = s.name().ok()?;
-                // `{:#}`: Rust names without their hash suffix.
-                Some((s.address(), s.size(), Arc::from(format!("{:#}", rustc_demangle::demangle(name)))))
-            })
-            .collect();
+        // A separate debug file (a distribution's -dbg package) holds the
+        // symbols and lines a stripped binary lacks, at the same addresses.
+        let debug = debug_file(&elf);
+        let debug_elf = debug.as_deref().and_then(|bytes| object::File::parse(bytes).ok());
+        let mut symbols = function_symbols(&elf);
+        if let Some(debug) = &debug_elf {
+            symbols.extend(function_symbols(debug));
+        }
         symbols.sort_by_key(|s| s.0);
         symbols.dedup_by_key(|s| s.0);
         // Only code is looked up: a non-executable segment may share the
@@ -93,7 +91,7 @@ impl Binary {
                 (s.address(), offset, size)
             })
             .collect();
-        let lines = lines(&elf).map(Mutex::new);
+        let lines = lines(&elf).or_else(|| lines(debug_elf.as_ref()?)).map(Mutex::new);
         Some(Binary { path, go, symbols, lines, unwind, segments })
     }
 
@@ -133,6 +131,35 @@ impl Binary {
 }
 
 type Lines = addr2line::Context<gimli::EndianArcSlice<gimli::RunTimeEndian>>;
+
+/// Function symbols (`.symtab` and `.dynsym`), Rust names demangled.
+fn function_symbols(elf: &object::File) -> Vec<(u64, u64, Arc<str>)> {
+    elf.symbols()
+        .chain(elf.dynamic_symbols())
+        .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+        .filter_map(|s| {
+            let name = s.name().ok()?;
+            // `{:#}`: Rust names without their hash suffix.
+            Some((s.address(), s.size(), Arc::from(format!("{:#}", rustc_demangle::demangle(name)))))
+        })
+        .collect()
+}
+
+/// The bytes of the binary's separate debug file, found by its build id
+/// under `/usr/lib/debug/.build-id` on this machine.
+fn debug_file(elf: &object::File) -> Option<Vec<u8>> {
+    let id = elf.build_id().ok()??;
+    let (first, rest) = id.split_first()?;
+    let rest: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+    let path = format!("/usr/lib/debug/.build-id/{first:02x}/{rest}.debug");
+    let file = File::open(path).ok()?;
+    if file.metadata().ok()?.len() > MAX_BINARY_BYTES {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    (&file).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
 
 /// A binary's DWARF, for its lines; None without `.debug_info`.
 fn lines(elf: &object::File) -> Option<Lines> {
