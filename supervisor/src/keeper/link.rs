@@ -136,6 +136,10 @@ impl Link {
             .arg(std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        // It shares run's terminal: only its warnings, unless asked.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
         crate::sys::process::new_session(&mut command);
         command.spawn().context("starting the keeper")?;
         drop(theirs);
