@@ -1,6 +1,5 @@
 //! The keeper process (`sigvisor keeper`): single-threaded, blocking, one
-//! epoll over its sockets and the listeners it holds (each registered once,
-//! so that 10,000 held listeners cost nothing per wake-up).
+//! epoll over its sockets and the listeners it answers itself.
 //!
 //! While a supervisor is attached, the keeper only holds: each copy waits,
 //! untouched, until the supervisor says its filter has no task left. While
@@ -52,7 +51,8 @@ pub struct Options {
     pub socket: Option<PathBuf>,
     /// Or: the one supervisor, already connected (`sigvisor run`'s keeper).
     pub connection: Option<OwnedFd>,
-    /// Exit once no supervisor is attached and no listener is held.
+    /// Exit once no supervisor is attached and no listener is held (after
+    /// `IDLE_GRACE` while it holds serve's agent socket).
     pub exit_when_idle: bool,
 }
 
