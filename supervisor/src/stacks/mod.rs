@@ -6,12 +6,14 @@
 //! - Go code unwinds by `.gopclntab` (`gopclntab.rs`): each function's frame
 //!   size at each PC, as Go's own traceback does; it survives `strip`.
 //! - C, C++ and Rust code unwinds by DWARF CFI (`.eh_frame`), with
-//!   `framehop`, and is named by the binary's symbols (`.symtab`, else
-//!   `.dynsym`; Rust names demangled), with file:line from its DWARF when
-//!   it was built with `-g`.
+//!   `framehop`, and is named by the binary's symbols (and a separate
+//!   debug file's; Rust names demangled), with file:line from its DWARF
+//!   when it was built with `-g`.
+//! - The frame pointer, RBP, is not in `/proc/TID/syscall`: for a frame
+//!   whose CFA is RBP-based it comes from the function's prologue
+//!   (`prologue.rs`), checked against the stack.
 //! - A frame that cannot be unwound ends the stack, and the stack says why:
-//!   never a made-up frame. (The frame pointer, RBP, is not in
-//!   `/proc/TID/syscall`: a frame whose CFA is RBP-based ends the stack.)
+//!   never a made-up frame.
 //!
 //! Binaries are read once per binary (`modules.rs`), and the addresses they
 //! map to once per listener.
