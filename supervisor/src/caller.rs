@@ -667,25 +667,11 @@ fn read_sigaction(tid: i32, at: u64, len: usize) -> io::Result<[u8; 32]> {
 
 /// Whether every page of `[at, at+len)` in `tid`'s process is in memory or
 /// in swap (`/proc/<tid>/pagemap`); true where pagemap cannot be read.
-pub(crate) fn resident(tid: i32, at: u64, len: usize) -> bool {
-    resident_prefix(tid, at, len) == len
-}
-
-/// How many bytes from `at` (at most `len`) are in pages that are in
-/// memory or in swap.
-pub(crate) fn resident_prefix(tid: i32, at: u64, len: usize) -> usize {
+fn resident(tid: i32, at: u64, len: usize) -> bool {
     match File::open(format!("/proc/{tid}/pagemap")) {
-        Ok(pagemap) => resident_prefix_in(&pagemap, at, len),
-        Err(_) => len,
+        Ok(pagemap) => resident_pages(&pagemap, at, len).iter().all(|p| *p),
+        Err(_) => true,
     }
-}
-
-/// The same, with the process's `pagemap` already open.
-pub(crate) fn resident_prefix_in(pagemap: &File, at: u64, len: usize) -> usize {
-    let page = memory::page_size();
-    let held = resident_pages(pagemap, at, len).iter().take_while(|p| **p).count() as u64;
-    let end = (at / page + held) * page;
-    usize::try_from(end.saturating_sub(at)).map_or(len, |n| n.min(len))
 }
 
 /// For each page of `[at, at+len)`, whether it is in memory or in swap

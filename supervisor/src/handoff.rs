@@ -21,10 +21,11 @@ pub async fn receive(socket: OwnedFd) -> Result<Handoff, HandoffError> {
     loop {
         let mut guard = socket.readable().await?;
         match guard.try_io(|s| fd::recv_with_fds(s.get_ref().as_fd(), &mut bytes, &mut fds, MAX_FDS)) {
-            Ok(Ok(0)) => break,
-            Ok(Ok(_)) if bytes.len() > MAX_MESSAGE_BYTES => return Err(HandoffError::TooLong),
-            Ok(Ok(_)) if is_whole_document(&bytes) => break,
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => match complete(n, &bytes) {
+                Some(Ok(())) => break,
+                Some(Err(e)) => return Err(e),
+                None => {}
+            },
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e.into()),
             Err(_would_block) => {}
@@ -33,8 +34,17 @@ pub async fn receive(socket: OwnedFd) -> Result<Handoff, HandoffError> {
     sigvisor_proto::decode(&bytes, fds)
 }
 
+/// After a read of `n` bytes: whether the message is complete (EOF, or a
+/// whole document), too long, or not yet (None).
+pub fn complete(n: usize, bytes: &[u8]) -> Option<Result<(), HandoffError>> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Some(Err(HandoffError::TooLong));
+    }
+    (n == 0 || is_whole_document(bytes)).then_some(Ok(()))
+}
+
 /// Whether `bytes` hold one complete JSON value (more may follow: ignored).
-pub fn is_whole_document(bytes: &[u8]) -> bool {
+fn is_whole_document(bytes: &[u8]) -> bool {
     let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
     matches!(values.next(), Some(Ok(_)))
 }

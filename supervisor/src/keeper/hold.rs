@@ -123,31 +123,14 @@ impl Kept {
         }
     }
 
-    /// A handler change or exec is answered with nobody to record it:
-    /// forget what was known of the process making it (it is then not
-    /// signalled), or of every process if the caller is not known.
-    fn forget_handlers(&mut self, tgid: Option<i32>) {
-        match tgid {
-            Some(tgid) => {
-                self.known.remove(&tgid);
-                self.order.retain(|&p| p != tgid);
-            }
-            None => {
-                self.known.clear();
-                self.order.clear();
-            }
-        }
-    }
-
     /// Before a notification of unknown kind is answered (one a dead
     /// supervisor received): its caller still waits inside the call, so
     /// /proc shows which processes have a thread in a bookkeeping call;
-    /// forget those.
+    /// what was known of those is forgotten (they are then not signalled).
     fn forget_those_in_bookkeeping_calls(&mut self) {
-        let inside: Vec<i32> = self.known.keys().copied().filter(|&tgid| in_bookkeeping_call(tgid)).collect();
-        for tgid in inside {
-            self.forget_handlers(Some(tgid));
-        }
+        self.known.retain(|&tgid, _| !in_bookkeeping_call(tgid));
+        let known = &self.known;
+        self.order.retain(|p| known.contains_key(p));
     }
 }
 

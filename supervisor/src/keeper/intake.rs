@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
-use sigvisor_proto::{Handoff, HandoffError, MAX_FDS, MAX_MESSAGE_BYTES};
+use sigvisor_proto::{Handoff, HandoffError, MAX_FDS};
 
 use crate::sys::fd;
 
@@ -106,10 +106,11 @@ impl Intake {
         let whole = loop {
             match fd::recv_with_fds(incoming.socket.as_fd(), &mut incoming.bytes, &mut incoming.fds, MAX_FDS)
             {
-                Ok(0) => break Ok(()),
-                Ok(_) if incoming.bytes.len() > MAX_MESSAGE_BYTES => break Err(HandoffError::TooLong),
-                Ok(_) if crate::handoff::is_whole_document(&incoming.bytes) => break Ok(()),
-                Ok(_) => {}
+                Ok(n) => {
+                    if let Some(done) = crate::handoff::complete(n, &incoming.bytes) {
+                        break done;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) => break Err(e.into()),
