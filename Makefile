@@ -2,12 +2,18 @@
 # Each installs the Debian packages it needs when they are missing.
 
 CARGO ?= cargo
-PACKAGES := libseccomp-dev pkg-config gcc binutils golang-go runc crun busybox-static
+# The machine's own Go (/usr/local/go) comes first; Debian's golang-go only
+# where there is no Go at all.
+export PATH := $(if $(wildcard /usr/local/go/bin/go),/usr/local/go/bin:)$(PATH)
+PACKAGES := libseccomp-dev pkg-config gcc binutils runc crun busybox-static
+ifeq ($(shell command -v go),)
+PACKAGES += golang-go
+endif
 # Real programs the tests run under sigvisor (tests/tests/never_crash.rs).
 PACKAGES += python3 openjdk-17-jdk-headless podman
 BIN := target/debug
 GO_DEMO := examples/gosignal/gosignal
-# Debian's Go 1.19, stdlib and cgo only: nothing is downloaded.
+# Go 1.19 or later, stdlib and cgo only: nothing is downloaded.
 GO_ENV := CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS=-mod=mod GOCACHE=$(CURDIR)/target/go-build
 
 ARCH := $(shell uname -m)

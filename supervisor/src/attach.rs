@@ -16,6 +16,10 @@ use crate::registry::Registry;
 use crate::stats::Stats;
 use crate::sys::seccomp::Listener;
 
+/// How long an ended listener waits for its last stacks to be named (a
+/// binary's load has a deadline of 1 s).
+const STACKS_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Whether the keeper holds a copy of the listener.
 pub enum Keeping {
     /// No keeper: the listener's calls fail if this supervisor dies.
@@ -71,12 +75,16 @@ pub async fn supervise(
         custody.clone(),
     );
     handler.import(known);
+    let stacks = handler.stacks_pending();
     // A task of its own, so that a panic in it ends here, not in the process.
     let task = tokio::spawn(notify::supervise(Listener::new(handoff.listener), handler, ctx));
     let (stats, end) = task.await.unwrap_or_else(|e| {
         tracing::error!("{label}: the listener's task failed: {e}");
         (Stats::default(), End::Failed)
     });
+    // Its last calls' stacks are still being named: they count in its
+    // Trace before the listener's counters are folded in.
+    stacks.settle(STACKS_SETTLE).await;
     registry.detach(&selection);
     match (custody, end) {
         (Some(custody), End::Hangup) => custody.release(),

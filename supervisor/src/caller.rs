@@ -243,6 +243,11 @@ impl Callers {
         self.processes.get(&tgid).map(|p| p.start)
     }
 
+    /// The process of a thread seen.
+    pub fn tgid_of(&self, tid: i32) -> Option<i32> {
+        self.threads.get(&tid).map(|t| t.tgid)
+    }
+
     /// The pin of a thread `caller` returned.
     pub fn pin(&self, tid: i32) -> Option<&Pin> {
         self.threads.get(&tid).map(|t| &t.pin)
@@ -669,27 +674,9 @@ fn read_sigaction(tid: i32, at: u64, len: usize) -> io::Result<[u8; 32]> {
 /// in swap (`/proc/<tid>/pagemap`); true where pagemap cannot be read.
 fn resident(tid: i32, at: u64, len: usize) -> bool {
     match File::open(format!("/proc/{tid}/pagemap")) {
-        Ok(pagemap) => resident_pages(&pagemap, at, len).iter().all(|p| *p),
+        Ok(pagemap) => crate::stacks::snapshot::resident_pages(&pagemap, at, len).iter().all(|p| *p),
         Err(_) => true,
     }
-}
-
-/// For each page of `[at, at+len)`, whether it is in memory or in swap
-/// (all of them if pagemap cannot be read).
-pub(crate) fn resident_pages(pagemap: &File, at: u64, len: usize) -> Vec<bool> {
-    let page = memory::page_size();
-    let (first, last) = (at / page, (at + len.max(1) as u64 - 1) / page);
-    let count = (last - first + 1) as usize;
-    // One read for the whole range: an entry per page.
-    let mut entries = vec![0u8; count * 8];
-    let Ok(n) = pagemap.read_at(&mut entries, first * 8) else { return vec![true; count] };
-    let mut held: Vec<bool> = entries[..n - n % 8]
-        .chunks_exact(8)
-        // Bit 63: present; bit 62: swapped.
-        .map(|e| u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) >> 62 != 0)
-        .collect();
-    held.resize(count, false);
-    held
 }
 
 /// The fields of `/proc/<tid>/status` sigvisor uses.

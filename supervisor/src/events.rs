@@ -6,7 +6,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Component, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 
 use libseccomp::ScmpSyscall;
 use serde::Serialize;
@@ -18,6 +23,23 @@ use crate::decision::Skip;
 use crate::profile::OutputMode;
 use crate::stacks::Stack;
 use crate::sys::seccomp::{Listener, Notification};
+
+/// The directory serve writes File outputs in (`--output-dir`).
+pub struct OutputDir {
+    pub path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl OutputDir {
+    /// Opens it, made 0700 if missing.
+    pub fn open(path: &std::path::Path) -> std::io::Result<OutputDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+        let fd =
+            nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        Ok(OutputDir { path: path.to_owned(), fd })
+    }
+}
 
 /// Events a slow `stream` client may fall behind by before it loses some.
 const STREAM_BACKLOG: usize = 4096;
@@ -43,16 +65,46 @@ impl Sink {
     }
 
     /// Opens a File output for appending; the error is an operationError.
-    pub fn open_file(path: &str) -> Result<Sink, String> {
+    /// Inside `dir` when given (serve's output directory, since whoever
+    /// may create a Trace must not choose where root writes): a relative
+    /// path below it, resolved with no symbolic link at all. Anywhere
+    /// else (`sigvisor run`, the user's own path): the last component is
+    /// never a symbolic link. Created 0600 either way.
+    pub fn open_file(path: &str, dir: Option<&OutputDir>) -> Result<Sink, String> {
         if path.is_empty() {
             return Err("outputMode File needs spec.output, the path to append events to".into());
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map(|f| Sink::File(Arc::new(Mutex::new(f))))
-            .map_err(|e| format!("cannot open the output file {path:?}: {e}"))
+        let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mode = Mode::from_bits_truncate(0o600);
+        let opened = match dir {
+            Some(dir) => {
+                let inside = !path.starts_with('/')
+                    && std::path::Path::new(path).components().all(|c| matches!(c, Component::Normal(_)));
+                if !inside {
+                    return Err(format!(
+                        "spec.output {path:?} must be a relative path inside the output directory {} \
+                         (no leading '/', no '..')",
+                        dir.path.display()
+                    ));
+                }
+                let how = OpenHow::new()
+                    .flags(flags)
+                    .mode(mode)
+                    .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+                openat2(&dir.fd, path, how)
+            }
+            None => nix::fcntl::open(path, flags, mode),
+        };
+        let shown = match dir {
+            Some(dir) => dir.path.join(path).display().to_string(),
+            None => path.to_owned(),
+        };
+        opened.map(|fd| Sink::File(Arc::new(Mutex::new(File::from(fd))))).map_err(|e| match e {
+            nix::errno::Errno::ELOOP => {
+                format!("the output file {shown:?} is a symbolic link (or passes one): refused")
+            }
+            e => format!("cannot open the output file {shown:?}: {e}"),
+        })
     }
 
     pub fn wants_events(&self) -> bool {
@@ -76,7 +128,7 @@ impl Sink {
         matches!(self, Sink::Stream(_))
     }
 
-    fn send(&self, line: String) {
+    pub fn send(&self, line: String) {
         match self {
             Sink::None => {}
             // No receiver is not an error: nobody is following right now.
@@ -168,6 +220,18 @@ impl Describer {
 
     /// After CONTINUE: the event line, to the sink.
     pub fn emit(&self, sink: &Sink, notif: &Notification, pending: &Pending, happened: &Happened<'_>) {
+        if let Some(event) = self.render(notif, pending, happened) {
+            sink.send(event.to_string());
+        }
+    }
+
+    /// The event, as JSON, for a sink (now, or once its stack is named).
+    pub fn render(
+        &self,
+        notif: &Notification,
+        pending: &Pending,
+        happened: &Happened<'_>,
+    ) -> Option<serde_json::Value> {
         let Happened { caller, skipped, stack, result } = *happened;
         let event = Event {
             time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
@@ -189,10 +253,7 @@ impl Describer {
             result,
             stack,
         };
-        match serde_json::to_string(&event) {
-            Ok(line) => sink.send(line),
-            Err(e) => tracing::warn!("rendering an event: {e}"),
-        }
+        serde_json::to_value(&event).map_err(|e| tracing::warn!("rendering an event: {e}")).ok()
     }
 }
 

@@ -98,6 +98,11 @@ enum Command {
         /// and the keeper's log.
         #[arg(long, value_name = "DIR", default_value = serve::DEFAULT_STATE)]
         state_dir: PathBuf,
+        /// The one directory File outputs are written in: a Trace's
+        /// spec.output is a relative path inside it (no '..', no symbolic
+        /// link), created 0600. Default: STATE_DIR/outputs.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
         #[arg(long = "loop", value_enum, default_value = "adaptive", hide = true)]
         loop_mode: notify::LoopMode,
     },
@@ -319,6 +324,7 @@ fn main() -> ExitCode {
             handoff_timeout,
             keeper,
             state_dir,
+            output_dir,
             loop_mode,
         } => {
             let traces = match serve::load_profiles(&profiles) {
@@ -337,6 +343,7 @@ fn main() -> ExitCode {
                 handoff_timeout: std::time::Duration::from_secs_f64(handoff_timeout.max(0.001)),
                 keeper,
                 state_dir,
+                output_dir,
                 loop_mode,
             };
             block_on(serve::serve(opts))

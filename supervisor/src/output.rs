@@ -53,8 +53,8 @@ struct StackLine<'a> {
 #[derive(Serialize)]
 struct StacksMissed<'a> {
     count: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last: Option<&'a str>,
+    /// How many for each reason.
+    reasons: &'a BTreeMap<String, u64>,
 }
 
 #[derive(Serialize)]
@@ -153,7 +153,7 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
         threads,
         stacks: top_stacks(stats),
         stacks_missed: (stats.stacks_missed > 0)
-            .then_some(StacksMissed { count: stats.stacks_missed, last: stats.last_stack_miss.as_deref() }),
+            .then_some(StacksMissed { count: stats.stacks_missed, reasons: &stats.stack_misses }),
     };
     serde_yaml::to_string(&summary).unwrap_or_else(|e| format!("unrenderable summary: {e}\n"))
 }

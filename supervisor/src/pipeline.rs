@@ -25,7 +25,8 @@ use crate::registry::{Selection, TraceHandle};
 use crate::response::{self, Answered};
 use crate::shared;
 use crate::signal::{self, SignalError};
-use crate::stacks::{Captured, Stacks};
+use crate::stacks::snapshot::Snapshot;
+use crate::stacks::{self, Captured, Stacks};
 use crate::stats::Stats;
 use crate::sys::seccomp::{Listener, Notification};
 
@@ -46,6 +47,8 @@ pub struct Pipeline {
     custody: Option<Custody>,
     /// Stack capture, made when a Trace first asks for stacks.
     stacks: Option<Box<Stacks>>,
+    /// Its stacks still being unwound, after their answers.
+    stacks_pending: stacks::Pending,
 }
 
 /// What became of one notification, recorded once it is answered.
@@ -53,8 +56,9 @@ struct Outcome {
     caller: Option<Caller>,
     skipped: Option<Skip>,
     signal_error: Option<io::Error>,
-    /// The caller's stack, if the Trace asks for stacks and selected it.
-    stack: Option<Result<Captured, String>>,
+    /// The caller's stack snapshot, if the Trace asks for stacks and
+    /// selected it.
+    stack: Option<Result<Snapshot, String>>,
 }
 
 impl Pipeline {
@@ -77,6 +81,7 @@ impl Pipeline {
             describer,
             custody,
             stacks: None,
+            stacks_pending: stacks::Pending::default(),
         };
         pipeline.follow_selection();
         pipeline
@@ -110,6 +115,11 @@ impl Pipeline {
         if let (Some(custody), false) = (&self.custody, changed.is_empty()) {
             custody.known(changed);
         }
+    }
+
+    /// Tells when the stacks of this listener's calls are all named.
+    pub fn stacks_pending(&self) -> stacks::Pending {
+        self.stacks_pending.clone()
     }
 
     /// What this listener counted so far.
@@ -153,6 +163,13 @@ impl Pipeline {
         // never signalled, whatever the Trace's state.
         if let Some(call) = bookkeeping {
             self.decider.callers.observe(listener, &notif, call);
+            if let (crate::handlers::HandlerCall::Exec, Some(stacks)) = (call, &self.stacks) {
+                // Before the answer: a stack snapshot taken so far belongs
+                // to the image the exec leaves.
+                if let Some(tgid) = self.decider.callers.tgid_of(notif.pid as i32) {
+                    stacks.exec(tgid);
+                }
+            }
             self.tell_keeper();
             let answered = response::answer(listener, notif.id);
             if let Some(custody) = &self.custody {
@@ -197,13 +214,14 @@ impl Pipeline {
             stats.error(format_args!("signalling tid {}: {e}", caller.tid));
         }
         stats.handlers = self.decider.callers.knowledge;
-        match &stack {
-            Some(Ok(captured)) => {
-                stats.stack(Arc::clone(&captured.lines), pending.as_ref().and_then(|p| p.path.as_deref()))
+        let snapshot = match stack {
+            Some(Ok(snapshot)) => Some(snapshot),
+            Some(Err(why)) => {
+                stats.stack_missed(why);
+                None
             }
-            Some(Err(why)) => stats.stack_missed(why),
-            None => {}
-        }
+            None => None,
+        };
         let result: Cow<'static, str> = match answered {
             Ok(Answered::Continued) => "continued".into(),
             Ok(Answered::CallerGone) => {
@@ -216,32 +234,51 @@ impl Pipeline {
             }
         };
         drop(stats);
-        if let (Some(config), Some(pending)) = (events, pending) {
-            let happened = Happened {
-                caller: outcome.caller.as_ref(),
-                skipped: outcome.skipped,
-                stack: stack.as_ref().and_then(|s| s.as_ref().ok()).map(|c| &*c.stack),
-                result: &result,
-            };
-            self.describer.emit(&config.sink, &notif, &pending, &happened);
+        let happened = Happened {
+            caller: outcome.caller.as_ref(),
+            skipped: outcome.skipped,
+            stack: None,
+            result: &result,
+        };
+        match (snapshot, &self.stacks) {
+            (Some(snapshot), Some(stacks)) => {
+                // The event waits for its stack: rendered now, sent by the
+                // unwinder with the stack in it.
+                let event = match (&events, &pending) {
+                    (Some(config), Some(p)) => {
+                        self.describer.render(&notif, p, &happened).map(|e| (config.sink.clone(), e))
+                    }
+                    _ => None,
+                };
+                let path = pending.and_then(|p| p.path);
+                stacks.unwind(snapshot, stack_done(Arc::clone(&self.stats), path, event));
+            }
+            _ => {
+                if let (Some(config), Some(pending)) = (events, pending) {
+                    self.describer.emit(&config.sink, &notif, &pending, &happened);
+                }
+            }
         }
         Ok(())
     }
 
-    /// The caller's stack, taken while it waits: proven by ID_VALID after
-    /// the reads to be this call's (its thread was frozen throughout).
+    /// The caller's stack snapshot, taken while it waits: proven by
+    /// ID_VALID after the reads to be this call's (its thread was frozen
+    /// throughout).
     fn stack(
         &mut self,
         listener: &Listener,
         notif: &Notification,
         caller: &Caller,
-    ) -> Result<Captured, String> {
+    ) -> Result<Snapshot, String> {
         let start = self.decider.callers.process_start(caller.tgid).ok_or("its process is gone")?;
-        let stack = self.stacks.get_or_insert_with(Box::default).capture(caller.tid, caller.tgid, start)?;
+        let pending = &self.stacks_pending;
+        let stacks = self.stacks.get_or_insert_with(|| Box::new(Stacks::new(pending.clone())));
+        let snapshot = stacks.snapshot(caller.tid, caller.tgid, start)?;
         if !listener.id_valid(notif.id) {
             return Err("the caller went away during the capture".into());
         }
-        Ok(stack)
+        Ok(snapshot)
     }
 
     /// The decision, and the signal if it says so: before the answer.
@@ -283,4 +320,28 @@ impl Pipeline {
             };
         Outcome { caller: Some(caller), skipped, signal_error, stack }
     }
+}
+
+/// What the unwinder does with a call's stack: counts it in the Trace's
+/// status (with the path its fd referred to), and sends the call's event,
+/// if one waits for it, with the stack in it.
+fn stack_done(
+    stats: Arc<Mutex<Stats>>,
+    path: Option<String>,
+    event: Option<(crate::events::Sink, serde_json::Value)>,
+) -> stacks::Done {
+    Box::new(move |named: Result<Captured, String>| {
+        match &named {
+            Ok(captured) => shared::lock(&stats).stack(Arc::clone(&captured.lines), path.as_deref()),
+            Err(why) => shared::lock(&stats).stack_missed(why),
+        }
+        if let Some((sink, mut event)) = event {
+            if let (Ok(captured), Some(fields)) = (&named, event.as_object_mut()) {
+                if let Ok(stack) = serde_json::to_value(&*captured.stack) {
+                    fields.insert("stack".into(), stack);
+                }
+            }
+            sink.send(event.to_string());
+        }
+    })
 }

@@ -235,8 +235,8 @@ pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
     })?;
     check.one_of("apiVersion", &trace.api_version, &[API_VERSION])?;
     check.one_of("kind", &trace.kind, &[KIND])?;
-    if trace.metadata.name.is_empty() {
-        return Err(check.err("metadata.name", "must not be empty"));
+    if let Err(why) = check_name(&trace.metadata.name) {
+        return Err(check.err("metadata.name", why));
     }
     check.one_of("spec.gadget", &trace.spec.gadget, GADGETS)?;
     check.one_of("spec.runMode", &trace.spec.run_mode, RUN_MODES)?;
@@ -309,6 +309,26 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
 }
 
 pub use sigvisor_proto::{parse_signal, signal_name};
+
+/// A Trace's name follows Kubernetes' rule for object names (an RFC 1123
+/// subdomain): it is also the file the Trace is saved as, so it can
+/// never be a path.
+pub fn check_name(name: &str) -> Result<(), String> {
+    const RULE: &str = "accepted: an RFC 1123 subdomain, as Kubernetes names objects: at most 253 \
+                        characters of lowercase letters, digits, '-' and '.', starting and ending \
+                        with a letter or digit (e.g. seccomp, who-closed.v2)";
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid value {name:?}; {RULE}"))
+    }
+}
 
 /// Comma-separated syscall names known to libseccomp, minus those the
 /// launcher itself must call after loading the filter.

@@ -212,6 +212,8 @@ pub struct Registry {
     attached: Mutex<Vec<Attached>>,
     /// Where the Traces are saved after each change (`serve`).
     state: std::sync::OnceLock<StateDir>,
+    /// The only place File outputs are written (`serve`).
+    outputs: std::sync::OnceLock<crate::events::OutputDir>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +232,13 @@ impl Registry {
             traces: Mutex::new(BTreeMap::new()),
             attached: Mutex::new(Vec::new()),
             state: std::sync::OnceLock::new(),
+            outputs: std::sync::OnceLock::new(),
         }
+    }
+
+    /// File outputs go inside `dir` from now on, and nowhere else.
+    pub fn keep_outputs_in(&self, dir: crate::events::OutputDir) {
+        let _ = self.outputs.set(dir);
     }
 
     /// Saves the Traces in `dir` from now on, after every `save_state`.
@@ -278,9 +286,11 @@ impl Registry {
                 } else {
                     entry.handle.config().sink.clone()
                 };
+                // An Auto Trace whose start failed is tried again.
+                let retry = policy.run_mode == RunMode::Auto && entry.state == State::NotStarted;
                 entry.trace = trace;
                 entry.handle.set_config(Config { policy: Arc::new(policy), sink });
-                if output_changed && entry.state == State::Started {
+                if output_changed && (entry.state == State::Started || retry) {
                     // Started again, so that a new File output is opened now.
                     entry.set_state(State::NotStarted);
                     self.start(entry);
@@ -332,7 +342,7 @@ impl Registry {
         }
         let current = entry.handle.config();
         let sink = match current.policy.output_mode {
-            OutputMode::File => match Sink::open_file(&entry.trace.spec.output) {
+            OutputMode::File => match Sink::open_file(&entry.trace.spec.output, self.outputs.get()) {
                 Ok(sink) => sink,
                 Err(e) => {
                     entry.operation_error = e;

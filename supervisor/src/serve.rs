@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub handoff_timeout: Duration,
     pub keeper: PathBuf,
     pub state_dir: PathBuf,
+    /// Where File outputs go; STATE_DIR/outputs by default.
+    pub output_dir: Option<PathBuf>,
     pub loop_mode: LoopMode,
 }
 
@@ -47,6 +49,10 @@ pub struct ServeOptions {
 pub async fn serve(opts: ServeOptions) -> Result<i32> {
     let registry = Arc::new(Registry::new(opts.node.clone(), false));
     let state = StateDir::open(&opts.state_dir)?;
+    let outputs = opts.output_dir.clone().unwrap_or_else(|| opts.state_dir.join("outputs"));
+    let outputs = crate::events::OutputDir::open(&outputs)
+        .with_context(|| format!("opening the output directory {}", outputs.display()))?;
+    registry.keep_outputs_in(outputs);
     let given: Vec<String> = opts.traces.iter().map(|(t, _)| t.metadata.name.clone()).collect();
     for (trace, policy) in opts.traces {
         registry.apply(trace, policy);

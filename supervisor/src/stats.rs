@@ -13,6 +13,9 @@ const MAX_THREADS: usize = 4096;
 /// Distinct stacks kept, and fd paths per stack; past that, counted only.
 const MAX_STACKS: usize = 1024;
 const MAX_PATHS: usize = 8;
+/// Distinct reasons a stack was missed, counted apart; past that, under
+/// "other reasons".
+const MAX_MISS_REASONS: usize = 16;
 
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -29,9 +32,9 @@ pub struct Stats {
     pub handlers: Knowledge,
     /// Stacks captured (`stacks: "true"`), by their frames' text.
     pub stacks: HashMap<Arc<[String]>, StackCount>,
-    /// Selected calls whose stack could not be taken, and the last reason.
+    /// Selected calls whose stack could not be taken, by reason.
     pub stacks_missed: u64,
-    pub last_stack_miss: Option<String>,
+    pub stack_misses: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -106,8 +109,17 @@ impl Stats {
     }
 
     pub fn stack_missed(&mut self, why: impl std::fmt::Display) {
-        self.stacks_missed += 1;
-        self.last_stack_miss = Some(why.to_string());
+        self.stack_misses_add(why.to_string(), 1);
+    }
+
+    fn stack_misses_add(&mut self, why: String, n: u64) {
+        self.stacks_missed += n;
+        let why = if self.stack_misses.len() < MAX_MISS_REASONS || self.stack_misses.contains_key(&why) {
+            why
+        } else {
+            "other reasons".to_owned()
+        };
+        *self.stack_misses.entry(why).or_default() += n;
     }
 
     pub fn error(&mut self, what: impl std::fmt::Display) {
@@ -139,9 +151,8 @@ impl Stats {
                 self.stacks.entry(Arc::clone(stack)).or_default().add(n.count, n.paths.iter().cloned());
             }
         }
-        self.stacks_missed += other.stacks_missed;
-        if other.last_stack_miss.is_some() {
-            self.last_stack_miss.clone_from(&other.last_stack_miss);
+        for (why, n) in &other.stack_misses {
+            self.stack_misses_add(why.clone(), *n);
         }
         for (tid, t) in &other.threads {
             if self.threads.len() < MAX_THREADS || self.threads.contains_key(tid) {

@@ -364,15 +364,15 @@ fn cri_names_select_and_attribute() {
     if !require_tools() {
         return;
     }
-    let dir = scratch("cri-events");
-    let events = dir.join("events.jsonl");
-    let trace = format!(
-        "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: shop\nspec:\n  gadget: signal\n  \
-         runMode: Auto\n  outputMode: File\n  output: {}\n  filter:\n    namespace: shop\n    podname: web-7d9\n    \
-         containerName: web\n",
-        events.display()
-    );
-    let server = Server::with_profiles("cri", &[], &[("shop.yaml", &trace)]);
+    // serve writes File outputs inside its output directory only.
+    let trace = "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: shop\nspec:\n  gadget: signal\n  \
+         runMode: Auto\n  outputMode: File\n  output: shop/events.jsonl\n  filter:\n    namespace: shop\n    podname: web-7d9\n    \
+         containerName: web\n";
+    let outputs = scratch("cri-events");
+    std::fs::create_dir_all(outputs.join("shop")).expect("mkdir");
+    let events = outputs.join("shop/events.jsonl");
+    let dir = outputs.to_str().expect("path");
+    let server = Server::with_profiles("cri", &["--output-dir", dir], &[("shop.yaml", trace)]);
     let bundle = bundle("cri", CLOSER);
     patch(&bundle, &server.socket, &["--runtime", "crun"]);
     edit_config(&bundle, |c| {

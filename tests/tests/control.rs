@@ -115,17 +115,43 @@ fn operation_errors() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("no trace named \"nosuch\""), "{args:?}");
     }
 
-    // File output to a path that cannot be opened: an operationError, the
-    // server goes on.
-    let unwritable = trace_yaml("f", "Auto", "File", "  output: /proc/no/such/dir/events.jsonl\n", "");
-    let out = apply(&server.control, &dir, "f.yaml", &unwritable);
-    assert_eq!(exit_code(&out), 1);
-    let (trace, _) = get(&server.control, "f");
-    assert!(
-        trace["status"]["operationError"].as_str().unwrap_or("").contains("cannot open the output file"),
-        "{trace}"
+    // File outputs cannot be aimed: only a relative path inside serve's
+    // output directory, never through a symbolic link; each refusal is an
+    // operationError, and the server goes on.
+    let outputs = server.state.join("outputs");
+    let victim = dir.join("root-only");
+    std::fs::write(&victim, "untouched\n").expect("write");
+    std::os::unix::fs::symlink(&victim, outputs.join("planted.jsonl")).expect("plant a symlink");
+    std::fs::create_dir_all(outputs.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink("/etc", outputs.join("sub/etc")).expect("plant a directory symlink");
+    for (output, why) in [
+        ("/proc/no/such/dir/events.jsonl", "must be a relative path inside the output directory"),
+        ("../escape.jsonl", "must be a relative path inside the output directory"),
+        ("planted.jsonl", "is a symbolic link"),
+        ("sub/etc/passwd", "is a symbolic link"),
+        ("no/such/dir/events.jsonl", "cannot open the output file"),
+    ] {
+        let aimed = trace_yaml("f", "Auto", "File", &format!("  output: {output}\n"), "");
+        let out = apply(&server.control, &dir, "f.yaml", &aimed);
+        assert_eq!(exit_code(&out), 1, "{output}");
+        let (trace, _) = get(&server.control, "f");
+        let error = trace["status"]["operationError"].as_str().unwrap_or("").to_owned();
+        assert!(error.contains(why), "{output}: {trace}");
+        assert_eq!(trace["status"]["state"], Value::Null);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read"),
+        "untouched\n",
+        "the symlink was not followed"
     );
-    assert_eq!(trace["status"]["state"], Value::Null);
+
+    // A Trace's name is a Kubernetes object name: never a path.
+    for name in ["a/b", "..", "Upper", "-x"] {
+        let out = apply(&server.control, &dir, "n.yaml", &trace_yaml(name, "Auto", "Status", "", ""));
+        assert_eq!(exit_code(&out), 2, "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("metadata.name") && stderr.contains("RFC 1123"), "{name}: {stderr}");
+    }
 
     // A bad profile is refused with exit 2 and the usual message.
     let out = apply(&server.control, &dir, "bad.yaml", &trace_yaml("b", "Sometimes", "Status", "", ""));
@@ -208,12 +234,19 @@ fn stream_and_file_output_with_fd_paths() {
             .any(|e| e["reason"] == "no-handler" && e["path"].as_str().is_some_and(|p| p.starts_with('/'))));
     }
 
-    // File output: the same lines, appended to spec.output.
-    let file = dir.join("events.jsonl");
-    let spec = format!("  output: {}\n", file.display());
-    ok(&apply(&server.control, &dir, "f.yaml", &trace_yaml("f", "Auto", "File", &spec, "")));
+    // File output: the same lines, appended to spec.output inside serve's
+    // output directory, in a file only root reads.
+    let file = server.state.join("outputs/events.jsonl");
+    ok(&apply(
+        &server.control,
+        &dir,
+        "f.yaml",
+        &trace_yaml("f", "Auto", "File", "  output: events.jsonl\n", ""),
+    ));
     let file_report = report(&wait_bounded(launch(&server, &["--closes", "20"]), "closer"));
     assert_precise(&file_report);
+    let mode = std::fs::metadata(&file).expect("events file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "created 0600");
     let text = std::fs::read_to_string(&file).expect("events file");
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.iter().filter(|e| e["action"] == "signalled" && e["path"] == "/dev/null").count(), 20);

@@ -418,6 +418,23 @@ fn adversarial_handler_changes_never_kill() {
     }
 }
 
+/// rt_sigaction with `act` pointers no one can read (near the top of the
+/// address space, where `act + size` wraps; unmapped; misaligned), then a
+/// real handler: the listener survives them all, and every later close is
+/// signalled, precisely.
+#[test]
+fn bad_sigaction_pointers_then_a_real_handler() {
+    let status = scratch("adversary-bad-pointers").join("status.yaml");
+    let mut cmd = run_command(&status, &seed_profile(), &[]);
+    let out = wait_bounded(cmd.arg(adversary()).arg("bad-pointers").spawn().expect("spawn sigvisor"), "bad");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let run = Run::from_output(out, &status);
+    assert_eq!(run.code, 0, "{stdout}\n{}", run.stderr);
+    assert!(stdout.contains("\"handled\":100,\"failed\":0"), "every close signalled once: {stdout}");
+    assert_eq!(run.count("signalsSent"), 100, "{}", run.stderr);
+    assert_eq!(run.count("errors"), 0, "{}", run.stderr);
+}
+
 /// Fork children are not signalled through a handler they inherited: a
 /// shell's subshell re-raises a trapped signal with its default action, and
 /// CPython's subprocess child blocks every signal and resets handlers

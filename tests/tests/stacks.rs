@@ -76,8 +76,15 @@ fn go_program_without_handler_unstripped_and_stripped() {
     for (name, binary) in [("go-stacks", Path::new(plaingo)), ("go-stacks-stripped", stripped.as_path())] {
         let binary = binary.to_str().expect("path");
         let (_, stacks) = stacks_of(name, &[binary]);
-        let finalizer = ["syscall.Close", "os.(*file).close", "runtime.runfinq", "runtime.goexit"];
-        assert!(has_chain(&stacks, &finalizer), "{name}: the finalizer's stack:\n{}", show(&stacks));
+        // Go's finalizer goroutine runs `runtime.runfinq` (to Go 1.24) or
+        // `runtime.runFinalizers` (Go 1.25 on).
+        let finalizer = |runner| ["syscall.Close", "os.(*file).close", runner, "runtime.goexit"];
+        assert!(
+            has_chain(&stacks, &finalizer("runtime.runfinq"))
+                || has_chain(&stacks, &finalizer("runtime.runFinalizers")),
+            "{name}: the finalizer's stack:\n{}",
+            show(&stacks)
+        );
         let read_file = ["syscall.Close", "os.ReadFile", "main.main", "runtime.main", "runtime.goexit"];
         assert!(has_chain(&stacks, &read_file), "{name}: os.ReadFile's stack:\n{}", show(&stacks));
         // Go's tables carry lines: the ReadFile call in main.go.

@@ -4,6 +4,35 @@
 //! it survives `strip` (it is allocated, the runtime needs it). Formats of
 //! Go 1.18 and 1.19 (magic 0xfffffff0) and of Go 1.20 on (0xfffffff1), for
 //! 64-bit targets. Pure parsing, no syscalls: unit-tested as it is.
+//!
+//! Every value here comes from a binary the target controls: offsets and
+//! counts are checked (no arithmetic can wrap), names are bounded, and the
+//! one scan that grows with the table (`pcvalue`) spends a `Budget`.
+
+/// The longest function or file name read.
+const MAX_NAME: usize = 4096;
+
+/// How many table steps one capture may take: a table of any size (a
+/// hostile pcsp table of 256 MiB) costs at most this much, then the stack
+/// ends with the reason.
+#[derive(Debug)]
+pub struct Budget(u64);
+
+impl Budget {
+    pub const fn new(steps: u64) -> Budget {
+        Budget(steps)
+    }
+
+    /// Takes one step; false once the budget is spent.
+    fn step(&mut self) -> bool {
+        self.0 = self.0.saturating_sub(1);
+        self.0 > 0
+    }
+
+    pub fn spent(&self) -> bool {
+        self.0 == 0
+    }
+}
 
 /// Where a module's table is, and its layout.
 pub struct Pclntab {
@@ -29,18 +58,23 @@ pub struct Func {
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(data.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 fn u64_at(data: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(data.get(at..at.checked_add(8)?)?.try_into().ok()?))
+}
+
+/// `base + 4 * index` (or 8), None if it overflows.
+fn index(base: usize, index: usize, width: usize) -> Option<usize> {
+    base.checked_add(index.checked_mul(width)?)
 }
 
 fn uvarint(data: &[u8], at: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *data.get(*at)?;
-        *at += 1;
+        *at = at.checked_add(1)?;
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Some(value);
@@ -51,7 +85,7 @@ fn uvarint(data: &[u8], at: &mut usize) -> Option<u64> {
 
 fn cstr(data: &[u8], at: usize) -> Option<&str> {
     let bytes = data.get(at..)?;
-    let end = bytes.iter().position(|&b| b == 0)?;
+    let end = bytes.iter().take(MAX_NAME).position(|&b| b == 0)?;
     std::str::from_utf8(&bytes[..end]).ok()
 }
 
@@ -74,7 +108,7 @@ impl Pclntab {
         // nfunc, nfiles, textStart, then the tables' offsets.
         let (funcnames, cutab, filetab, pctab, functab) =
             (field(3)?, field(4)?, field(5)?, field(6)?, field(7)?);
-        if functab.checked_add((nfunc + 1) * 8)? > data.len() {
+        if index(functab, nfunc.checked_add(1)?, 8)? > data.len() {
             return None;
         }
         Some(Pclntab { data, min_lc, nfunc, text_start, funcnames, cutab, filetab, pctab, functab })
@@ -83,14 +117,14 @@ impl Pclntab {
     /// The function whose code holds `pc` (as linked).
     pub fn func(&self, pc: u64) -> Option<Func> {
         let offset = u32::try_from(pc.checked_sub(self.text_start)?).ok()?;
-        let entry = |i: usize| u32_at(&self.data, self.functab + 8 * i);
+        let entry = |i: usize| u32_at(&self.data, index(self.functab, i, 8)?);
         // The table is sorted by entry; its last entry ends the text.
         if offset >= entry(self.nfunc)? {
             return None;
         }
         let (mut lo, mut hi) = (0, self.nfunc);
         while hi - lo > 1 {
-            let mid = (lo + hi) / 2;
+            let mid = lo + (hi - lo) / 2;
             if entry(mid)? <= offset {
                 lo = mid;
             } else {
@@ -100,32 +134,34 @@ impl Pclntab {
         if entry(lo)? > offset {
             return None;
         }
-        let record = self.functab + u32_at(&self.data, self.functab + 8 * lo + 4)? as usize;
-        let entry = self.text_start + u64::from(u32_at(&self.data, record)?);
+        let record = self
+            .functab
+            .checked_add(u32_at(&self.data, index(self.functab, lo, 8)?.checked_add(4)?)? as usize)?;
+        let entry = self.text_start.checked_add(u64::from(u32_at(&self.data, record)?))?;
         Some(Func { entry, record })
     }
 
     fn field(&self, f: Func, index: usize) -> Option<u32> {
-        u32_at(&self.data, f.record + 4 * index)
+        u32_at(&self.data, self::index(f.record, index, 4)?)
     }
 
     pub fn name(&self, f: Func) -> Option<&str> {
-        cstr(&self.data, self.funcnames + self.field(f, 1)? as usize)
+        cstr(&self.data, self.funcnames.checked_add(self.field(f, 1)? as usize)?)
     }
 
     /// The frame's size at `pc`, return address excluded.
-    pub fn sp_delta(&self, f: Func, pc: u64) -> Option<i64> {
-        self.pcvalue(f, self.field(f, 4)?, pc)
+    pub fn sp_delta(&self, f: Func, pc: u64, budget: &mut Budget) -> Option<i64> {
+        self.pcvalue(f, self.field(f, 4)?, pc, budget)
     }
 
     /// The source file and line of `pc`.
-    pub fn file_line(&self, f: Func, pc: u64) -> Option<(&str, u32)> {
-        let file = self.pcvalue(f, self.field(f, 5)?, pc)?;
-        let line = self.pcvalue(f, self.field(f, 6)?, pc)?;
+    pub fn file_line(&self, f: Func, pc: u64, budget: &mut Budget) -> Option<(&str, u32)> {
+        let file = self.pcvalue(f, self.field(f, 5)?, pc, budget)?;
+        let line = self.pcvalue(f, self.field(f, 6)?, pc, budget)?;
         let cu = self.field(f, 8)? as usize;
-        let index = cu.checked_add(usize::try_from(file).ok()?)?;
-        let offset = u32_at(&self.data, self.cutab + 4 * index)?;
-        let name = cstr(&self.data, self.filetab + offset as usize)?;
+        let at = cu.checked_add(usize::try_from(file).ok()?)?;
+        let offset = u32_at(&self.data, index(self.cutab, at, 4)?)?;
+        let name = cstr(&self.data, self.filetab.checked_add(offset as usize)?)?;
         Some((name, u32::try_from(line).ok()?))
     }
 
@@ -138,20 +174,23 @@ impl Pclntab {
 
     /// A `pcvalue` table: (value delta, pc delta) pairs, varint-encoded,
     /// starting at -1 and the function's entry.
-    fn pcvalue(&self, f: Func, table: u32, target: u64) -> Option<i64> {
+    fn pcvalue(&self, f: Func, table: u32, target: u64, budget: &mut Budget) -> Option<i64> {
         if table == 0 {
             return None;
         }
         let mut at = self.pctab.checked_add(table as usize)?;
         let (mut pc, mut value, mut first) = (f.entry, -1i64, true);
         loop {
+            if !budget.step() {
+                return None;
+            }
             let delta = uvarint(&self.data, &mut at)?;
             if delta == 0 && !first {
                 return None;
             }
             first = false;
-            value += ((delta >> 1) as i64) ^ -((delta & 1) as i64);
-            pc += uvarint(&self.data, &mut at)? * self.min_lc;
+            value = value.wrapping_add(((delta >> 1) as i64) ^ -((delta & 1) as i64));
+            pc = pc.checked_add(uvarint(&self.data, &mut at)?.checked_mul(self.min_lc)?)?;
             if target < pc {
                 return Some(value);
             }

@@ -1,24 +1,39 @@
-//! Which binary holds an address in a process, and each binary's tables:
-//! Go's `.gopclntab`, or the DWARF CFI (`.eh_frame`) and symbols of
-//! C, C++ and Rust code, and its symbols. A binary is read once, by device and inode, for
-//! every process that maps it, through `/proc/PID/map_files` (which reaches
-//! into a container's filesystem as well as the host's).
+//! Which binary holds an address in a process, and what each binary gives
+//! an unwinder: Go's `.gopclntab`, or the DWARF CFI (`.eh_frame`), symbols
+//! and lines of C, C++ and Rust code.
+//!
+//! A binary is the target's: any byte of it may be hostile. Only the parts
+//! used are read (headers, then named sections, by `pread`), never the
+//! whole file; a section larger than the file, larger than its limit, or
+//! in a sparse file is refused with the reason; the parts kept count
+//! against the binary's limit. Loading happens off the answer path, with a
+//! deadline (`loader.rs`).
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
 
+use object::read::ReadCache;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use super::gopclntab::Pclntab;
+use super::loader;
 use crate::shared;
 
-/// Binaries kept loaded; past this, those no process uses are dropped.
-const MAX_BINARIES: usize = 256;
-/// The largest binary read for its tables (its frames show as addresses).
-const MAX_BINARY_BYTES: u64 = 1 << 30;
+/// The most bytes one binary may keep (its code, unwind tables, symbols
+/// and lines together). Real binaries keep far less: libc about 3 MiB, a
+/// large Go program about 30 MiB, libjvm about 40 MiB.
+pub const MAX_KEPT: u64 = 256 << 20;
+/// The most bytes of any one section read.
+const MAX_SECTION: u64 = 192 << 20;
+/// A file this large that has less than an eighth of its bytes on disk is
+/// sparse: it claims sections it does not hold.
+const SPARSE_CHECK: u64 = 64 << 20;
+/// Symbols kept per binary, and the longest name kept.
+const MAX_SYMBOLS: usize = 1 << 20;
+const MAX_NAME: usize = 1024;
 
 /// A section's address (as linked) and bytes.
 pub type Section = (Range<u64>, Arc<[u8]>);
@@ -43,47 +58,95 @@ pub struct Binary {
     pub unwind: Unwind,
     /// (vaddr, file offset, size) of each executable loadable segment.
     segments: Vec<(u64, u64, u64)>,
+    /// The bytes it keeps, for the cache's limit.
+    pub kept: u64,
+}
+
+/// Reads a binary's sections within its limits.
+struct Reader<'a> {
+    elf: object::File<'a, &'a ReadCache<File>>,
+    /// The file's length: no section reaches past it.
+    len: u64,
+    kept: u64,
+}
+
+impl<'a> Reader<'a> {
+    /// A section's bytes, if it is there and within the limits; Err names
+    /// the section that broke one.
+    fn section(&mut self, name: &str) -> Result<Option<Section>, String> {
+        let Some(s) = self.elf.section_by_name(name) else { return Ok(None) };
+        // A NOBITS section (.bss, or a stripped debug section) has no bytes.
+        let Some((offset, size)) = s.file_range() else { return Ok(None) };
+        if offset.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(format!("its {name} claims {size} bytes past the file's end"));
+        }
+        if size > MAX_SECTION {
+            return Err(format!("its {name} is {} MiB (the limit is {} MiB)", size >> 20, MAX_SECTION >> 20));
+        }
+        keep(&mut self.kept, size, name)?;
+        let data = s.data().map_err(|e| format!("reading its {name}: {e}"))?;
+        let end = s.address().saturating_add(s.size());
+        Ok(Some((s.address()..end, Arc::from(data))))
+    }
+}
+
+/// Counts `bytes` more kept by a binary; Err past its limit.
+fn keep(kept: &mut u64, bytes: u64, what: &str) -> Result<(), String> {
+    *kept = kept.saturating_add(bytes);
+    if *kept > MAX_KEPT {
+        return Err(format!("with its {what} it keeps over {} MiB", MAX_KEPT >> 20));
+    }
+    Ok(())
 }
 
 impl Binary {
-    fn load(mut file: File, path: Arc<str>) -> Option<Binary> {
-        // Read whole, once; a binary past this size is not read at all.
-        if file.metadata().ok()?.len() > MAX_BINARY_BYTES {
-            return None;
+    /// Reads what unwinding and naming need from an opened binary; Err
+    /// says why it cannot be used.
+    pub fn load(file: File, path: Arc<str>) -> Result<Binary, String> {
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        let len = meta.len();
+        if len > SPARSE_CHECK && meta.blocks().saturating_mul(512) < len / 8 {
+            return Err(format!(
+                "a sparse file: {} MiB long, {} KiB on disk",
+                len >> 20,
+                meta.blocks().saturating_mul(512) >> 10
+            ));
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).ok()?;
-        let elf = object::File::parse(&*bytes).ok()?;
-        let section = |name: &str| -> Option<Section> {
-            let s = elf.section_by_name(name)?;
-            let data = s.uncompressed_data().ok()?;
-            Some((s.address()..s.address() + s.size(), Arc::from(&*data)))
+        let cache = ReadCache::new(file);
+        let elf = object::File::parse(&cache).map_err(|e| format!("not a binary sigvisor reads: {e}"))?;
+        let mut reader = Reader { elf, len, kept: 0 };
+        let text = reader.section(".text")?;
+        let go = match reader.section(".gopclntab")? {
+            Some((_, data)) => Pclntab::parse(data.to_vec(), text.as_ref().map_or(0, |(r, _)| r.start)),
+            None => None,
         };
-        let text = section(".text");
-        let go = elf.section_by_name(".gopclntab").and_then(|s| {
-            let data = s.uncompressed_data().ok()?.into_owned();
-            Pclntab::parse(data, text.as_ref().map_or(0, |(r, _)| r.start))
-        });
         let unwind = Unwind {
             text,
-            eh_frame: section(".eh_frame"),
-            eh_frame_hdr: section(".eh_frame_hdr"),
-            got: elf.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
+            eh_frame: reader.section(".eh_frame")?,
+            eh_frame_hdr: reader.section(".eh_frame_hdr")?,
+            got: reader
+                .elf
+                .section_by_name(".got")
+                .map(|s| s.address()..s.address().saturating_add(s.size())),
         };
+        let mut symbols = function_symbols(&reader.elf);
         // A separate debug file (a distribution's -dbg package) holds the
         // symbols and lines a stripped binary lacks, at the same addresses.
-        let debug = debug_file(&elf);
-        let debug_elf = debug.as_deref().and_then(|bytes| object::File::parse(bytes).ok());
-        let mut symbols = function_symbols(&elf);
+        let debug = debug_file(&reader.elf);
+        let debug_elf = debug.as_ref().and_then(|cache| object::File::parse(cache).ok());
         if let Some(debug) = &debug_elf {
             symbols.extend(function_symbols(debug));
         }
         symbols.sort_by_key(|s| s.0);
         symbols.dedup_by_key(|s| s.0);
+        symbols.truncate(MAX_SYMBOLS);
+        let names: u64 = symbols.iter().map(|s| s.2.len() as u64 + 24).sum();
+        keep(&mut reader.kept, names, "symbols")?;
         // Only code is looked up: a non-executable segment may share the
         // code's first page (its page-aligned range overlaps), and would
         // give the wrong bias.
-        let segments = elf
+        let segments = reader
+            .elf
             .segments()
             .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0))
             .map(|s| {
@@ -91,8 +154,15 @@ impl Binary {
                 (s.address(), offset, size)
             })
             .collect();
-        let lines = lines(&elf).or_else(|| lines(debug_elf.as_ref()?)).map(Mutex::new);
-        Some(Binary { path, go, symbols, lines, unwind, segments })
+        let lines = match lines(&reader.elf, len, &mut reader.kept)? {
+            Some(lines) => Some(lines),
+            None => match &debug_elf {
+                Some(debug) => lines(debug, u64::MAX, &mut reader.kept)?,
+                None => None,
+            },
+        };
+        let kept = reader.kept;
+        Ok(Binary { path, go, symbols, lines: lines.map(Mutex::new), unwind, segments, kept })
     }
 
     /// The source file and line of `linked`, from DWARF.
@@ -113,7 +183,11 @@ impl Binary {
         let i = self.symbols.partition_point(|s| s.0 <= linked).checked_sub(1)?;
         let (address, size, name) = &self.symbols[i];
         // A symbol without a size runs to the next one.
-        let end = if *size > 0 { address + size } else { self.symbols.get(i + 1).map_or(u64::MAX, |s| s.0) };
+        let end = if *size > 0 {
+            address.saturating_add(*size)
+        } else {
+            self.symbols.get(i + 1).map_or(u64::MAX, |s| s.0)
+        };
         (linked < end).then_some(name)
     }
 
@@ -122,56 +196,70 @@ impl Binary {
     /// on a page, its segment anywhere in it.
     pub fn bias(&self, mapping: &Mapping) -> Option<u64> {
         let page = |x: u64| x & !0xfff;
-        let (vaddr, offset, _) = self
-            .segments
-            .iter()
-            .find(|(_, off, size)| (page(*off)..off + size.max(&1)).contains(&mapping.offset))?;
-        Some(mapping.start.wrapping_sub(page(*vaddr) + (mapping.offset - page(*offset))))
+        let (vaddr, offset, _) = self.segments.iter().find(|(_, off, size)| {
+            (page(*off)..off.saturating_add(*size.max(&1))).contains(&mapping.offset)
+        })?;
+        let into = mapping.offset.checked_sub(page(*offset))?;
+        Some(mapping.start.wrapping_sub(page(*vaddr).wrapping_add(into)))
     }
 }
 
 type Lines = addr2line::Context<gimli::EndianArcSlice<gimli::RunTimeEndian>>;
 
 /// Function symbols (`.symtab` and `.dynsym`), Rust names demangled.
-fn function_symbols(elf: &object::File) -> Vec<(u64, u64, Arc<str>)> {
+fn function_symbols<'a, R: object::ReadRef<'a>>(elf: &object::File<'a, R>) -> Vec<(u64, u64, Arc<str>)> {
     elf.symbols()
         .chain(elf.dynamic_symbols())
         .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+        .take(MAX_SYMBOLS)
         .filter_map(|s| {
             let name = s.name().ok()?;
+            let name = name.get(..MAX_NAME).unwrap_or(name);
             // `{:#}`: Rust names without their hash suffix.
             Some((s.address(), s.size(), Arc::from(format!("{:#}", rustc_demangle::demangle(name)))))
         })
         .collect()
 }
 
-/// The bytes of the binary's separate debug file, found by its build id
-/// under `/usr/lib/debug/.build-id` on this machine.
-fn debug_file(elf: &object::File) -> Option<Vec<u8>> {
+/// The binary's separate debug file, found by its build id under
+/// `/usr/lib/debug/.build-id` on this machine (the host's, never the
+/// target's: the id is only hex).
+fn debug_file<'a, R: object::ReadRef<'a>>(elf: &object::File<'a, R>) -> Option<ReadCache<File>> {
     let id = elf.build_id().ok()??;
     let (first, rest) = id.split_first()?;
     let rest: String = rest.iter().map(|b| format!("{b:02x}")).collect();
     let path = format!("/usr/lib/debug/.build-id/{first:02x}/{rest}.debug");
-    let file = File::open(path).ok()?;
-    if file.metadata().ok()?.len() > MAX_BINARY_BYTES {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    (&file).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    let file = loader::open_nonblocking(std::path::Path::new(&path)).ok()?;
+    Some(ReadCache::new(file))
 }
 
-/// A binary's DWARF, for its lines; None without `.debug_info`.
-fn lines(elf: &object::File) -> Option<Lines> {
-    elf.section_by_name(".debug_info")?;
+/// A binary's DWARF, for its lines; None without `.debug_info`. Its
+/// sections count against the binary's limit.
+fn lines<'a, R: object::ReadRef<'a>>(
+    elf: &object::File<'a, R>,
+    len: u64,
+    kept: &mut u64,
+) -> Result<Option<Lines>, String> {
+    if elf.section_by_name(".debug_info").is_none() {
+        return Ok(None);
+    }
     let endian =
         if elf.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
-    let dwarf = gimli::Dwarf::load(|id| -> Result<_, gimli::Error> {
-        let data = elf.section_by_name(id.name()).and_then(|s| s.uncompressed_data().ok());
+    let dwarf = gimli::Dwarf::load(|id| -> Result<_, String> {
+        let data = match elf.section_by_name(id.name()) {
+            Some(s) => {
+                let size = s.file_range().map_or(0, |(_, size)| size);
+                if size > MAX_SECTION || size > len {
+                    return Err(format!("its {} is {} MiB", id.name(), size >> 20));
+                }
+                keep(kept, size, id.name())?;
+                s.uncompressed_data().ok()
+            }
+            None => None,
+        };
         Ok(gimli::EndianArcSlice::new(Arc::from(data.as_deref().unwrap_or_default()), endian))
-    })
-    .ok()?;
-    addr2line::Context::from_dwarf(dwarf).ok()
+    })?;
+    Ok(addr2line::Context::from_dwarf(dwarf).ok())
 }
 
 /// A mapped range of a process.
@@ -179,8 +267,16 @@ pub struct Mapping {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
-    /// The binary, for an executable file mapping.
-    pub binary: Option<Arc<Binary>>,
+    /// The path it maps, for an executable file mapping.
+    pub path: Option<Arc<str>>,
+    /// Its binary, or why it was not loaded.
+    pub binary: Result<Arc<Binary>, Arc<str>>,
+}
+
+impl Mapping {
+    pub fn loaded(&self) -> Option<&Arc<Binary>> {
+        self.binary.as_ref().ok()
+    }
 }
 
 /// Every mapping of one process, read at once.
@@ -188,26 +284,59 @@ pub struct ProcessMap {
     pub mappings: Vec<Mapping>,
 }
 
+/// A line of `/proc/PID/maps`: range, permissions, offset, device, inode
+/// and path.
+pub struct MapsLine<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub executable: bool,
+    pub offset: u64,
+    pub dev: &'a str,
+    pub inode: u64,
+    pub path: &'a str,
+}
+
+/// Parses one line of `/proc/PID/maps`.
+pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
+    let mut fields = line.splitn(6, |c: char| c.is_ascii_whitespace());
+    let (range, perms, offset, dev, inode) =
+        (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+    let path = fields.next().unwrap_or("").trim_start();
+    let (start, end) = range.split_once('-')?;
+    let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+    let offset = u64::from_str_radix(offset, 16).ok()?;
+    let inode = inode.parse().ok()?;
+    (start < end).then_some(MapsLine {
+        start,
+        end,
+        executable: perms.contains('x'),
+        offset,
+        dev,
+        inode,
+        path,
+    })
+}
+
 impl ProcessMap {
-    /// Reads `/proc/PID/maps`; binaries come from `cache` or are loaded.
-    pub fn read(pid: i32) -> Option<ProcessMap> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    /// The mappings `maps` (the text of `/proc/PID/maps`) lists; binaries
+    /// come from the loader's cache or are loaded (within its deadline),
+    /// through the process's `root` where known.
+    pub fn new(pid: i32, maps: &str, root: Option<&Arc<OwnedFd>>) -> ProcessMap {
         let mut mappings = Vec::new();
-        for line in text.lines() {
-            let mut fields = line.split_ascii_whitespace();
-            let (range, perms, offset, dev, inode) =
-                (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-            let path = fields.collect::<Vec<_>>().join(" ");
-            let (start, end) = range.split_once('-')?;
-            let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
-            let offset = u64::from_str_radix(offset, 16).ok()?;
-            let inode: u64 = inode.parse().ok()?;
-            let binary = (perms.contains('x') && inode != 0)
-                .then(|| binary(pid, start, end, dev, inode, &path))
-                .flatten();
-            mappings.push(Mapping { start, end, offset, binary });
+        for m in maps.lines().filter_map(parse_maps_line) {
+            let file = m.executable && m.inode != 0;
+            let path = file.then(|| Arc::<str>::from(m.path));
+            let binary = match &path {
+                Some(path) => {
+                    let mapped =
+                        loader::Mapped { pid, start: m.start, end: m.end, dev: m.dev, inode: m.inode };
+                    loader::binary(&mapped, path, root)
+                }
+                None => Err(Arc::from("not a file")),
+            };
+            mappings.push(Mapping { start: m.start, end: m.end, offset: m.offset, path, binary });
         }
-        Some(ProcessMap { mappings })
+        ProcessMap { mappings }
     }
 
     pub fn find(&self, address: u64) -> Option<&Mapping> {
@@ -215,33 +344,20 @@ impl ProcessMap {
     }
 }
 
-/// The binary mapped at `range` in `pid`, from the cache or loaded.
-fn binary(pid: i32, start: u64, end: u64, dev: &str, inode: u64, path: &str) -> Option<Arc<Binary>> {
-    /// Binaries by device and inode.
-    type Cache = Mutex<HashMap<(String, u64), Arc<Binary>>>;
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let key = (dev.to_owned(), inode);
-    if let Some(known) = shared::lock(CACHE.get_or_init(Default::default)).get(&key) {
-        return Some(Arc::clone(known));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_with_and_without_paths() {
+        let m = parse_maps_line("7f00-7f10 r-xp 00001000 fd:01 1234    /usr/lib/a b.so").expect("line");
+        assert_eq!(
+            (m.start, m.end, m.offset, m.inode, m.path, m.executable),
+            (0x7f00, 0x7f10, 0x1000, 1234, "/usr/lib/a b.so", true)
+        );
+        let m = parse_maps_line("1000-2000 rw-p 00000000 00:00 0").expect("anonymous");
+        assert_eq!((m.path, m.executable), ("", false));
+        assert!(parse_maps_line("2000-1000 rw-p 0 00:00 0").is_none(), "an empty range");
+        assert!(parse_maps_line("zz-1000 rw-p 0 00:00 0").is_none());
     }
-    // Loaded without the lock: a binary is megabytes; another thread that
-    // loads it meanwhile only duplicates work.
-    // map_files names ranges without the leading zeros maps shows.
-    let loaded = File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
-        .ok()
-        .and_then(|file| Binary::load(file, Arc::from(path)))
-        .map(Arc::new);
-    match &loaded {
-        // Not remembered: it may be readable next time.
-        None => tracing::debug!("stacks: cannot read {path} (pid {pid}): its frames show as addresses"),
-        Some(binary) => {
-            let mut cache = shared::lock(CACHE.get_or_init(Default::default));
-            if cache.len() >= MAX_BINARIES {
-                // Only binaries no process view holds any more go.
-                cache.retain(|_, b| Arc::strong_count(b) > 1);
-            }
-            cache.insert(key, Arc::clone(binary));
-        }
-    }
-    loaded
 }

@@ -1,0 +1,241 @@
+//! Unwinding a snapshot, after the answer: Go code by its tables, native
+//! code by its CFI (`framehop`), frame-pointer frames by their prologue.
+//! Every step is bounded: frames, table steps (`Budget`) and time.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+
+use super::gopclntab::Budget;
+use super::modules::ProcessMap;
+use super::prologue;
+use super::snapshot::Memory;
+
+/// Frames kept per stack.
+pub const MAX_FRAMES: usize = 128;
+/// Table steps one unwinding may take (Go's pcsp scans): real stacks take
+/// a few thousand.
+pub const STEPS: u64 = 1 << 22;
+/// Time one unwinding may take.
+pub const TIME: Duration = Duration::from_millis(50);
+
+/// The RBP unwinding starts with: unknown, and unreadable on purpose.
+const UNKNOWN_RBP: u64 = 0x10;
+
+const NEEDS_RBP: &str = "a frame that needs the frame pointer: RBP is not known from outside, \
+                         and this function's prologue does not give it (alloca, a realigned stack, \
+                         or no symbol for the function)";
+
+/// A process as the unwinder sees it.
+pub struct View {
+    pub start: u64,
+    /// Its exec count when its mappings were read.
+    pub image: u64,
+    pub map: ProcessMap,
+    pub unwinder: UnwinderX86_64<Arc<[u8]>>,
+    /// Its root directory, through which its binaries are opened.
+    pub root: Option<Arc<OwnedFd>>,
+}
+
+impl View {
+    pub fn new(start: u64, image: u64, map: ProcessMap, root: Option<Arc<OwnedFd>>) -> View {
+        let unwinder = unwinder(&map);
+        View { start, image, map, unwinder, root }
+    }
+
+    /// Why a frame at `pc` could not be unwound further, when its mapping's
+    /// binary is not loaded; else the reason given.
+    fn stop_at(&self, pc: u64, why: String) -> String {
+        match self.map.find(pc).map(|m| (&m.path, &m.binary)) {
+            Some((Some(path), Err(not))) => format!("{path} was not loaded: {not}"),
+            _ => why,
+        }
+    }
+}
+
+/// Frames as unwound: (address, address to look its function up at), and
+/// why unwinding stopped early, if it did.
+pub type Unwound = (Vec<(u64, u64)>, Option<String>);
+
+/// Unwinds from PC and SP over the snapshot's memory.
+pub fn unwind(view: &View, cache: &mut CacheX86_64, pc: u64, sp: u64, memory: &Memory) -> Unwound {
+    let go = view.map.find(pc).and_then(|m| m.loaded()).is_some_and(|b| b.go.is_some());
+    let deadline = Instant::now() + TIME;
+    let (frames, stop) = if go {
+        go_unwind(view, pc, sp, memory, deadline)
+    } else {
+        native_unwind(view, cache, pc, sp, memory, deadline)
+    };
+    let stop = stop.map(|(why, at)| match at {
+        Some(at) if at >= memory.end() => {
+            format!("the stack goes on past the {} KiB copied", memory.bytes.len() >> 10)
+        }
+        _ => why,
+    });
+    (frames, stop)
+}
+
+/// A stop, with the address that could not be read if that was why.
+type Stop = Option<(String, Option<u64>)>;
+
+fn native_unwind(
+    view: &View,
+    cache: &mut CacheX86_64,
+    pc: u64,
+    sp: u64,
+    memory: &Memory,
+    deadline: Instant,
+) -> (Vec<(u64, u64)>, Stop) {
+    // RBP is not in /proc/TID/syscall. An RBP of 0 would end a frame-pointer
+    // frame as if the stack were whole; an address that cannot be read makes
+    // it fail, and the stack says why.
+    let mut regs = UnwindRegsX86_64::new(pc, sp, UNKNOWN_RBP);
+    let mut read = |at: u64| memory.word(at);
+    let mut address = FrameAddress::InstructionPointer(pc);
+    let mut addresses = vec![(pc, pc)];
+    let stop = loop {
+        if addresses.len() >= MAX_FRAMES {
+            break Some((format!("more than {MAX_FRAMES} frames"), None));
+        }
+        if Instant::now() > deadline {
+            break Some((format!("unwinding took over {TIME:?}"), None));
+        }
+        let lookup = address.address_for_lookup();
+        let mut step = view.unwinder.unwind_frame(address, &mut regs, cache, &mut read);
+        if matches!(step, Err(ref e) if needs_rbp(e)) && regs.bp() == UNKNOWN_RBP {
+            // A frame-pointer frame, and RBP unknown: from its prologue.
+            match frame_pointer(view, lookup, regs.sp(), memory) {
+                Some(rbp) => {
+                    regs.set_bp(rbp);
+                    step = view.unwinder.unwind_frame(address, &mut regs, cache, &mut read);
+                }
+                None => break Some((view.stop_at(lookup, NEEDS_RBP.into()), None)),
+            }
+        }
+        match step {
+            Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                Some(next) => {
+                    address = next;
+                    addresses.push((ret, ret - 1));
+                }
+                None => break None,
+            },
+            Ok(None) => break None,
+            Err(e) if needs_rbp(&e) => break Some((view.stop_at(lookup, NEEDS_RBP.into()), None)),
+            Err(framehop::Error::CouldNotReadStack(at)) => {
+                break Some((format!("stack not readable at {at:#x}"), Some(at)))
+            }
+            Err(e) => break Some((view.stop_at(lookup, e.to_string()), None)),
+        }
+    };
+    (addresses, stop)
+}
+
+/// Whether framehop failed for want of RBP (it started unreadable).
+fn needs_rbp(e: &framehop::Error) -> bool {
+    matches!(
+        e,
+        framehop::Error::CouldNotReadStack(..0x1000) | framehop::Error::FramepointerUnwindingMovedBackwards
+    )
+}
+
+/// RBP of the frame-pointer function holding `lookup`, whose SP at its call
+/// is `sp`: from its prologue, then checked against the stack: RBP is
+/// 16-aligned, and just above it lies a return address into mapped code.
+fn frame_pointer(view: &View, lookup: u64, sp: u64, memory: &Memory) -> Option<u64> {
+    let mapping = view.map.find(lookup)?;
+    let binary = mapping.loaded()?;
+    let bias = binary.bias(mapping)?;
+    let entry = binary.symbol_start(lookup.wrapping_sub(bias))?;
+    let (text, code) = binary.unwind.text.as_ref()?;
+    let from = usize::try_from(entry.checked_sub(text.start)?).ok()?;
+    let rbp = sp.checked_add(prologue::frame_pointer_distance(code.get(from..)?)?)?;
+    let ret = memory.word(rbp.checked_add(8)?).ok()?;
+    let into_code = view.map.find(ret).is_some_and(|m| m.loaded().is_some());
+    (rbp.is_multiple_of(16) && into_code).then_some(rbp)
+}
+
+/// Go frames, by each function's frame size at its PC: the return address
+/// is just above the frame.
+fn go_unwind(
+    view: &View,
+    mut pc: u64,
+    mut sp: u64,
+    memory: &Memory,
+    deadline: Instant,
+) -> (Vec<(u64, u64)>, Stop) {
+    let mut frames = Vec::new();
+    let mut budget = Budget::new(STEPS);
+    for depth in 0..MAX_FRAMES {
+        let lookup = if depth == 0 { pc } else { pc.wrapping_sub(1) };
+        frames.push((pc, lookup));
+        if Instant::now() > deadline {
+            return (frames, Some((format!("unwinding took over {TIME:?}"), None)));
+        }
+        let found = view.map.find(lookup).and_then(|m| {
+            let binary = m.loaded()?;
+            let go = binary.go.as_ref()?;
+            let linked = lookup.wrapping_sub(binary.bias(m)?);
+            let f = go.func(linked)?;
+            Some((go.is_root(f), go.sp_delta(f, linked, &mut budget)))
+        });
+        let (root, delta) = match found {
+            Some(found) => found,
+            None => {
+                return (frames, Some((view.stop_at(lookup, format!("no Go function at {pc:#x}")), None)))
+            }
+        };
+        if root {
+            return (frames, None);
+        }
+        if budget.spent() {
+            return (frames, Some((format!("its tables took over {STEPS} steps"), None)));
+        }
+        let Some(delta) = delta.and_then(|d| u64::try_from(d).ok()) else {
+            return (frames, Some((format!("no frame size at {pc:#x}"), None)));
+        };
+        // The frame size comes from the binary's table: any value.
+        let Some(fp) = sp.checked_add(delta).and_then(|f| f.checked_add(8)) else {
+            return (frames, Some((format!("a frame size past the address space at {pc:#x}"), None)));
+        };
+        match memory.word(fp - 8) {
+            Ok(ret) if ret != 0 => {
+                pc = ret;
+                sp = fp;
+            }
+            Ok(_) => return (frames, None),
+            Err(()) => return (frames, Some((format!("stack not readable at {:#x}", fp - 8), Some(fp - 8)))),
+        }
+    }
+    (frames, Some((format!("more than {MAX_FRAMES} frames"), None)))
+}
+
+/// framehop's view of a process's native binaries.
+fn unwinder(map: &ProcessMap) -> UnwinderX86_64<Arc<[u8]>> {
+    let mut unwinder = UnwinderX86_64::new();
+    for mapping in &map.mappings {
+        let Some(binary) = mapping.loaded() else { continue };
+        let Some(bias) = binary.bias(mapping) else { continue };
+        let u = &binary.unwind;
+        if u.eh_frame.is_none() {
+            continue;
+        }
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: u.text.as_ref().map(|(r, _)| r.clone()),
+            text: u.text.as_ref().map(|(_, d)| Arc::clone(d)),
+            got_svma: u.got.clone(),
+            eh_frame_svma: u.eh_frame.as_ref().map(|(r, _)| r.clone()),
+            eh_frame: u.eh_frame.as_ref().map(|(_, d)| Arc::clone(d)),
+            eh_frame_hdr_svma: u.eh_frame_hdr.as_ref().map(|(r, _)| r.clone()),
+            eh_frame_hdr: u.eh_frame_hdr.as_ref().map(|(_, d)| Arc::clone(d)),
+            ..ExplicitModuleSectionInfo::default()
+        };
+        let module = Module::new(binary.path.to_string(), mapping.start..mapping.end, bias, info);
+        unwinder.add_module(module);
+    }
+    unwinder
+}
