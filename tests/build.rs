@@ -11,6 +11,7 @@ fn main() {
     println!("cargo:rerun-if-changed=fixtures/adversary.c");
     println!("cargo:rerun-if-changed=fixtures/stacks.c");
     println!("cargo:rerun-if-changed=fixtures/rustcloser.rs");
+    println!("cargo:rerun-if-changed=fixtures/hostile.c");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let compiler = cc::Build::new().get_compiler();
     // A dynamic build for the host, a static one for busybox container rootfs.
@@ -18,6 +19,9 @@ fn main() {
         ("closer", "SIGVISOR_FIXTURE_CLOSER", None, src),
         ("closer-static", "SIGVISOR_FIXTURE_CLOSER_STATIC", Some("-static"), src),
         ("adversary", "SIGVISOR_FIXTURE_ADVERSARY", None, "fixtures/adversary.c"),
+        // Static: its closes run in its own binary, whose tables the
+        // hostile-tenant tests craft.
+        ("hostile", "SIGVISOR_FIXTURE_HOSTILE", Some("-static"), "fixtures/hostile.c"),
         // With DWARF (-g): its frames have file:line.
         ("stacks", "SIGVISOR_FIXTURE_STACKS", Some("-g"), "fixtures/stacks.c"),
         // With frame pointers, whose frames need RBP to unwind (stacks.rs).

@@ -64,6 +64,10 @@ struct Args {
     /// of the supervisor's policy for such filters).
     #[arg(long, hide = true)]
     no_wait_killable: bool,
+    /// How long to wait for the supervisor to say it holds the listener
+    /// before failing (exit 125) rather than starting CMD unsupervised.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    ack_timeout: f64,
     /// The program to run, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<OsString>,
@@ -98,6 +102,28 @@ fn connect(args: &Args) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// Waits for the supervisor's word that it holds the listener. Nothing is
+/// allocated unless it failed.
+fn acknowledged(socket: &OwnedFd, timeout: std::time::Duration) -> Result<(), String> {
+    let mut answer = [0u8; 512];
+    // SAFETY: recv writes at most answer.len() bytes into our buffer.
+    let n = unsafe { libc::recv(socket.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len(), 0) };
+    match usize::try_from(n) {
+        Ok(n) if answer[..n].starts_with(sigvisor_proto::ACK) => Ok(()),
+        Ok(0) => Err("the supervisor closed the connection without taking the listener \
+                      (see its log: is it short of file descriptors?)"
+            .into()),
+        Ok(n) => Err(format!(
+            "the supervisor did not take the listener: {}",
+            String::from_utf8_lossy(&answer[..n]).trim_end()
+        )),
+        Err(_) => Err(format!(
+            "the supervisor did not confirm it holds the listener within {timeout:?} ({})",
+            std::io::Error::last_os_error()
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if args.syscalls.is_empty() {
@@ -128,6 +154,23 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    // The acknowledgement is read with a deadline (set now: nothing may
+    // allocate after the load).
+    let timeout = std::time::Duration::from_secs_f64(args.ack_timeout.clamp(0.001, 3600.0));
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: setsockopt reads a timeval we own, of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return fail(format_args!("setsockopt(SO_RCVTIMEO): {}", std::io::Error::last_os_error()));
+    }
     // Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored
     // across execve: give CMD the default disposition it expects.
     // SAFETY: restoring a default disposition has no preconditions.
@@ -156,12 +199,18 @@ fn main() -> ExitCode {
         Err(e) => return fail(format_args!("seccomp(SET_MODE_FILTER): {e}")),
     };
     let chosen = if loaded.wait_killable { &killable_message } else { &plain_message };
-    if let Err(e) = sigvisor_proto::send_with_fd(socket.as_fd(), chosen, loaded.listener.as_fd()) {
-        // The listener is still ours alone, so a trapped syscall now would
-        // wait forever: speak only if printing needs nothing trapped, and
-        // leave with _exit, since destructors would close() the fds.
+    let sent = sigvisor_proto::send_with_fd(socket.as_fd(), chosen, loaded.listener.as_fd());
+    let taken = match sent {
+        Err(e) => Err(format!("handing the listener to the supervisor failed: {e}")),
+        Ok(()) => acknowledged(&socket, timeout),
+    };
+    if let Err(why) = taken {
+        // The listener may be ours alone, and then a trapped syscall (our
+        // execve) would wait forever: speak only if printing needs nothing
+        // trapped, and leave with _exit, since destructors would close()
+        // the fds. CMD was not started.
         if !args.syscalls.iter().any(|s| PRINTING_NEEDS.contains(&s.as_str())) {
-            eprintln!("sigvisor-launch: handing the listener to the supervisor failed: {e}");
+            eprintln!("sigvisor-launch: {why}; CMD was not started");
         }
         // SAFETY: ends the process without running anything else.
         unsafe { libc::_exit(FAILED.into()) };

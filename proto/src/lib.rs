@@ -46,7 +46,13 @@ pub const MAX_FDS: usize = 16;
 /// Syscalls that must never be trapped: the launcher calls them after its
 /// filter is loaded and before the supervisor holds the listener, so a
 /// notification for them would never be answered.
-pub const NEVER_TRAPPED: &[&str] = &["sendmsg", "execve", "execveat", "exit", "exit_group"];
+pub const NEVER_TRAPPED: &[&str] = &["sendmsg", "recvfrom", "execve", "execveat", "exit", "exit_group"];
+
+/// What the supervisor answers a launcher once it holds the listener; any
+/// other answer (`error: ...`), or none within the launcher's deadline,
+/// and the launcher fails fast instead of waiting in its trapped `execve`
+/// for a supervisor that never got the listener (design.md §12).
+pub const ACK: &[u8] = b"ok\n";
 
 /// Syscalls sigvisor traps for itself, so that a profile cannot name them:
 /// the handler changes it watches (see `watched_signals`).

@@ -12,10 +12,29 @@ use sigvisor_proto::{Handoff, HandoffError, MAX_FDS, MAX_MESSAGE_BYTES};
 
 use crate::sys::fd;
 
-/// Reads one handoff from a connected stream socket.
+/// Reads one handoff from a connected stream socket, and tells the sender
+/// whether the listener was taken (`reply`).
 pub async fn receive(socket: OwnedFd) -> Result<Handoff, HandoffError> {
     fd::set_nonblocking(&socket)?;
     let socket = fd::readable(socket)?;
+    let received = read(&socket).await;
+    reply(socket.get_ref().as_fd(), &received);
+    received
+}
+
+/// Tells a sender whether its listener was taken: `ACK`, or `error: ...`.
+/// sigvisor-launch waits for it (with a deadline) before it execs; runc
+/// and crun have closed their end, and the write fails unseen.
+pub fn reply<T>(socket: std::os::fd::BorrowedFd<'_>, received: &Result<T, HandoffError>) {
+    let text = match received {
+        Ok(_) => sigvisor_proto::ACK.to_vec(),
+        Err(e) => format!("error: {e}\n").into_bytes(),
+    };
+    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+    let _ = nix::sys::socket::send(std::os::fd::AsRawFd::as_raw_fd(&socket), &text, flags);
+}
+
+async fn read(socket: &tokio::io::unix::AsyncFd<OwnedFd>) -> Result<Handoff, HandoffError> {
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
     loop {

@@ -119,6 +119,7 @@ impl Intake {
         let incoming = self.incoming.remove(&token)?;
         let _ = epoll.delete(&incoming.socket);
         let received = whole.and_then(|()| sigvisor_proto::decode(&incoming.bytes, incoming.fds));
+        crate::handoff::reply(incoming.socket.as_fd(), &received);
         match received {
             Ok(handoff) => Some((handoff, incoming.runtime)),
             Err(e @ HandoffError::Empty) => {
