@@ -108,14 +108,14 @@ fn a_leased_binary_delays_no_one() {
     assert!(!stacks.is_empty(), "the attacker's stacks, named from its own binary: {status:?}");
 }
 
-/// A `.gopclntab` whose frame-size table is 64 MiB of steps that never
+/// A `.gopclntab` whose frame-size table is 16 MiB of steps that never
 /// reach the PC: each stack costs at most the step budget, then ends with
 /// the reason.
 #[test]
 fn a_crafted_gopclntab_costs_a_bounded_scan() {
     let dir = scratch("hostile-pclntab");
     let table = dir.join("pclntab.bin");
-    std::fs::write(&table, crafted_pclntab(64 << 20)).expect("write the table");
+    std::fs::write(&table, crafted_pclntab(16 << 20)).expect("write the table");
     let binary = dir.join("hostile-pclntab");
     let out = Command::new("objcopy")
         .arg("--add-section")

@@ -6,9 +6,10 @@
 //! here, design.md §12) unless it is `O_NONBLOCK`; a read of a FUSE file or
 //! a dead NFS mount can wait for ever, and only giving up on the reader
 //! helps. So each load runs on a loader thread and the unwinder waits for it
-//! at most `DEADLINE`; a load that overruns is abandoned (its thread runs on
-//! and its result is dropped) and the binary is marked unloadable, with the
-//! reason, for `RETRY_AFTER`. While an abandoned load is stuck, no other
+//! at most `DEADLINE`; a load that overruns is abandoned and the binary is
+//! marked unloadable, with the reason, until its thread returns: a slow
+//! load that does finish is then kept (views read after it name its
+//! frames), a failed one is remembered for `RETRY_AFTER`. While an abandoned load is stuck, no other
 //! file of its device (a FUSE mount is a device of its own) is loaded, so
 //! one tenant's blocking mount costs one stuck thread, not one per file;
 //! and at most `MAX_LOADERS` loader threads exist, stuck ones included.
@@ -26,7 +27,9 @@ use super::modules::Binary;
 use crate::shared;
 
 /// How long an unwinder waits for a binary to load.
-pub const DEADLINE: Duration = Duration::from_secs(1);
+pub const DEADLINE: Duration = Duration::from_secs(2);
+/// How a load's failure ends when it overran the deadline.
+pub const OVERRAN: &str = "; abandoned";
 /// How long a binary that could not be loaded is not tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Loader threads at most, those stuck in a file included.
@@ -134,8 +137,8 @@ pub fn binary(m: &Mapped, path: &Arc<str>, root: Option<&Arc<OwnedFd>>) -> Outco
     };
     let outcome = wait(&slot, &key.0);
     let mut cache = shared::lock(cache());
-    // Only the first to see the outcome records it; a late result of an
-    // abandoned load finds its entry marked failed, and is dropped.
+    // Only the first to see the outcome records it (an abandoned load's
+    // late result is recorded by its own thread).
     if let Some(Entry::Loading(current)) = cache.entries.get(&key) {
         if Arc::ptr_eq(current, &slot) {
             let outcome = outcome.and_then(|binary| admit(&mut cache, binary));
@@ -173,7 +176,7 @@ fn wait(slot: &Slot, dev: &Arc<str>) -> Outcome {
                 *shared::lock(stuck()).entry(Arc::clone(dev)).or_default() += 1;
             }
             return Err(Arc::from(format!(
-                "loading it took over {DEADLINE:?} (a file that blocks: FUSE, a dead mount?); abandoned"
+                "loading it took over {DEADLINE:?} (a file that blocks: FUSE, a dead mount?){OVERRAN}"
             )));
         }
         load = ready.wait_timeout(load, left).map_or_else(|e| e.into_inner().0, |(g, _)| g);
@@ -228,6 +231,7 @@ const GONE: &str = "its process is gone";
 fn spawn_loader(source: Source, key: &Key, slot: Slot) {
     LOADERS.fetch_add(1, Ordering::AcqRel);
     let dev = Arc::clone(&key.0);
+    let key = key.clone();
     let job = move || {
         let (pid, path) = (source.pid, Arc::clone(&source.path));
         let outcome = load(source).map(Arc::new).map_err(|why| {
@@ -236,14 +240,22 @@ fn spawn_loader(source: Source, key: &Key, slot: Slot) {
         });
         let (lock, ready) = &*slot;
         let mut load = shared::lock(lock);
-        load.outcome = Some(outcome);
-        if load.abandoned {
+        load.outcome = Some(outcome.clone());
+        let abandoned = load.abandoned;
+        if abandoned {
             if let Some(n) = shared::lock(stuck()).get_mut(&dev) {
                 *n = n.saturating_sub(1);
             }
         }
         drop(load);
         ready.notify_all();
+        if let (true, Ok(binary)) = (abandoned, outcome) {
+            // Slow, not stuck: kept for the views read from now on.
+            let mut cache = shared::lock(cache());
+            if let Ok(binary) = admit(&mut cache, binary) {
+                cache.entries.insert(key, Entry::Ready(binary));
+            }
+        }
         LOADERS.fetch_sub(1, Ordering::AcqRel);
     };
     if let Err(e) = std::thread::Builder::new().name("sigvisor-load".into()).spawn(job) {

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use framehop::x86_64::CacheX86_64;
 
 use super::gopclntab::Budget;
-use super::modules::ProcessMap;
 use super::snapshot::{Layout, Snapshot};
 use super::unwind::{self, View};
 use super::{Captured, Frame, Stack};
@@ -144,7 +143,9 @@ impl Worker {
         // needed for it).
         let known = self.views.get(&s.tgid).filter(|v| v.start == s.start && v.image == s.image);
         let stale = known.is_none_or(|v| v.map.find(s.pc).is_none());
-        if stale {
+        // A binary that overran its deadline may have loaded since.
+        let retry = known.and_then(View::retry_due);
+        if stale || retry.is_some() {
             // The layout taken with the snapshot is its image's, whatever
             // the process did since; maps read now are only while it still
             // runs that image. The root stays the one first taken.
@@ -154,22 +155,19 @@ impl Worker {
                 (None, None) => None,
             };
             let same_image = || execs.of(s.tgid) == s.image;
-            let map = match &s.layout {
-                Some(layout) => Some(ProcessMap::new(s.tgid, &layout.maps, root.as_ref())),
-                // A dead process's maps read empty.
-                None if same_image() => Layout::read(s.tgid)
+            let maps: Option<Arc<str>> = match (&s.layout, retry) {
+                (Some(layout), _) => Some(Arc::from(layout.maps.as_str())),
+                (None, Some(maps)) if !stale => Some(maps),
+                // A dead process's maps read empty; an exec answered while
+                // they were read makes them the new image's.
+                (None, _) if same_image() => Layout::read(s.tgid)
                     .ok()
-                    .filter(|layout| !layout.maps.is_empty())
-                    .map(|layout| {
-                        ProcessMap::new(s.tgid, &layout.maps, root.as_ref().or(layout.root.as_ref()))
-                    })
-                    // An exec answered while they were read: they may be
-                    // the new image's.
-                    .filter(|_| same_image()),
-                None => None,
+                    .filter(|layout| !layout.maps.is_empty() && same_image())
+                    .map(|layout| Arc::from(layout.maps.as_str())),
+                (None, _) => None,
             };
-            match map {
-                Some(map) => {
+            match maps {
+                Some(maps) => {
                     if self.views.len() >= MAX_PROCESSES && !self.views.contains_key(&s.tgid) {
                         // The gone go first; the live are read again when next seen.
                         self.views.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
@@ -177,7 +175,7 @@ impl Worker {
                             self.views.clear();
                         }
                     }
-                    self.views.insert(s.tgid, View::new(s.start, s.image, map, root));
+                    self.views.insert(s.tgid, View::new(s.start, s.image, &maps, s.tgid, root));
                     // Its addresses may mean other code now.
                     self.named.retain(|(pid, _), _| *pid != s.tgid);
                 }

@@ -38,12 +38,30 @@ pub struct View {
     pub unwinder: UnwinderX86_64<Arc<[u8]>>,
     /// Its root directory, through which its binaries are opened.
     pub root: Option<Arc<OwnedFd>>,
+    /// The maps it was made from, and when, if a binary of it could not be
+    /// loaded in time: made again later, when the load may have finished.
+    pub retry: Option<(Arc<str>, Instant)>,
 }
 
 impl View {
-    pub fn new(start: u64, image: u64, map: ProcessMap, root: Option<Arc<OwnedFd>>) -> View {
+    pub fn new(start: u64, image: u64, maps: &str, pid: i32, root: Option<Arc<OwnedFd>>) -> View {
+        let map = ProcessMap::new(pid, maps, root.as_ref());
+        let late = map
+            .mappings
+            .iter()
+            .any(|m| m.binary.as_ref().err().is_some_and(|why| why.contains(super::loader::OVERRAN)));
         let unwinder = unwinder(&map);
-        View { start, image, map, unwinder, root }
+        let retry = late.then(|| (Arc::from(maps), Instant::now()));
+        View { start, image, map, unwinder, root, retry }
+    }
+
+    /// Whether it should be made again from its maps: a load overran its
+    /// deadline a while ago.
+    pub fn retry_due(&self) -> Option<Arc<str>> {
+        self.retry
+            .as_ref()
+            .filter(|(_, when)| when.elapsed() > super::loader::DEADLINE)
+            .map(|(m, _)| Arc::clone(m))
     }
 
     /// Why a frame at `pc` could not be unwound further, when its mapping's
