@@ -581,6 +581,20 @@ impl Callers {
         }
     }
 
+    /// Forgets every thread and process: the keeper answered handler
+    /// changes while this supervisor was stuck, so its tables may be wrong.
+    /// Each process is then seen afresh, as a fork child is (/proc, and no
+    /// inherited handler signalled), which is never unsafe.
+    pub fn forget_all(&mut self) {
+        for (&tid, thread) in &self.threads {
+            if let Some(signal) = thread.in_flight {
+                wait_delivered(tid, signal);
+            }
+        }
+        self.threads.clear();
+        self.processes.clear();
+    }
+
     fn make_room(&mut self) {
         if self.threads.len() >= MAX_ENTRIES {
             self.threads.retain(|_, t| t.pin.alive());

@@ -23,6 +23,7 @@ pub mod control;
 pub mod decision;
 pub mod events;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod handlers;
 pub mod handoff;
 pub mod keeper;

@@ -103,6 +103,11 @@ enum Command {
         /// link), created 0600. Default: STATE_DIR/outputs.
         #[arg(long, value_name = "DIR")]
         output_dir: Option<PathBuf>,
+        /// A call serve leaves waiting this long (serve stopped or wedged)
+        /// is answered by the keeper it starts, unsignalled, until serve
+        /// answers again.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        answer_within: f64,
         #[arg(long = "loop", value_enum, default_value = "adaptive", hide = true)]
         loop_mode: notify::LoopMode,
     },
@@ -128,6 +133,11 @@ enum Command {
         /// serve finds it). What serve and run start themselves.
         #[arg(long)]
         exit_when_idle: bool,
+        /// A call the attached supervisor leaves waiting this long (it is
+        /// stopped or wedged) is answered here, unsignalled, until the
+        /// supervisor answers again.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        answer_within: f64,
     },
     /// Put OCI containers under sigvisor through their bundles (docs/containers.md).
     #[command(subcommand)]
@@ -295,7 +305,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Keeper { socket, fd, exit_when_idle } => {
+        Command::Keeper { socket, fd, exit_when_idle, answer_within } => {
             let connection = match fd.map(sigvisor::sys::fd::inherited).transpose() {
                 Ok(c) => c,
                 Err(e) => {
@@ -307,6 +317,7 @@ fn main() -> ExitCode {
                 socket,
                 connection,
                 exit_when_idle,
+                answer_within: seconds(answer_within),
             }) {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
@@ -325,6 +336,7 @@ fn main() -> ExitCode {
             keeper,
             state_dir,
             output_dir,
+            answer_within,
             loop_mode,
         } => {
             let traces = match serve::load_profiles(&profiles) {
@@ -344,6 +356,7 @@ fn main() -> ExitCode {
                 keeper,
                 state_dir,
                 output_dir,
+                answer_within: seconds(answer_within),
                 loop_mode,
             };
             block_on(serve::serve(opts))
@@ -400,6 +413,11 @@ fn main() -> ExitCode {
 }
 
 /// Runs a command's future on a multi-threaded runtime; its Ok is the exit status.
+/// A duration given in seconds on the command line, clamped to sense.
+fn seconds(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(if s.is_finite() { s.clamp(0.01, 86_400.0) } else { 2.0 })
+}
+
 fn block_on(future: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -49,6 +49,9 @@ pub struct Pipeline {
     stacks: Option<Box<Stacks>>,
     /// Its stacks still being unwound, after their answers.
     stacks_pending: stacks::Pending,
+    /// The keeper's count of handler changes it answered while this
+    /// supervisor was stuck, as last seen.
+    keeper_epoch: u64,
 }
 
 /// What became of one notification, recorded once it is answered.
@@ -82,7 +85,9 @@ impl Pipeline {
             custody,
             stacks: None,
             stacks_pending: stacks::Pending::default(),
+            keeper_epoch: 0,
         };
+        pipeline.keeper_epoch = pipeline.custody.as_ref().map_or(0, Custody::epoch);
         pipeline.follow_selection();
         pipeline
     }
@@ -154,6 +159,11 @@ impl Pipeline {
     /// A received notification: decide, signal, CONTINUE, then count.
     pub fn answer(&mut self, listener: &Listener, notif: Notification) -> io::Result<()> {
         self.follow_selection();
+        if let Some(epoch) = self.custody.as_ref().map(Custody::epoch).filter(|e| *e != self.keeper_epoch) {
+            self.keeper_epoch = epoch;
+            tracing::warn!("the keeper answered handler changes while this listener was stuck: its processes are seen afresh");
+            self.decider.callers.forget_all();
+        }
         let bookkeeping = caller::handler_calls().classify(notif.data.arch, notif.data.nr);
         if let Some(custody) = &self.custody {
             custody.received(notif.id, bookkeeping.is_some());

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// Where File outputs go; STATE_DIR/outputs by default.
     pub output_dir: Option<PathBuf>,
+    /// The keeper serve starts answers a call serve leaves waiting this long.
+    pub answer_within: Duration,
     pub loop_mode: LoopMode,
 }
 
@@ -67,7 +69,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     registry.keep_state_in(state);
     let (control, _control_file) = socket::bind(&opts.control)?;
     let log = opts.state_dir.join("keeper.log");
-    let Taken { link: keeper, adopted, agent } = Link::connect(&opts.keeper, &log)?;
+    let Taken { link: keeper, adopted, agent } = Link::connect(&opts.keeper, &log, opts.answer_within)?;
     let listener = agent_socket(&opts.socket, agent, &keeper)?;
     tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
     let ctx = Context::new(opts.loop_mode);

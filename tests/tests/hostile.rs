@@ -238,3 +238,37 @@ fn serve_short_of_fds_never_hangs_a_container() {
     assert!(started.elapsed() < Duration::from_secs(30), "nobody waited for ever");
     drop(server);
 }
+
+/// serve stopped (SIGSTOP) for 10 s while a target closes in two threads:
+/// the keeper answers every call serve leaves waiting past the bound (2 s),
+/// unsignalled; after SIGCONT serve answers again, precisely.
+#[test]
+fn a_stopped_serve_delays_a_call_at_most_the_bound() {
+    let server = Server::start("sigstop", &[]);
+    let good = launch(&server, &["--threads", "2", "--duration-ms", "13000"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(server.pid(), libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(10));
+    // SAFETY: as above.
+    unsafe { libc::kill(server.pid(), libc::SIGCONT) };
+    let report = report(&wait_bounded(good, "closer"));
+    let worst = report["max_close_us"].as_i64().expect("max_close_us");
+    eprintln!("SIGSTOP of serve for 10 s: worst close {worst} µs; {report}");
+    assert!(worst < 2_500_000, "a call waited {worst} µs for a stopped serve");
+    for bad in ["close_errors", "leaked", "early", "outside", "bad_pc", "bad_value"] {
+        assert_eq!(report[bad], 0, "{bad}: {report}");
+    }
+    let (signals, closes) = (report["signals"].as_i64().unwrap_or(0), report["closes"].as_i64().unwrap_or(0));
+    assert!(signals > 0 && signals < closes, "signalled before and after, not while stopped: {report}");
+    // serve answers again: a newcomer is signalled at every close.
+    assert_precise(&report_of(launch(&server, &["--closes", "50"])));
+    let keeper_log = std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default();
+    assert!(keeper_log.contains("left a call waiting"), "{keeper_log}");
+    assert!(keeper_log.contains("answers again"), "{keeper_log}");
+    drop(server);
+}
+
+fn report_of(child: Child) -> serde_json::Value {
+    report(&wait_bounded(child, "closer"))
+}

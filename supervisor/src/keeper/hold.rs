@@ -46,9 +46,16 @@ const IDLE_GRACE: Duration = Duration::from_secs(5);
 /// How long an attaching supervisor waits for handoffs under way.
 const FINISH_LIMIT: Duration = Duration::from_secs(1);
 
+/// How long a call may wait for a live but stuck supervisor (stopped,
+/// wedged) before the keeper answers it, by default.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
 pub struct Options {
     /// Listen here for supervisors (`sigvisor serve`'s keeper).
     pub socket: Option<PathBuf>,
+    /// A call its supervisor leaves waiting this long is answered by the
+    /// keeper, unsignalled, until the supervisor answers again.
+    pub answer_within: Duration,
     /// Or: the one supervisor, already connected (`sigvisor run`'s keeper).
     pub connection: Option<OwnedFd>,
     /// Exit once no supervisor is attached and no listener is held (after
@@ -71,6 +78,13 @@ struct Kept {
     /// While the keeper answers it: the handler changes it records, as a
     /// supervisor would, for the next one.
     callers: Option<Callers>,
+    /// The attached supervisor's slot as last seen busy (a call received
+    /// and not answered, or one waiting to be received): its id, and since
+    /// when it has not moved.
+    busy: Option<(u64, Instant)>,
+    /// The keeper answers for an attached supervisor that is stuck; the
+    /// slot's id when it began (it moves when the supervisor answers again).
+    covering: Option<u64>,
 }
 
 impl Kept {
@@ -84,6 +98,8 @@ impl Kept {
             answered: 0,
             last_id: None,
             callers: None,
+            busy: None,
+            covering: None,
         }
     }
 
@@ -149,6 +165,9 @@ struct Keeper {
     /// Since the last supervisor attached.
     answered: u64,
     rescued: u64,
+    answer_within: Duration,
+    /// When the attached supervisor's slots were last looked at.
+    watched: Instant,
 }
 
 /// What one epoll event is about: its data word.
@@ -189,6 +208,8 @@ pub fn run(opts: Options) -> Result<i32> {
         draining: false,
         answered: 0,
         rescued: 0,
+        answer_within: opts.answer_within,
+        watched: Instant::now(),
     };
     if let Some(conn) = opts.connection {
         keeper.attach(conn);
@@ -216,8 +237,11 @@ pub fn run(opts: Options) -> Result<i32> {
             ticker = if serving { Some(Ticker::start(RECV_TICK)?) } else { None };
         }
         // Waiting for a first supervisor, a handoff and an idle keeper's
-        // grace are bounded.
-        let timeout = if (opts.exit_when_idle && (!keeper.had_supervisor || idle)) || keeper.intake.busy() {
+        // grace are bounded; an attached supervisor is watched.
+        let tick = keeper.watch_tick();
+        let timeout = if keeper.supervisor.is_some() && !keeper.kept.is_empty() {
+            EpollTimeout::try_from(tick).unwrap_or(EpollTimeout::ZERO)
+        } else if (opts.exit_when_idle && (!keeper.had_supervisor || idle)) || keeper.intake.busy() {
             EpollTimeout::from(1000u16)
         } else {
             EpollTimeout::NONE
@@ -248,6 +272,9 @@ pub fn run(opts: Options) -> Result<i32> {
                 slot => keeper.listener(slot as u32, event.events()),
             }
         }
+        if keeper.supervisor.is_some() && keeper.watched.elapsed() >= tick {
+            keeper.watch_supervisor();
+        }
     }
     if let Some(path) = &opts.socket {
         let _ = std::fs::remove_file(path);
@@ -274,6 +301,76 @@ fn listen(path: &std::path::Path) -> Result<OwnedFd> {
 }
 
 impl Keeper {
+    /// How often an attached supervisor's slots are looked at: an eighth of
+    /// the bound, so that no call waits much past it.
+    fn watch_tick(&self) -> Duration {
+        (self.answer_within / 8).max(Duration::from_millis(10))
+    }
+
+    /// A live supervisor that leaves a call waiting (SIGSTOP, a deadlock, a
+    /// thread blocked where it should not be) must not hold it for ever:
+    /// a slot whose call, received or waiting to be, has not moved for
+    /// `answer_within` is answered by the keeper, which serves that
+    /// listener, unsignalled, until the supervisor's slot moves again. One
+    /// poll(2) for all held listeners per tick.
+    fn watch_supervisor(&mut self) {
+        use std::sync::atomic::Ordering::Acquire;
+        self.watched = Instant::now();
+        let threshold = self.answer_within.saturating_sub(self.watch_tick());
+        let slots: Vec<u32> =
+            self.kept.iter().filter(|(_, k)| !k.serving || k.covering.is_some()).map(|(&s, _)| s).collect();
+        let waiting = {
+            let mut fds: Vec<nix::poll::PollFd> = slots
+                .iter()
+                .filter_map(|s| self.kept.get(s))
+                .map(|k| nix::poll::PollFd::new(k.listener.as_fd(), nix::poll::PollFlags::POLLIN))
+                .collect();
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)))
+                .collect::<Vec<bool>>()
+        };
+        for (&slot, waiting) in slots.iter().zip(waiting) {
+            let Some(cell) = self.region.cell(slot) else { continue };
+            let (id, state) = (cell.id.load(Acquire), cell.state.load(Acquire));
+            let Some(kept) = self.kept.get_mut(&slot) else { continue };
+            if let Some(covered) = kept.covering {
+                if id != covered {
+                    kept.covering = None;
+                    kept.busy = None;
+                    tracing::warn!(
+                        "listener {slot}: its supervisor answers again; the keeper answered {} calls meanwhile",
+                        kept.answered
+                    );
+                    kept.answered = 0;
+                    self.set_serving(slot, false);
+                }
+                continue;
+            }
+            if state == slot::IDLE && !waiting {
+                kept.busy = None;
+                continue;
+            }
+            match kept.busy {
+                Some((seen, since)) if seen == id && since.elapsed() >= threshold => {
+                    tracing::warn!(
+                        "listener {slot}: its supervisor left a call waiting {:?} (stopped? wedged?): \
+                         the keeper answers its calls, unsignalled, until it answers again",
+                        since.elapsed()
+                    );
+                    kept.covering = Some(id);
+                    if state != slot::IDLE && kept.listener.send_continue(id).is_ok() {
+                        kept.answered += 1;
+                        self.answered += 1;
+                    }
+                    self.set_serving(slot, true);
+                }
+                Some((seen, _)) if seen == id => {}
+                _ => kept.busy = Some((id, Instant::now())),
+            }
+        }
+    }
+
     fn accept(&mut self) {
         let Some(listening) = &self.listening else { return };
         let conn = match fd::accept(listening.as_fd(), false) {
@@ -546,6 +643,13 @@ impl Keeper {
                     kept.last_id = Some(notif.id);
                     if let Some(call) = handler_calls().classify(notif.data.arch, notif.data.nr) {
                         kept.observe(&notif, call);
+                        if kept.covering.is_some() {
+                            // The stuck supervisor's tables miss this change:
+                            // it forgets them when it answers again.
+                            if let Some(epoch) = self.region.epoch(slot) {
+                                epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
+                            }
+                        }
                     }
                     match response::answer(&kept.listener, notif.id) {
                         Ok(Answered::Continued) => {

@@ -60,6 +60,7 @@ pub struct Custody {
     pub link: Arc<Link>,
     pub slot: u32,
     cell: &'static Cell,
+    epoch: Option<&'static std::sync::atomic::AtomicU64>,
 }
 
 impl Custody {
@@ -76,6 +77,14 @@ impl Custody {
     #[inline]
     pub fn answered(&self) {
         self.cell.state.store(slot::IDLE, Ordering::Release);
+    }
+
+    /// How often the keeper answered handler changes for this supervisor
+    /// while it was stuck: when it changes, what the supervisor knows of
+    /// its processes' handlers may be out of date.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.map_or(0, |e| e.load(Ordering::Acquire))
     }
 
     /// What is known now of these processes' handlers, for a successor.
@@ -103,11 +112,11 @@ impl Custody {
 impl Link {
     /// Connects to the keeper at `path`, starting one (detached, logging to
     /// `log`) if none listens; takes what it held.
-    pub fn connect(path: &Path, log: &Path) -> Result<Taken> {
+    pub fn connect(path: &Path, log: &Path, answer_within: Duration) -> Result<Taken> {
         let socket = match fd::seqpacket_connect(path) {
             Ok(socket) => socket,
             Err(_) => {
-                spawn_keeper(path, log)?;
+                spawn_keeper(path, log, answer_within)?;
                 let deadline = Instant::now() + START_LIMIT;
                 loop {
                     match fd::seqpacket_connect(path) {
@@ -236,7 +245,7 @@ impl Link {
     /// The custody of a listener adopted from the keeper.
     pub fn custody(self: &Arc<Link>, slot: u32) -> Option<Custody> {
         let cell = self.region.cell(slot)?;
-        Some(Custody { link: Arc::clone(self), slot, cell })
+        Some(Custody { link: Arc::clone(self), slot, cell, epoch: self.region.epoch(slot) })
     }
 
     fn send(&self, message: &ToKeeper, fd: Option<&OwnedFd>) -> bool {
@@ -262,7 +271,7 @@ impl Link {
 /// Starts `sigvisor keeper` for `path` in a session of its own, so that
 /// nothing aimed at the supervisor (its process group's signals, a
 /// terminal's hang-up) reaches it.
-fn spawn_keeper(path: &Path, log: &Path) -> Result<()> {
+fn spawn_keeper(path: &Path, log: &Path, answer_within: Duration) -> Result<()> {
     let exe = std::env::current_exe().context("finding sigvisor's own binary")?;
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -276,6 +285,8 @@ fn spawn_keeper(path: &Path, log: &Path) -> Result<()> {
     command
         .args(["keeper", "--exit-when-idle", "--socket"])
         .arg(PathBuf::from(path))
+        .arg("--answer-within")
+        .arg(answer_within.as_secs_f64().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);

@@ -63,14 +63,14 @@ pub struct Binary {
 }
 
 /// Reads a binary's sections within its limits.
-struct Reader<'a> {
-    elf: object::File<'a, &'a ReadCache<File>>,
+struct Reader<'a, R: object::ReadRef<'a>> {
+    elf: object::File<'a, R>,
     /// The file's length: no section reaches past it.
     len: u64,
     kept: u64,
 }
 
-impl<'a> Reader<'a> {
+impl<'a, R: object::ReadRef<'a>> Reader<'a, R> {
     /// A section's bytes, if it is there and within the limits; Err names
     /// the section that broke one.
     fn section(&mut self, name: &str) -> Result<Option<Section>, String> {
@@ -88,6 +88,23 @@ impl<'a> Reader<'a> {
         let end = s.address().saturating_add(s.size());
         Ok(Some((s.address()..end, Arc::from(data))))
     }
+}
+
+/// Every section within the limit, before anything is parsed: the full
+/// parse reads the symbol tables whole, whatever size they claim.
+fn check_sections<'a, R: object::ReadRef<'a>>(data: R) -> Result<(), String> {
+    use object::read::elf::{FileHeader, SectionHeader};
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(data)
+        .map_err(|e| format!("not a 64-bit ELF binary: {e}"))?;
+    let endian = header.endian().map_err(|e| e.to_string())?;
+    let sections = header.section_headers(endian, data).map_err(|e| e.to_string())?;
+    for section in sections {
+        let size = section.sh_size(endian);
+        if section.sh_type(endian) != object::elf::SHT_NOBITS && size > MAX_SECTION {
+            return Err(format!("a section of {} MiB (the limit is {} MiB)", size >> 20, MAX_SECTION >> 20));
+        }
+    }
+    Ok(())
 }
 
 /// Counts `bytes` more kept by a binary; Err past its limit.
@@ -113,7 +130,14 @@ impl Binary {
             ));
         }
         let cache = ReadCache::new(file);
-        let elf = object::File::parse(&cache).map_err(|e| format!("not a binary sigvisor reads: {e}"))?;
+        Binary::parse(&cache, len, path)
+    }
+
+    /// The same, from any bytes that hold a binary of `len` bytes (a
+    /// file's, or a fuzzer's).
+    pub fn parse<'a, R: object::ReadRef<'a>>(data: R, len: u64, path: Arc<str>) -> Result<Binary, String> {
+        check_sections(data)?;
+        let elf = object::File::parse(data).map_err(|e| format!("not a binary sigvisor reads: {e}"))?;
         let mut reader = Reader { elf, len, kept: 0 };
         let text = reader.section(".text")?;
         let go = match reader.section(".gopclntab")? {

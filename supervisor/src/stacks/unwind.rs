@@ -55,6 +55,12 @@ impl View {
         View { start, image, map, unwinder, root, retry }
     }
 
+    /// A view of mappings made by hand (the fuzzers').
+    pub fn of(map: ProcessMap) -> View {
+        let unwinder = unwinder(&map);
+        View { start: 0, image: 0, map, unwinder, root: None, retry: None }
+    }
+
     /// Whether it should be made again from its maps: a load overran its
     /// deadline a while ago.
     pub fn retry_due(&self) -> Option<Arc<str>> {
