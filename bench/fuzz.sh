@@ -18,8 +18,9 @@ rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install n
 log=$(mktemp -d)
 printf '%-10s %8s %12s %10s %8s\n' target seconds executions corpus crashes
 for t in "${targets[@]}"; do
-    mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t"
-    before=$(ls fuzz/artifacts/"$t" 2>/dev/null | wc -l)
+    mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t" "fuzz/artifacts/$t"
+    found() { find "fuzz/artifacts/$t" -type f 2>/dev/null | wc -l; }
+    before=$(found)
     # A crash ends the run with a non-zero status: it is reported below.
     (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" -- \
         -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
@@ -31,7 +32,7 @@ for t in "${targets[@]}"; do
     for found in fuzz/artifacts/"$t"/*; do
         [ -e "$found" ] && cp "$found" "fuzz/regressions/$t/"
     done
-    crashes=$(( $(ls fuzz/artifacts/"$t" 2>/dev/null | wc -l) - before ))
-    printf '%-10s %8s %12s %10s %8s\n' "$t" "$seconds" "${runs:-?}" "$(ls "fuzz/corpus/$t" | wc -l)" "$crashes"
+    crashes=$(( $(found) - before ))
+    printf '%-10s %8s %12s %10s %8s\n' "$t" "$seconds" "${runs:-?}" "$(find "fuzz/corpus/$t" -type f | wc -l)" "$crashes"
 done
 echo "logs: $log"

@@ -58,7 +58,13 @@ pub fn binary(data: &[u8]) {
     let Ok(binary) = Binary::parse(data, data.len() as u64, Arc::from("fuzz")) else { return };
     for i in 0..4 {
         let at = u64_at(data, 16 + 8 * i);
-        let _ = (binary.symbol(at), binary.symbol_start(at), binary.line(at));
+        let _ = (binary.symbol(at), binary.symbol_start(at));
+        // addr2line's overflow on hostile DWARF (fuzz/regressions/binary)
+        // is caught in `line`; libFuzzer aborts at any panic, caught or
+        // not, so the fuzzer itself steps over it. make test replays it.
+        if !cfg!(fuzzing) {
+            let _ = binary.line(at);
+        }
     }
     let mapping =
         Mapping { start: 0x40_0000, end: 0x50_0000, offset: 0, path: None, binary: Err(Arc::from("")) };

@@ -190,10 +190,15 @@ impl Binary {
     }
 
     /// The source file and line of `linked`, from DWARF.
+    /// addr2line 0.25 can overflow on hostile DWARF (found by the `binary`
+    /// fuzz target: fuzz/regressions/binary): such a lookup gives no line.
     pub fn line(&self, linked: u64) -> Option<(Arc<str>, u32)> {
         let lines = shared::lock(self.lines.as_ref()?);
-        let location = lines.find_location(linked).ok()??;
-        Some((Arc::from(location.file?), location.line?))
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let location = lines.find_location(linked).ok()??;
+            Some((Arc::from(location.file?), location.line?))
+        }));
+        found.ok().flatten()
     }
 
     /// Where the function symbol holding `linked` starts.
