@@ -255,7 +255,8 @@ fn a_stopped_serve_delays_a_call_at_most_the_bound() {
     let report = report(&wait_bounded(good, "closer"));
     let worst = report["max_close_us"].as_i64().expect("max_close_us");
     eprintln!("SIGSTOP of serve for 10 s: worst close {worst} µs; {report}");
-    assert!(worst < 2_500_000, "a call waited {worst} µs for a stopped serve");
+    // The bound is 2 s; a little for the keeper's own syscalls and scheduling.
+    assert!(worst < 2_200_000, "a call waited {worst} µs for a stopped serve");
     for bad in ["close_errors", "leaked", "early", "outside", "bad_pc", "bad_value"] {
         assert_eq!(report[bad], 0, "{bad}: {report}");
     }

@@ -38,6 +38,10 @@ const RECV_TICK: Duration = Duration::from_millis(100);
 /// lost: it may have died between its RECV and recording the id.
 const PROBED_IDS: u64 = 8;
 
+/// Ids past a stuck supervisor's slot probed at each look while the
+/// keeper covers for it.
+const COVER_PROBE: u64 = 64;
+
 /// A keeper holding serve's agent socket stays this long with nothing to
 /// keep, so that a serve restarting finds it (and containers starting
 /// meanwhile can still hand over their listeners).
@@ -127,6 +131,22 @@ impl Kept {
         for process in callers.take_changed() {
             self.remember(process);
         }
+    }
+
+    /// While covering for a stuck supervisor whose slot says `id`: a call
+    /// it received but had not recorded when it stopped (between its RECV
+    /// and its store) has an id just past it, and is answered by that id,
+    /// as a rescue does. The keeper answers its own calls at once, so a
+    /// valid id here is the supervisor's. Returns how many were answered.
+    fn answer_unrecorded(&mut self, id: u64) -> u64 {
+        let mut answered = 0;
+        for next in (1..=COVER_PROBE).map(|n| id.wrapping_add(n)) {
+            if self.listener.id_valid(next) && self.listener.send_continue(next).is_ok() {
+                answered += 1;
+            }
+        }
+        self.answered += answered;
+        answered
     }
 
     /// A supervisor takes over: what the keeper recorded goes with it.
@@ -344,7 +364,10 @@ impl Keeper {
                     );
                     kept.answered = 0;
                     self.set_serving(slot, false);
+                    continue;
                 }
+                // Still stuck.
+                self.answered += kept.answer_unrecorded(covered);
                 continue;
             }
             if state == slot::IDLE && !waiting {
@@ -363,6 +386,7 @@ impl Keeper {
                         kept.answered += 1;
                         self.answered += 1;
                     }
+                    self.answered += kept.answer_unrecorded(id);
                     self.set_serving(slot, true);
                 }
                 Some((seen, _)) if seen == id => {}
