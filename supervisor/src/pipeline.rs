@@ -316,18 +316,31 @@ impl Pipeline {
             (caller, skipped) => return Outcome { caller, skipped, signal_error: None, stack },
         };
         let signal = policy.signal;
-        let (skipped, signal_error) =
-            match signal::signal_caller(listener, notif, &self.decider.callers, &caller, signal) {
-                Ok(()) => {
-                    self.decider.callers.signalled(&caller, signal);
-                    (None, None)
-                }
-                Err(SignalError::CallerGone) => {
-                    self.decider.callers.forget(caller.tid);
-                    (Some(Skip::CallerGone), None)
-                }
-                Err(SignalError::Os(e)) => (Some(Skip::SignalFailed), Some(e)),
+        // A keeper that took this call over (this supervisor was stuck)
+        // has answered it: a signal now would land after the call.
+        if self.custody.as_ref().is_some_and(|c| !c.signalling()) {
+            return Outcome {
+                caller: Some(caller),
+                skipped: Some(Skip::CallerGone),
+                signal_error: None,
+                stack,
             };
+        }
+        let sent = signal::signal_caller(listener, notif, &self.decider.callers, &caller, signal);
+        if let Some(custody) = &self.custody {
+            custody.signal_done();
+        }
+        let (skipped, signal_error) = match sent {
+            Ok(()) => {
+                self.decider.callers.signalled(&caller, signal);
+                (None, None)
+            }
+            Err(SignalError::CallerGone) => {
+                self.decider.callers.forget(caller.tid);
+                (Some(Skip::CallerGone), None)
+            }
+            Err(SignalError::Os(e)) => (Some(Skip::SignalFailed), Some(e)),
+        };
         Outcome { caller: Some(caller), skipped, signal_error, stack }
     }
 }

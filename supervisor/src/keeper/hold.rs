@@ -133,6 +133,21 @@ impl Kept {
         }
     }
 
+    /// While covering for a stuck supervisor: the call its slot records,
+    /// unless the supervisor is signalling it right now (then next time).
+    /// The slot goes to TAKEN first, so that the supervisor, resumed, does
+    /// not signal a call that has returned.
+    fn take_recorded(&mut self, cell: &crate::sys::region::Cell, id: u64) -> u64 {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let take = |from| cell.state.compare_exchange(from, slot::TAKEN, AcqRel, Acquire).is_ok();
+        if !(take(slot::CALL) || take(slot::BOOKKEEPING)) {
+            return 0;
+        }
+        let answered = u64::from(self.listener.send_continue(id).is_ok());
+        self.answered += answered;
+        answered
+    }
+
     /// While covering for a stuck supervisor whose slot says `id`: a call
     /// it received but had not recorded when it stopped (between its RECV
     /// and its store) has an id just past it, and is answered by that id,
@@ -366,7 +381,9 @@ impl Keeper {
                     self.set_serving(slot, false);
                     continue;
                 }
-                // Still stuck.
+                // Still stuck: a call it was signalling when it stopped is
+                // answered once the signal is out.
+                self.answered += kept.take_recorded(cell, covered);
                 self.answered += kept.answer_unrecorded(covered);
                 continue;
             }
@@ -382,10 +399,7 @@ impl Keeper {
                         since.elapsed()
                     );
                     kept.covering = Some(id);
-                    if state != slot::IDLE && kept.listener.send_continue(id).is_ok() {
-                        kept.answered += 1;
-                        self.answered += 1;
-                    }
+                    self.answered += kept.take_recorded(cell, id);
                     self.answered += kept.answer_unrecorded(id);
                     self.set_serving(slot, true);
                 }

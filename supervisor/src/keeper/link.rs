@@ -73,6 +73,28 @@ impl Custody {
         self.cell.state.store(state, Ordering::Release);
     }
 
+    /// About to signal the caller: false if the keeper took the call over
+    /// (this supervisor was stuck), and then no signal may be sent. Exactly
+    /// one of the two wins the slot.
+    #[inline]
+    pub fn signalling(&self) -> bool {
+        self.cell
+            .state
+            .compare_exchange(slot::CALL, slot::SIGNALLING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The signal was sent (or failed): the keeper may answer again.
+    #[inline]
+    pub fn signal_done(&self) {
+        let _ = self.cell.state.compare_exchange(
+            slot::SIGNALLING,
+            slot::CALL,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     /// It was answered.
     #[inline]
     pub fn answered(&self) {

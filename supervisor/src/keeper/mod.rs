@@ -48,6 +48,13 @@ pub mod slot {
     /// keeper has to answer it, what the supervisor knew of the process's
     /// handlers may be out of date.
     pub const BOOKKEEPING: u64 = 2;
+    /// The supervisor is signalling the caller (from before its ID_VALID
+    /// until the signal is sent): the keeper must not answer now, or the
+    /// signal could land after the call returned.
+    pub const SIGNALLING: u64 = 3;
+    /// The keeper took the call over from a stuck supervisor, which then
+    /// must not signal it.
+    pub const TAKEN: u64 = 4;
 }
 
 /// What the supervisor said of one listener when it received it.
