@@ -693,6 +693,13 @@ fn resident(tid: i32, at: u64, len: usize) -> bool {
     }
 }
 
+/// Whether `signal` is pending for thread `tid` (sent to it, not yet
+/// delivered): a thread waiting in a trapped call whose wait is killable
+/// only keeps a signal sent to it pending until the call returns.
+pub fn signal_pending(tid: i32, signal: i32) -> bool {
+    read_status(tid).is_some_and(|s| s.pending & sigvisor_proto::signal_bit(signal) != 0)
+}
+
 /// The fields of `/proc/<tid>/status` sigvisor uses.
 #[derive(Default)]
 struct Status {

@@ -123,9 +123,11 @@ enum Command {
     /// STATE_DIR/keeper.log); RUST_LOG as for serve.
     Keeper {
         /// Listen for supervisors here.
-        #[arg(long, value_name = "PATH", required_unless_present = "fd", conflicts_with = "fd")]
+        #[arg(long, value_name = "PATH", required_unless_present = "fd")]
         socket: Option<PathBuf>,
-        /// Serve one supervisor already connected on this fd (`sigvisor run`).
+        /// Serve a supervisor already connected on this fd: `sigvisor run`,
+        /// or serve replacing a keeper that died (with --socket too, for
+        /// the supervisors that come after it).
         #[arg(long, value_name = "FD")]
         fd: Option<i32>,
         /// Exit once no supervisor is attached and no listener is held (5 s
@@ -292,6 +294,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk) must not be reported
+        // with eprintln!, which panics then: the keeper would die of it.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {

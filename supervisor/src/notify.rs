@@ -170,7 +170,7 @@ fn run_hot(listener: &Listener, handler: &mut Pipeline) -> io::Result<HotEnd> {
     let _ticker = Ticker::start(HOT_TICK)?;
     let mut quiet = Duration::ZERO;
     loop {
-        match listener.recv_once() {
+        match handler.recv_once(listener) {
             Ok(notif) => {
                 quiet = Duration::ZERO;
                 handler.answer(listener, notif)?

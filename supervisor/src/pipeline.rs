@@ -140,9 +140,22 @@ impl Pipeline {
     /// One notification, from RECV to CONTINUE. Call only when `poll` said a
     /// notification waits. Err only if the listener itself is unusable.
     pub fn serve_one(&mut self, listener: &Listener) -> io::Result<()> {
-        match listener.recv() {
-            Ok(notif) => self.answer(listener, notif),
-            Err(e) => self.recv_failed(e),
+        loop {
+            match self.recv_once(listener) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(notif) => return self.answer(listener, notif),
+                Err(e) => return self.recv_failed(e),
+            }
+        }
+    }
+
+    /// RECV, blocking; EINTR if a signal interrupted the wait. Where the
+    /// keeper has a slot for this listener, into the region it shares.
+    #[inline]
+    pub fn recv_once(&self, listener: &Listener) -> io::Result<Notification> {
+        match &self.custody {
+            Some(custody) => custody.recv_once(listener),
+            None => listener.recv_once(),
         }
     }
 
@@ -318,7 +331,7 @@ impl Pipeline {
         let signal = policy.signal;
         // A keeper that took this call over (this supervisor was stuck)
         // has answered it: a signal now would land after the call.
-        if self.custody.as_ref().is_some_and(|c| !c.signalling()) {
+        if self.custody.as_ref().is_some_and(|c| !c.signalling(signal)) {
             return Outcome {
                 caller: Some(caller),
                 skipped: Some(Skip::CallerGone),

@@ -5,6 +5,7 @@
 //! answered unsignalled, and the keeper exits when CMD's processes have.
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -57,7 +58,8 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let printer = registry.subscribe(&name).ok().map(|mut events| {
         tokio::spawn(async move {
             while let Ok(line) = events.recv().await {
-                eprintln!("{line}");
+                // Not eprintln!, which panics where stderr cannot be written.
+                let _ = writeln!(std::io::stderr(), "{line}");
             }
         })
     });

@@ -256,12 +256,13 @@ fn a_stopped_serve_delays_a_call_at_most_the_bound() {
     let worst = report["max_close_us"].as_i64().expect("max_close_us");
     eprintln!("SIGSTOP of serve for 10 s: worst close {worst} µs; {report}");
     // Every call but one is answered within the bound (2 s). The one that
-    // may wait until SIGCONT: serve stopped at the return of its ID_VALID or
-    // its signal, with the slot saying SIGNALLING. The keeper cannot tell
-    // whether that signal is out yet, and a late signal would fail the
-    // next close with EINTR, so it leaves that call to serve (issue 17:
-    // the caller's tid in the slot would let it look). Correctness is
-    // asserted in every case.
+    // may wait until SIGCONT: serve stopped at the return of the ID_VALID
+    // just before its signal, with the slot saying SIGNALLING. The keeper
+    // cannot send that signal for it (serve, resumed, would send a second
+    // one, late), and answering first would make serve's land after the
+    // call, so it leaves that call to serve. Stopped at the return of the
+    // signal itself, the keeper sees it pending and answers. Correctness
+    // is asserted in every case.
     if worst >= 2_200_000 {
         eprintln!("serve stopped inside its signalling window: that call waited {worst} µs");
         assert!(worst < 10_500_000, "a call waited {worst} µs, past SIGCONT");

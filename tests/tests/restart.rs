@@ -25,6 +25,19 @@ fn kill_and_restart(server: &mut Server) -> serde_yaml::Value {
     server.get("all")
 }
 
+/// The target ran to the end, every close fine, signalled before and after
+/// (`after`: the restarted serve's view); the restarted serve took its
+/// listener back. Returns the keeper's log.
+fn taken_back(server: &mut Server, target: std::process::Child, after: &serde_yaml::Value) -> String {
+    let out = wait_bounded(target, "closer");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise_where_signalled(&report(&out));
+    assert!(signals_sent(after) > 0, "the restarted serve signals: {after:?}");
+    let (_, log) = server.terminate();
+    assert!(log.contains("took 1 listeners back from the keeper"), "{log}");
+    std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default()
+}
+
 fn signals_sent(trace: &serde_yaml::Value) -> u64 {
     let output = trace["status"]["output"].as_str().expect("status.output");
     let summary: serde_yaml::Value = serde_yaml::from_str(output).expect("summary YAML");
@@ -34,6 +47,16 @@ fn signals_sent(trace: &serde_yaml::Value) -> u64 {
 fn pid_alive(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// How many seccomp listeners process `pid` holds.
+fn holds_listeners(pid: i32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("seccomp notify"))
+        })
+        .count()
 }
 
 fn wait_gone(pid: i32, limit: Duration) -> bool {
@@ -54,13 +77,7 @@ fn kill_9_of_serve_under_a_wrapped_program() {
     let keeper = server.keeper_pid();
     let target = launch(&server, CLOSING);
     let after = kill_and_restart(&mut server);
-    let out = wait_bounded(target, "closer");
-    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    assert_precise_where_signalled(&report(&out));
-    assert!(signals_sent(&after) > 0, "the new serve signals: {after:?}");
-    let (_, log) = server.terminate();
-    assert!(log.contains("took 1 listeners back from the keeper"), "{log}");
-    let keeper_log = std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default();
+    let keeper_log = taken_back(&mut server, target, &after);
     assert!(keeper_log.contains("supervisor gone"), "{keeper_log}");
     // Nothing left to keep, no supervisor: the keeper is gone too.
     // It holds the agent socket a grace period longer, for a restart.
@@ -267,4 +284,71 @@ fn a_container_started_while_serve_is_down_is_kept() {
     assert!(signals_sent(&after) > 0, "the new serve signals the container: {after:?}");
     let keeper_log = std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default();
     assert!(keeper_log.contains("while no supervisor is attached"), "{keeper_log}");
+}
+
+/// serve SIGKILLed right after a RECV returns, before it did anything with
+/// the notification (a failpoint): the kernel had written its id into the
+/// region the keeper shares, so the keeper answers that call, whichever it
+/// was. The 1st RECV is the launcher's own exec, the 300th a close.
+#[test]
+fn kill_9_right_after_a_recv_leaves_no_call_unanswered() {
+    for at in [1, 300] {
+        let name = format!("restart-recv-{at}");
+        let failpoint = format!("kill-after-recv:{at}");
+        let mut server = Server::with_env(&name, &[("SIGVISOR_FAILPOINT", &failpoint)]);
+        let pid = server.pid();
+        let out = wait_bounded(launch(&server, &["--threads", "2", "--closes", "1000"]), "closer");
+        assert_eq!(exit_code(&out), 0, "at {at}: {}", String::from_utf8_lossy(&out.stderr));
+        let report = report(&out);
+        if at == 1 {
+            assert_untouched(&report);
+        } else {
+            assert_precise_where_signalled(&report);
+        }
+        assert_eq!(report["closes"], 2000, "at {at}: {report}");
+        assert!(wait_gone(pid, Duration::from_secs(5)), "at {at}: the failpoint killed serve");
+        server.kill();
+        let keeper_log = std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default();
+        assert!(
+            keeper_log.contains("1 calls it had received and not answered were answered by their id"),
+            "at {at}: {keeper_log}"
+        );
+        assert!(!keeper_log.contains("still unanswered"), "at {at}: {keeper_log}");
+    }
+}
+
+/// kill -9 of the keeper: serve starts another at once and gives it a copy
+/// of every listener and the agent socket; then kill -9 of serve: the new
+/// keeper answers every call, and the next serve takes it all back.
+#[test]
+fn kill_9_of_the_keeper_then_of_serve_loses_nothing() {
+    let mut server = Server::start("restart-keeper", &[]);
+    let target = launch(&server, &["--threads", "2", "--duration-ms", "4000"]);
+    thread::sleep(Duration::from_millis(700));
+    let old = server.keeper_pid();
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let new = loop {
+        let live: Vec<i32> =
+            children_of(server.pid()).into_iter().filter(|&p| p != old && pid_alive(p)).collect();
+        if let Some(&new) = live.first() {
+            break new;
+        }
+        assert!(Instant::now() < deadline, "serve started no keeper in place of {old}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(wait_gone(old, Duration::from_secs(2)), "the dead keeper {old} was reaped");
+    while holds_listeners(new) == 0 {
+        assert!(Instant::now() < deadline, "the new keeper {new} got no listener");
+        thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+    thread::sleep(Duration::from_millis(500));
+    assert!(pid_alive(new), "the new keeper {new} outlives serve");
+    server.restart();
+    thread::sleep(Duration::from_millis(700));
+    let after = server.get("all");
+    let keeper_log = taken_back(&mut server, target, &after);
+    assert!(keeper_log.contains("answering 1 listeners' calls until one attaches"), "{keeper_log}");
 }

@@ -7,10 +7,11 @@
 //! supervisor that connects takes every listener back.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -19,12 +20,12 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::intake::{Agent, Intake, Received, AGENT, FIRST_HANDOFF};
-use super::{slot, Record, ToKeeper, ToSupervisor, MAX_KNOWN, MAX_PACKET};
-use crate::caller::{handler_calls, Callers, KnownProcess};
+use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
+use crate::caller::{self, handler_calls, Callers};
 use crate::response::{self, Answered};
 use crate::sys::fd;
-use crate::sys::region::Region;
-use crate::sys::seccomp::{Listener, Ticker};
+use crate::sys::region::{Cell, Region};
+use crate::sys::seccomp::{Listener, Notification, Ticker};
 
 /// How long a keeper started for a supervisor waits for it to connect.
 const FIRST_CONNECT: Duration = Duration::from_secs(10);
@@ -33,14 +34,6 @@ const FIRST_CONNECT: Duration = Duration::from_secs(10);
 /// readiness seen by `poll` can be stale (a caller interrupted since), and a
 /// RECV with nothing to receive blocks.
 const RECV_TICK: Duration = Duration::from_millis(100);
-
-/// Ids after the last recorded one that are probed when a supervisor is
-/// lost: it may have died between its RECV and recording the id.
-const PROBED_IDS: u64 = 8;
-
-/// Ids past a stuck supervisor's slot probed at each look while the
-/// keeper covers for it.
-const COVER_PROBE: u64 = 64;
 
 /// A keeper holding serve's agent socket stays this long with nothing to
 /// keep, so that a serve restarting finds it (and containers starting
@@ -70,15 +63,11 @@ pub struct Options {
 struct Kept {
     listener: Listener,
     record: Record,
-    /// Per process (by pid), what the supervisor last said of its handlers.
-    known: BTreeMap<i32, KnownProcess>,
-    /// Processes in the order they were first told, to forget the oldest.
-    order: VecDeque<i32>,
+    /// What the supervisor last said of its processes' handlers.
+    known: Known,
     /// The keeper answers this listener (no supervisor serves it).
     serving: bool,
     answered: u64,
-    /// The last id the keeper received on it.
-    last_id: Option<u64>,
     /// While the keeper answers it: the handler changes it records, as a
     /// supervisor would, for the next one.
     callers: Option<Callers>,
@@ -96,70 +85,70 @@ impl Kept {
         Kept {
             listener,
             record,
-            known: BTreeMap::new(),
-            order: VecDeque::new(),
+            known: Known::default(),
             serving,
             answered: 0,
-            last_id: None,
             callers: None,
             busy: None,
             covering: None,
         }
     }
 
-    fn remember(&mut self, process: KnownProcess) {
-        let pid = process.tgid;
-        if self.known.insert(pid, process).is_none() {
-            self.order.push_back(pid);
-            if self.order.len() > MAX_KNOWN {
-                if let Some(old) = self.order.pop_front() {
-                    self.known.remove(&old);
-                }
-            }
-        }
-    }
-
     /// Records a handler change or exec the keeper answers itself.
-    fn observe(&mut self, notif: &crate::sys::seccomp::Notification, call: crate::handlers::HandlerCall) {
+    fn observe(&mut self, notif: &Notification, call: crate::handlers::HandlerCall) {
         let known = &self.known;
         let callers = self.callers.get_or_insert_with(|| {
             let mut callers = Callers::new(self.record.watched);
-            callers.import(known.values().cloned().collect());
+            callers.import(known.all().cloned().collect());
             callers
         });
         callers.observe(&self.listener, notif, call);
         for process in callers.take_changed() {
-            self.remember(process);
+            self.known.remember(process);
         }
     }
 
-    /// While covering for a stuck supervisor: the call its slot records,
-    /// unless the supervisor is signalling it right now (then next time).
-    /// The slot goes to TAKEN first, so that the supervisor, resumed, does
-    /// not signal a call that has returned.
-    fn take_recorded(&mut self, cell: &crate::sys::region::Cell, id: u64) -> u64 {
+    /// While covering for a stuck supervisor: the call it received last,
+    /// unless it is signalling it right now and the signal is not out yet
+    /// (then next time). The slot goes
+    /// to TAKEN first, so that the supervisor, resumed, does not signal a
+    /// call that has returned. Returns how many were answered.
+    fn take_over(
+        &mut self,
+        cell: &Cell,
+        last: &Notification,
+        signal: Option<i32>,
+        epoch: Option<&AtomicU64>,
+    ) -> u64 {
         use std::sync::atomic::Ordering::{AcqRel, Acquire};
-        let take = |from| cell.state.compare_exchange(from, slot::TAKEN, AcqRel, Acquire).is_ok();
-        if !(take(slot::CALL) || take(slot::BOOKKEEPING)) {
+        if !self.listener.id_valid(last.id) {
             return 0;
         }
-        let answered = u64::from(self.listener.send_continue(id).is_ok());
-        self.answered += answered;
-        answered
+        let take = |from| cell.state.compare_exchange(from, slot::TAKEN, AcqRel, Acquire).is_ok();
+        // Stopped between its signal and the rest: once the signal is
+        // pending, it lands at the call's return whoever answers.
+        let sent = || signal.is_some_and(|s| s > 0 && caller::signal_pending(last.pid as i32, s));
+        if !(take(slot::CALL)
+            || take(slot::BOOKKEEPING)
+            || take(slot::IDLE)
+            || (sent() && take(slot::SIGNALLING)))
+        {
+            return 0;
+        }
+        self.answer_orphan(last, epoch)
     }
 
-    /// While covering for a stuck supervisor whose slot says `id`: a call
-    /// it received but had not recorded when it stopped (between its RECV
-    /// and its store) has an id just past it, and is answered by that id,
-    /// as a rescue does. The keeper answers its own calls at once, so a
-    /// valid id here is the supervisor's. Returns how many were answered.
-    fn answer_unrecorded(&mut self, id: u64) -> u64 {
-        let mut answered = 0;
-        for next in (1..=COVER_PROBE).map(|n| id.wrapping_add(n)) {
-            if self.listener.id_valid(next) && self.listener.send_continue(next).is_ok() {
-                answered += 1;
+    /// Answers a call its supervisor received and cannot answer; a handler
+    /// change is recorded first, as the keeper records its own, and makes
+    /// a supervisor still alive forget what it knew (`epoch`).
+    fn answer_orphan(&mut self, notif: &Notification, epoch: Option<&AtomicU64>) -> u64 {
+        if let Some(call) = handler_calls().classify(notif.data.arch, notif.data.nr) {
+            self.observe(notif, call);
+            if let Some(epoch) = epoch {
+                epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
             }
         }
+        let answered = u64::from(self.listener.send_continue(notif.id).is_ok());
         self.answered += answered;
         answered
     }
@@ -169,7 +158,7 @@ impl Kept {
         if let Some(mut callers) = self.callers.take() {
             callers.settle_all();
             for process in callers.take_changed() {
-                self.remember(process);
+                self.known.remember(process);
             }
         }
     }
@@ -179,9 +168,7 @@ impl Kept {
     /// /proc shows which processes have a thread in a bookkeeping call;
     /// what was known of those is forgotten (they are then not signalled).
     fn forget_those_in_bookkeeping_calls(&mut self) {
-        self.known.retain(|&tgid, _| !in_bookkeeping_call(tgid));
-        let known = &self.known;
-        self.order.retain(|p| known.contains_key(p));
+        self.known.forget_if(in_bookkeeping_call);
     }
 }
 
@@ -366,8 +353,11 @@ impl Keeper {
                 .collect::<Vec<bool>>()
         };
         for (&slot, waiting) in slots.iter().zip(waiting) {
-            let Some(cell) = self.region.cell(slot) else { continue };
-            let (id, state) = (cell.id.load(Acquire), cell.state.load(Acquire));
+            let (Some(cell), Some(last)) = (self.region.cell(slot), self.region.last_received(slot)) else {
+                continue;
+            };
+            let (id, state, epoch) = (last.id, cell.state.load(Acquire), self.region.epoch(slot));
+            let signal = self.region.received(slot).map(|r| r.signal.load(Acquire) as i32);
             let Some(kept) = self.kept.get_mut(&slot) else { continue };
             if let Some(covered) = kept.covering {
                 if id != covered {
@@ -383,8 +373,7 @@ impl Keeper {
                 }
                 // Still stuck: a call it was signalling when it stopped is
                 // answered once the signal is out.
-                self.answered += kept.take_recorded(cell, covered);
-                self.answered += kept.answer_unrecorded(covered);
+                self.answered += kept.take_over(cell, &last, signal, epoch);
                 continue;
             }
             if state == slot::IDLE && !waiting {
@@ -399,8 +388,7 @@ impl Keeper {
                         since.elapsed()
                     );
                     kept.covering = Some(id);
-                    self.answered += kept.take_recorded(cell, id);
-                    self.answered += kept.answer_unrecorded(id);
+                    self.answered += kept.take_over(cell, &last, signal, epoch);
                     self.set_serving(slot, true);
                 }
                 Some((seen, _)) if seen == id => {}
@@ -452,14 +440,12 @@ impl Keeper {
             send(conn.as_fd(), &ToSupervisor::Region, Some(self.region.fd()))?;
             for (&slot, kept) in &self.kept {
                 if let Some(cell) = self.region.cell(slot) {
-                    // The base the next probe starts from.
-                    cell.id.store(kept.last_id.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
                     cell.state.store(slot::IDLE, std::sync::atomic::Ordering::Relaxed);
                 }
                 let adopt = ToSupervisor::Adopt {
                     slot,
                     record: kept.record.clone(),
-                    known: kept.known.values().cloned().collect(),
+                    known: kept.known.all().cloned().collect(),
                     answered: kept.answered,
                 };
                 send(conn.as_fd(), &adopt, Some(kept.listener.as_fd()))?;
@@ -564,7 +550,7 @@ impl Keeper {
             ToKeeper::Stopping => self.leaving = true,
             ToKeeper::Known { slot, process } => {
                 if let Some(kept) = self.kept.get_mut(&slot) {
-                    kept.remember(process);
+                    kept.known.remember(process);
                 }
             }
             ToKeeper::Agent { path } => {
@@ -577,6 +563,18 @@ impl Keeper {
                     let _ = std::fs::remove_file(&old.path);
                 }
                 self.intake.agent = Some(Agent { path, socket });
+            }
+            ToKeeper::Region => {
+                let Some(memfd) = fds.pop().filter(|_| fds.is_empty() && self.kept.is_empty()) else {
+                    tracing::warn!(
+                        "supervisor: a region without exactly one fd, or after listeners; ignored"
+                    );
+                    return;
+                };
+                match Region::map(memfd) {
+                    Ok(region) => self.region = region,
+                    Err(e) => tracing::warn!("supervisor: its slot region: {e}; ignored"),
+                }
             }
             ToKeeper::GiveBack { slot } => {
                 if self.kept.contains_key(&slot) {
@@ -622,26 +620,27 @@ impl Keeper {
     fn rescue(&mut self, slot: u32) {
         self.set_serving(slot, true);
         let Some(kept) = self.kept.get_mut(&slot) else { return };
-        let Some(cell) = self.region.cell(slot) else { return };
-        use std::sync::atomic::Ordering::Relaxed;
-        let (id, state) = (cell.id.load(Relaxed), cell.state.swap(slot::IDLE, Relaxed));
-        let mut rescued = 0;
-        if state != slot::IDLE && kept.listener.id_valid(id) {
-            if state == slot::BOOKKEEPING {
+        let (Some(cell), Some(last)) = (self.region.cell(slot), self.region.last_received(slot)) else {
+            return;
+        };
+        let state = cell.state.swap(slot::IDLE, std::sync::atomic::Ordering::AcqRel);
+        // ID_VALID: received and unanswered.
+        if kept.listener.id_valid(last.id) {
+            // A region without buffers says only whether it was bookkeeping.
+            if last.data.arch == 0 && state == slot::BOOKKEEPING {
                 kept.forget_those_in_bookkeeping_calls();
             }
-            rescued += u64::from(kept.listener.send_continue(id).is_ok());
+            self.rescued += kept.answer_orphan(&last, None);
         }
-        for next in (1..=PROBED_IDS).map(|n| id.wrapping_add(n)) {
-            // ID_VALID: received and unanswered. One not received yet, or
-            // not made yet, is not valid, and the keeper's RECV gets it.
-            if kept.listener.id_valid(next) {
-                // Received before its id was recorded: of unknown kind.
-                kept.forget_those_in_bookkeeping_calls();
-                rescued += u64::from(kept.listener.send_continue(next).is_ok());
-            }
+        // POLLOUT: a notification is still received and unanswered. With
+        // RECV buffers in the region this cannot be; without (a supervisor
+        // of an earlier keeper's region) its id is unknown.
+        if kept.listener.received_unanswered() {
+            tracing::error!(
+                "listener {slot}: a call its supervisor received is still unanswered and its id unknown; \
+                 its caller waits until killed"
+            );
         }
-        self.rescued += rescued;
     }
 
     /// A listener the keeper answers is in its epoll; one a supervisor
@@ -678,7 +677,6 @@ impl Keeper {
         if kept.serving && revents.contains(EpollFlags::EPOLLIN) {
             match kept.listener.recv_once() {
                 Ok(notif) => {
-                    kept.last_id = Some(notif.id);
                     if let Some(call) = handler_calls().classify(notif.data.arch, notif.data.nr) {
                         kept.observe(&notif, call);
                         if kept.covering.is_some() {

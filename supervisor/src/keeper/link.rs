@@ -5,8 +5,14 @@
 //! Every message to the keeper is one small packet on a blocking socket,
 //! sent where the news is made: a new listener (once per container) and a
 //! handler change (a few per process, at its start). The notification path
-//! only stores ids in its slot.
+//! only writes to its slot.
+//!
+//! The supervisor keeps what it told the keeper (a copy of each listener,
+//! its record, what is known of its processes), so that a keeper that dies
+//! is replaced at once by one that gets all of it again: killing the
+//! keeper, then the supervisor, loses no listener.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -18,22 +24,61 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use sigvisor_proto::Handoff;
 
-use super::{slot, Record, ToKeeper, ToSupervisor, MAX_PACKET};
+use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
 use crate::caller::KnownProcess;
 use crate::shared;
 use crate::sys::fd::{self, SockType};
-use crate::sys::region::{Cell, Region, SLOTS};
+use crate::sys::region::{Cell, Received, Region, SLOTS};
+use crate::sys::seccomp::{Listener, Notification};
 
 /// How long a keeper just started has to listen.
 const START_LIMIT: Duration = Duration::from_secs(5);
 
+/// How often starting a keeper in place of one that died is tried again
+/// when it fails.
+const RETRY: Duration = Duration::from_secs(2);
+
 pub struct Link {
-    socket: OwnedFd,
     region: Region,
-    /// Slots in use (by listeners this supervisor serves or adopted).
-    used: Mutex<Vec<bool>>,
-    /// Said once: the keeper is gone, listeners are no longer kept.
-    broken: AtomicBool,
+    inner: Mutex<Inner>,
+    /// How its keeper is started, again when it dies.
+    spawn: Spawn,
+    /// The supervisor is stopping on purpose: a keeper gone now is not
+    /// replaced.
+    stopping: AtomicBool,
+}
+
+/// What the keeper was told, under one lock: every message is sent under
+/// it, and a replacement keeper is told it all again under it.
+struct Inner {
+    /// None while the keeper is gone and not replaced yet.
+    socket: Option<OwnedFd>,
+    /// By slot, every listener the keeper holds a copy of.
+    kept: BTreeMap<u32, Told>,
+    /// serve's listening agent socket, which the keeper holds too.
+    agent: Option<(PathBuf, OwnedFd)>,
+    /// The keeper, where this process started it: reaped once it died.
+    child: Option<std::process::Child>,
+}
+
+/// One listener as the keeper was told of it.
+struct Told {
+    listener: Option<OwnedFd>,
+    record: Record,
+    known: Known,
+    /// Given back: the keeper answers it.
+    given_back: bool,
+}
+
+/// How a keeper is started for this supervisor.
+#[derive(Clone)]
+struct Spawn {
+    /// serve's keeper listens here (for the serve after this one); run's
+    /// has none.
+    socket: Option<PathBuf>,
+    /// Its stderr; run's shares run's.
+    log: Option<PathBuf>,
+    answer_within: Duration,
 }
 
 /// A listener taken back from the keeper.
@@ -61,23 +106,49 @@ pub struct Custody {
     pub slot: u32,
     cell: &'static Cell,
     epoch: Option<&'static std::sync::atomic::AtomicU64>,
+    buffer: Option<&'static Received>,
 }
 
 impl Custody {
-    /// A notification was received: the keeper answers `id` if this
-    /// supervisor dies before it does.
+    /// RECV, into this slot's buffer where the keeper's region has them.
+    #[inline]
+    pub fn recv_once(&self, listener: &Listener) -> io::Result<Notification> {
+        let received = match self.buffer {
+            Some(buffer) => listener.recv_into(buffer),
+            None => listener.recv_once(),
+        };
+        if received.is_ok() {
+            crate::failpoint::after_recv();
+        }
+        received
+    }
+
+    /// The notification received is a call the Trace may signal, or
+    /// bookkeeping: the keeper answers it if this supervisor dies before it
+    /// does (by the id the kernel wrote to the region, or, for a keeper of
+    /// an earlier version, by the id stored here).
     #[inline]
     pub fn received(&self, id: u64, bookkeeping: bool) {
-        self.cell.id.store(id, Ordering::Relaxed);
+        if self.buffer.is_none() {
+            self.cell.id.store(id, Ordering::Relaxed);
+        }
         let state = if bookkeeping { slot::BOOKKEEPING } else { slot::CALL };
-        self.cell.state.store(state, Ordering::Release);
+        // Unless the keeper took it (covering for this supervisor while it
+        // was stuck, between its RECV and here): then `signalling` fails.
+        let _ = self
+            .cell
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now != slot::TAKEN).then_some(state));
     }
 
     /// About to signal the caller: false if the keeper took the call over
     /// (this supervisor was stuck), and then no signal may be sent. Exactly
     /// one of the two wins the slot.
     #[inline]
-    pub fn signalling(&self) -> bool {
+    pub fn signalling(&self, signal: i32) -> bool {
+        if let Some(buffer) = self.buffer {
+            buffer.signal.store(signal as u64, Ordering::Relaxed);
+        }
         self.cell
             .state
             .compare_exchange(slot::CALL, slot::SIGNALLING, Ordering::AcqRel, Ordering::Acquire)
@@ -111,23 +182,30 @@ impl Custody {
 
     /// What is known now of these processes' handlers, for a successor.
     pub fn known(&self, processes: Vec<KnownProcess>) {
+        let mut inner = shared::lock(&self.link.inner);
         for process in processes {
-            self.link.send(&ToKeeper::Known { slot: self.slot, process }, None);
+            inner.send(&ToKeeper::Known { slot: self.slot, process: process.clone() }, None);
+            if let Some(copy) = inner.kept.get_mut(&self.slot) {
+                copy.known.remember(process);
+            }
         }
     }
 
     /// The listener is done with: its filter has no task left.
     pub fn release(self) {
-        self.link.send(&ToKeeper::Release { slot: self.slot }, None);
-        if let Some(used) = shared::lock(&self.link.used).get_mut(self.slot as usize) {
-            *used = false;
-        }
+        let mut inner = shared::lock(&self.link.inner);
+        inner.send(&ToKeeper::Release { slot: self.slot }, None);
+        inner.kept.remove(&self.slot);
     }
 
     /// This supervisor can no longer serve the listener: the keeper answers
     /// it from now on.
     pub fn give_back(self) {
-        self.link.send(&ToKeeper::GiveBack { slot: self.slot }, None);
+        let mut inner = shared::lock(&self.link.inner);
+        inner.send(&ToKeeper::GiveBack { slot: self.slot }, None);
+        if let Some(copy) = inner.kept.get_mut(&self.slot) {
+            copy.given_back = true;
+        }
     }
 }
 
@@ -135,10 +213,12 @@ impl Link {
     /// Connects to the keeper at `path`, starting one (detached, logging to
     /// `log`) if none listens; takes what it held.
     pub fn connect(path: &Path, log: &Path, answer_within: Duration) -> Result<Taken> {
+        let spawn = Spawn { socket: Some(path.to_owned()), log: Some(log.to_owned()), answer_within };
+        let mut child = None;
         let socket = match fd::seqpacket_connect(path) {
             Ok(socket) => socket,
             Err(_) => {
-                spawn_keeper(path, log, answer_within)?;
+                child = Some(spawn.start(None)?);
                 let deadline = Instant::now() + START_LIMIT;
                 loop {
                     match fd::seqpacket_connect(path) {
@@ -153,35 +233,181 @@ impl Link {
                 }
             }
         };
-        Link::handshake(socket).with_context(|| format!("taking over from the keeper at {}", path.display()))
+        let taken = Link::handshake(socket, child, spawn)
+            .with_context(|| format!("taking over from the keeper at {}", path.display()))?;
+        Link::watch(&taken.link);
+        Ok(taken)
     }
 
     /// A keeper of this supervisor's own over a socket pair (`sigvisor
     /// run`): it lives until the supervisor is gone and its listeners too.
     pub fn private() -> Result<Arc<Link>> {
-        let (ours, theirs) = fd::socketpair_for_child(SockType::SeqPacket).context("socketpair")?;
-        let exe = std::env::current_exe().context("finding sigvisor's own binary")?;
-        let mut command = Command::new(exe);
-        command
-            .args(["keeper", "--exit-when-idle", "--fd"])
-            .arg(std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        // It shares run's terminal: only its warnings, unless asked.
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
-        }
-        crate::sys::process::new_session(&mut command);
-        command.spawn().context("starting the keeper")?;
-        drop(theirs);
-        Ok(Link::handshake(ours)?.link)
+        let spawn = Spawn { socket: None, log: None, answer_within: super::hold::ANSWER_WITHIN };
+        let (socket, child) = spawn.start_connected()?;
+        let link = Link::handshake(socket, Some(child), spawn)?.link;
+        Link::watch(&link);
+        Ok(link)
     }
 
     /// Receives the region and every listener, up to `Ready`.
-    fn handshake(socket: OwnedFd) -> Result<Taken> {
-        let mut region = None;
-        let mut adopted = Vec::new();
-        let mut agent = None;
+    fn handshake(socket: OwnedFd, child: Option<std::process::Child>, spawn: Spawn) -> Result<Taken> {
+        let Holdings { region, adopted, agent } = Holdings::receive(&socket)?;
+        let region = Region::map(region.context("the keeper sent no slot region")?)
+            .context("mapping the slot region")?;
+        let mut kept = BTreeMap::new();
+        for a in &adopted {
+            let copy = Told {
+                listener: a.handoff.listener.try_clone().ok(),
+                record: Record::of(&a.handoff, a.runtime.as_deref()),
+                known: a.known.iter().cloned().fold(Known::default(), |mut k, p| {
+                    k.remember(p);
+                    k
+                }),
+                given_back: false,
+            };
+            kept.insert(a.slot, copy);
+        }
+        let agent_copy = agent.as_ref().and_then(|(path, fd)| Some((path.clone(), fd.try_clone().ok()?)));
+        let inner = Inner { socket: Some(socket), kept, agent: agent_copy, child };
+        let link = Link { region, inner: Mutex::new(inner), spawn, stopping: AtomicBool::new(false) };
+        Ok(Taken { link: Arc::new(link), adopted, agent })
+    }
+
+    /// Gives the keeper a copy of a new listener; None if it cannot keep it
+    /// (no free slot, or the keeper is gone): then it is served unkept.
+    pub fn keep(self: &Arc<Link>, handoff: &Handoff, runtime: Option<&str>) -> Option<Custody> {
+        let mut inner = shared::lock(&self.inner);
+        let slot = (0..SLOTS as u32).find(|s| !inner.kept.contains_key(s))?;
+        let record = Record::of(handoff, runtime);
+        if !inner.send(&ToKeeper::Keep { slot, record: record.clone() }, Some(handoff.listener.as_fd())) {
+            return None;
+        }
+        let copy = Told {
+            listener: handoff.listener.try_clone().ok(),
+            record,
+            known: Known::default(),
+            given_back: false,
+        };
+        inner.kept.insert(slot, copy);
+        drop(inner);
+        self.custody(slot)
+    }
+
+    /// Tells the keeper this supervisor stops on purpose.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        shared::lock(&self.inner).send(&ToKeeper::Stopping, None);
+    }
+
+    /// Gives the keeper a copy of serve's listening agent socket, so that it
+    /// outlives this process. False if the keeper is gone.
+    pub fn give_agent(&self, path: &Path, socket: BorrowedFd<'_>) -> bool {
+        let mut inner = shared::lock(&self.inner);
+        if !inner.send(&ToKeeper::Agent { path: path.display().to_string() }, Some(socket)) {
+            return false;
+        }
+        inner.agent = socket.try_clone_to_owned().ok().map(|fd| (path.to_owned(), fd));
+        true
+    }
+
+    /// The custody of a listener adopted from the keeper.
+    pub fn custody(self: &Arc<Link>, slot: u32) -> Option<Custody> {
+        let cell = self.region.cell(slot)?;
+        Some(Custody {
+            link: Arc::clone(self),
+            slot,
+            cell,
+            epoch: self.region.epoch(slot),
+            buffer: self.region.received(slot),
+        })
+    }
+
+    /// Watches the keeper's connection on a thread of its own: the keeper
+    /// never writes after `Ready`, so the socket turns readable only when
+    /// the keeper is gone (EOF), and then another is started in its place.
+    fn watch(link: &Arc<Link>) {
+        let link = Arc::clone(link);
+        let spawned = std::thread::Builder::new().name("keeper-watch".into()).spawn(move || loop {
+            let watched = shared::lock(&link.inner).socket.as_ref().and_then(|s| s.try_clone().ok());
+            if let Some(socket) = watched {
+                let mut fds = [nix::poll::PollFd::new(socket.as_fd(), nix::poll::PollFlags::POLLIN)];
+                if matches!(
+                    nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE),
+                    Err(nix::errno::Errno::EINTR)
+                ) {
+                    continue;
+                }
+            }
+            if link.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            if !link.replace() {
+                std::thread::sleep(RETRY);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("watching the keeper: {e}; a keeper that dies is not replaced");
+        }
+    }
+
+    /// Starts a keeper in place of one that died and tells it everything
+    /// again: this supervisor's region, every listener with its record and
+    /// known processes (given back ones as given back), the agent socket.
+    fn replace(&self) -> bool {
+        let mut inner = shared::lock(&self.inner);
+        // Its connection ended: dead, or (never seen) alive and answering
+        // on its own; either way it goes, reaped.
+        if let Some(mut old) = inner.child.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        if inner.socket.take().is_some() {
+            tracing::error!(
+                "the keeper is gone: starting another, with a copy of each of the {} listeners",
+                inner.kept.len()
+            );
+        }
+        let told = self.spawn.start_connected().and_then(|(socket, child)| {
+            inner.child = Some(child);
+            let holdings = Holdings::receive(&socket)?;
+            if !holdings.adopted.is_empty() {
+                bail!("the new keeper holds listeners already");
+            }
+            inner.socket = Some(socket);
+            let told = inner.tell_all(self.region.fd());
+            if !told {
+                inner.socket = None;
+                bail!("it went before it had everything");
+            }
+            Ok(())
+        });
+        match told {
+            Ok(()) => {
+                tracing::info!("a new keeper holds a copy of each of the {} listeners", inner.kept.len());
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    "starting a keeper in place of the one that died: {e:#}; listeners are not kept \
+                     (if sigvisor stops now their calls fail); trying again in {RETRY:?}"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// What a keeper sends a supervisor that attaches.
+struct Holdings {
+    region: Option<OwnedFd>,
+    adopted: Vec<Adopted>,
+    agent: Option<(PathBuf, OwnedFd)>,
+}
+
+impl Holdings {
+    /// Everything up to `Ready`.
+    fn receive(socket: &OwnedFd) -> Result<Holdings> {
+        let mut holdings = Holdings { region: None, adopted: Vec::new(), agent: None };
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
             let mut fds = Vec::new();
@@ -193,15 +419,18 @@ impl Link {
                 serde_json::from_slice(&buf[..n]).context("a message from the keeper")?;
             match message {
                 ToSupervisor::Region => {
-                    let fd = fds.pop().context("the region came without its memfd")?;
-                    region = Some(Region::map(fd).context("mapping the slot region")?);
+                    holdings.region = Some(fds.pop().context("the region came without its memfd")?);
                 }
                 ToSupervisor::Adopt { slot, record, known, answered } => {
                     let fd = fds.pop().context("a listener came without its fd")?;
                     match sigvisor_proto::decode(record.state.as_bytes(), vec![fd]) {
-                        Ok(handoff) => {
-                            adopted.push(Adopted { handoff, runtime: record.runtime, slot, known, answered })
-                        }
+                        Ok(handoff) => holdings.adopted.push(Adopted {
+                            handoff,
+                            runtime: record.runtime,
+                            slot,
+                            known,
+                            answered,
+                        }),
                         // Dropping it is safe: the keeper still holds it.
                         Err(e) => tracing::error!("listener {slot} from the keeper: {e}; left to the keeper"),
                     }
@@ -213,107 +442,111 @@ impl Link {
                              {rescued} of them received by the one before"
                         );
                     }
-                    break;
+                    return Ok(holdings);
                 }
                 ToSupervisor::Agent { path } => {
                     let fd = fds.pop().context("the agent socket came without its fd")?;
-                    agent = Some((PathBuf::from(path), fd));
+                    holdings.agent = Some((PathBuf::from(path), fd));
                 }
                 ToSupervisor::Refused { reason } => bail!("{reason}"),
             }
         }
-        let region = region.context("the keeper sent no slot region")?;
-        let mut used = vec![false; SLOTS];
-        for a in &adopted {
-            if let Some(u) = used.get_mut(a.slot as usize) {
-                *u = true;
-            }
-        }
-        let link = Link { socket, region, used: Mutex::new(used), broken: AtomicBool::new(false) };
-        Ok(Taken { link: Arc::new(link), adopted, agent })
     }
+}
 
-    /// Gives the keeper a copy of a new listener; None if it cannot keep it
-    /// (no free slot, or the keeper is gone): then it is served unkept.
-    pub fn keep(self: &Arc<Link>, handoff: &Handoff, runtime: Option<&str>) -> Option<Custody> {
-        let slot = {
-            let mut used = shared::lock(&self.used);
-            let free = used.iter().position(|u| !u)?;
-            used[free] = true;
-            free as u32
-        };
-        let record = Record::of(handoff, runtime);
-        if !self.send(&ToKeeper::Keep { slot, record }, Some(&handoff.listener)) {
-            return None;
-        }
-        self.custody(slot)
-    }
-
-    /// Tells the keeper this supervisor stops on purpose.
-    pub fn stopping(&self) {
-        self.send(&ToKeeper::Stopping, None);
-    }
-
-    /// Gives the keeper a copy of serve's listening agent socket, so that it
-    /// outlives this process. False if the keeper is gone.
-    pub fn give_agent(&self, path: &Path, socket: BorrowedFd<'_>) -> bool {
-        let message = ToKeeper::Agent { path: path.display().to_string() };
-        match serde_json::to_vec(&message) {
-            Ok(bytes) => fd::send_packet(self.socket.as_fd(), &bytes, Some(socket)).is_ok(),
-            Err(_) => false,
-        }
-    }
-
-    /// The custody of a listener adopted from the keeper.
-    pub fn custody(self: &Arc<Link>, slot: u32) -> Option<Custody> {
-        let cell = self.region.cell(slot)?;
-        Some(Custody { link: Arc::clone(self), slot, cell, epoch: self.region.epoch(slot) })
-    }
-
-    fn send(&self, message: &ToKeeper, fd: Option<&OwnedFd>) -> bool {
-        if self.broken.load(Ordering::Relaxed) {
-            return false;
-        }
+impl Inner {
+    /// Sends one message; false, and said once, if the keeper is gone.
+    fn send(&mut self, message: &ToKeeper, fd: Option<BorrowedFd<'_>>) -> bool {
+        let Some(socket) = &self.socket else { return false };
         let sent = serde_json::to_vec(message)
             .map_err(io::Error::other)
-            .and_then(|bytes| fd::send_packet(self.socket.as_fd(), &bytes, fd.map(|f| f.as_fd())));
+            .and_then(|bytes| fd::send_packet(socket.as_fd(), &bytes, fd));
         if let Err(e) = sent {
-            if !self.broken.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    "the keeper is gone ({e}): listeners are no longer kept, and if sigvisor stops \
-                     now their calls fail; restart sigvisor to start a new keeper"
-                );
-            }
+            tracing::error!("the keeper is gone ({e}): listeners are not kept until another is started");
+            self.socket = None;
             return false;
         }
         true
     }
+
+    /// Tells a new keeper everything the last one was told.
+    fn tell_all(&mut self, region: BorrowedFd<'_>) -> bool {
+        if !self.send(&ToKeeper::Region, Some(region)) {
+            return false;
+        }
+        let kept = std::mem::take(&mut self.kept);
+        for (&slot, copy) in &kept {
+            let Some(listener) = &copy.listener else { continue };
+            let _ = self.send(&ToKeeper::Keep { slot, record: copy.record.clone() }, Some(listener.as_fd()))
+                && copy.known.all().all(|p| self.send(&ToKeeper::Known { slot, process: p.clone() }, None))
+                && (!copy.given_back || self.send(&ToKeeper::GiveBack { slot }, None));
+        }
+        self.kept = kept;
+        if let Some((path, socket)) = self.agent.take() {
+            self.send(&ToKeeper::Agent { path: path.display().to_string() }, Some(socket.as_fd()));
+            self.agent = Some((path, socket));
+        }
+        self.socket.is_some()
+    }
 }
 
-/// Starts `sigvisor keeper` for `path` in a session of its own, so that
-/// nothing aimed at the supervisor (its process group's signals, a
-/// terminal's hang-up) reaches it.
-fn spawn_keeper(path: &Path, log: &Path, answer_within: Duration) -> Result<()> {
-    let exe = std::env::current_exe().context("finding sigvisor's own binary")?;
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+impl Spawn {
+    /// Starts `sigvisor keeper` in a session of its own, so that nothing
+    /// aimed at the supervisor (its process group's signals, a terminal's
+    /// hang-up) reaches it: connected to this process on `connection` if
+    /// given, listening on `socket` if any.
+    fn start(&self, connection: Option<&OwnedFd>) -> Result<std::process::Child> {
+        let exe = std::env::current_exe().context("finding sigvisor's own binary")?;
+        let mut command = Command::new(exe);
+        command.args(["keeper", "--exit-when-idle", "--answer-within"]);
+        command.arg(self.answer_within.as_secs_f64().to_string());
+        if let Some(socket) = &self.socket {
+            command.arg("--socket").arg(socket);
+        }
+        if let Some(fd) = connection {
+            command.arg("--fd").arg(std::os::fd::AsRawFd::as_raw_fd(fd).to_string());
+        }
+        command.stdin(Stdio::null()).stdout(Stdio::null());
+        match &self.log {
+            // A keeper without its log (a full or read-only disk) is
+            // better than no keeper.
+            Some(log) => match open_log(log) {
+                Ok(file) => {
+                    command.stderr(file);
+                }
+                Err(e) => {
+                    tracing::warn!("the keeper's log {}: {e}; it logs nowhere", log.display());
+                    command.stderr(Stdio::null());
+                }
+            },
+            // It shares run's terminal: only its warnings, unless asked.
+            None if std::env::var_os("RUST_LOG").is_none() => {
+                command.env("RUST_LOG", "warn");
+            }
+            None => {}
+        }
+        crate::sys::process::new_session(&mut command);
+        let child = command.spawn().context("starting the keeper")?;
+        match (&self.socket, &self.log) {
+            (Some(path), Some(log)) => {
+                tracing::info!("started a keeper on {} (log: {})", path.display(), log.display())
+            }
+            _ => tracing::debug!("started a keeper"),
+        }
+        Ok(child)
     }
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening the keeper's log {}", log.display()))?;
-    let mut command = Command::new(exe);
-    command
-        .args(["keeper", "--exit-when-idle", "--socket"])
-        .arg(PathBuf::from(path))
-        .arg("--answer-within")
-        .arg(answer_within.as_secs_f64().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file);
-    crate::sys::process::new_session(&mut command);
-    command.spawn().context("starting the keeper")?;
-    tracing::info!("started a keeper on {} (log: {})", path.display(), log.display());
-    Ok(())
+
+    /// Starts a keeper connected to this process over a socket pair.
+    fn start_connected(&self) -> Result<(OwnedFd, std::process::Child)> {
+        let (ours, theirs) = fd::socketpair_for_child(SockType::SeqPacket).context("socketpair")?;
+        let child = self.start(Some(&theirs))?;
+        Ok((ours, child))
+    }
+}
+
+fn open_log(log: &Path) -> io::Result<std::fs::File> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(log)
 }

@@ -27,6 +27,8 @@ pub mod hold;
 pub mod intake;
 pub mod link;
 
+use std::collections::{BTreeMap, VecDeque};
+
 use serde::{Deserialize, Serialize};
 
 use crate::caller::KnownProcess;
@@ -37,6 +39,41 @@ pub const MAX_PACKET: usize = 256 * 1024;
 /// Processes whose handlers the keeper remembers per listener; past this
 /// the oldest are forgotten (they are then not signalled: never unsafe).
 pub const MAX_KNOWN: usize = 1024;
+
+/// What was last said of each process's handlers, for one listener: kept
+/// by the keeper for the next supervisor, and by the supervisor for a
+/// keeper that replaces one that died.
+#[derive(Default)]
+pub struct Known {
+    by_pid: BTreeMap<i32, KnownProcess>,
+    /// Processes in the order they were first told, to forget the oldest.
+    order: VecDeque<i32>,
+}
+
+impl Known {
+    pub fn remember(&mut self, process: KnownProcess) {
+        let pid = process.tgid;
+        if self.by_pid.insert(pid, process).is_none() {
+            self.order.push_back(pid);
+            if self.order.len() > MAX_KNOWN {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_pid.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Forgets the processes `drop` names.
+    pub fn forget_if(&mut self, drop: impl Fn(i32) -> bool) {
+        self.by_pid.retain(|&tgid, _| !drop(tgid));
+        let by_pid = &self.by_pid;
+        self.order.retain(|p| by_pid.contains_key(p));
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &KnownProcess> {
+        self.by_pid.values()
+    }
+}
 
 /// What `Cell::state` says about the notification whose id is in the slot.
 pub mod slot {
@@ -103,6 +140,10 @@ pub enum ToKeeper {
     /// serve's listening agent socket (the fd attached), which the keeper
     /// accepts on while no supervisor is attached.
     Agent { path: String },
+    /// The supervisor's slot region (its memfd attached), for a keeper that
+    /// replaces one that died: the supervisor's slots are in it. First,
+    /// before any listener.
+    Region,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -73,3 +73,9 @@ pub fn default_sigpipe() {
     // SAFETY: SIG_DFL installs no handler, so no Rust code runs on delivery.
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
+
+/// Dies at once, as `kill -9` from outside would kill it (failpoints).
+pub fn kill_self() -> ! {
+    let _ = nix::sys::signal::raise(Signal::SIGKILL);
+    std::process::abort()
+}

@@ -61,18 +61,6 @@ impl Listener {
         Listener(fd)
     }
 
-    /// Receives one notification. Only call when `poll` said `Notification`:
-    /// RECV has no non-blocking mode. ENOENT means the caller was killed or
-    /// interrupted since; it is not an error.
-    pub fn recv(&self) -> io::Result<Notification> {
-        loop {
-            match self.recv_once() {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
-    }
-
     /// Receives one notification, blocking; EINTR if a signal (`Ticker`)
     /// interrupted the wait, before any notification was taken.
     pub fn recv_once(&self) -> io::Result<Notification> {
@@ -81,6 +69,17 @@ impl Listener {
         // SAFETY: RECV writes one seccomp_notif into the buffer we own.
         check(unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) })?;
         Ok(notif)
+    }
+
+    /// Receives one notification into a slot's buffer in the region the
+    /// keeper shares (`region::Received`), so that its id is recorded the
+    /// moment the ioctl returns; as `recv_once` otherwise.
+    pub fn recv_into(&self, buffer: &crate::sys::region::Received) -> io::Result<Notification> {
+        let at = buffer.cleared();
+        // SAFETY: RECV writes one seccomp_notif into the zeroed buffer,
+        // valid for writes for as long as the region is mapped (for ever).
+        check(unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_RECV, at) })?;
+        Ok(buffer.read())
     }
 
     /// Whether notification `id` is still pending: its caller is alive and
@@ -109,6 +108,14 @@ impl Listener {
     pub fn enable_sync_wake_up(&self) -> io::Result<()> {
         // SAFETY: SET_FLAGS reads one u64 flag word.
         check(unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, FD_SYNC_WAKE_UP) })
+    }
+
+    /// Whether a notification was received and not answered yet: the
+    /// listener polls writable (POLLOUT) while one is.
+    pub fn received_unanswered(&self) -> bool {
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLOUT)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLOUT))
     }
 
     /// `poll(2)` on the listener alone; `timeout_ms` < 0 waits forever.
