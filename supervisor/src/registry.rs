@@ -139,6 +139,8 @@ struct Entry {
     state: State,
     operation_error: String,
     warning: Option<String>,
+    /// Why its last save to the state directory failed.
+    unsaved: Option<String>,
     /// Listeners still running; their counters are read live.
     listeners: Vec<ListenerRecord>,
     /// What finished listeners counted, folded in when they ended.
@@ -191,6 +193,7 @@ impl Entry {
             state: State::NotStarted,
             operation_error: String::new(),
             warning: None,
+            unsaved: None,
             listeners: Vec::new(),
             finished: Stats::default(),
             containers: BTreeMap::new(),
@@ -250,7 +253,12 @@ impl Registry {
     /// Saves the Traces as they are now, if they are kept anywhere.
     pub fn save_state(&self) {
         if let Some(dir) = self.state.get() {
-            dir.save(&self.list());
+            let mut failed = dir.save(&self.list());
+            for (name, entry) in self.lock().iter_mut() {
+                entry.unsaved = failed.remove(name).map(|e| {
+                    format!("not saved in the state directory ({e}): a restarted serve will not have it")
+                });
+            }
         }
     }
 
@@ -472,7 +480,10 @@ impl Registry {
         });
         let any_handler = policy.any_handler.then_some(output::ANY_HANDLER_WARNING);
         let warnings: Vec<&str> =
-            [elsewhere.as_deref(), entry.warning.as_deref(), any_handler].into_iter().flatten().collect();
+            [elsewhere.as_deref(), entry.warning.as_deref(), entry.unsaved.as_deref(), any_handler]
+                .into_iter()
+                .flatten()
+                .collect();
         let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
         let mut view = output::with_status(
             &entry.trace,

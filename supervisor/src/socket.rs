@@ -7,21 +7,68 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use tokio::net::UnixListener;
 
+/// A socket file as it was when bound: removed only while the path still
+/// names that file. Whoever bound a socket at the path since (a serve
+/// started after this one, a replacement keeper) owns it, and nobody else
+/// removes it.
+pub struct BoundFile {
+    path: PathBuf,
+    id: Option<(u64, u64, i64, i64)>,
+}
+
+impl BoundFile {
+    /// The file at `path` now.
+    pub fn at(path: &Path) -> BoundFile {
+        BoundFile { path: path.to_owned(), id: identity(path) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the file if it is still the one bound.
+    pub fn remove(&self) {
+        if self.id.is_some() && identity(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A file's identity: its inode, and its change time, since a file system
+/// may give a freed inode number to the next file made (ext4 does).
+fn identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// Whether nothing listens at the socket file `path` any more: only a
+/// refused connection says so (a full backlog, EAGAIN, is a live socket).
+pub fn stale(path: &Path) -> Result<bool> {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(true),
+        // A SOCK_SEQPACKET socket (the keeper's) refuses a stream connection.
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Ok(false),
+        Err(e) => bail!("cannot tell whether {} is in use: {e}", path.display()),
+    }
+}
+
 /// Removes a socket file this process bound, however the process leaves
-/// the scope that holds it (errors included).
-pub struct SocketFile(PathBuf);
+/// the scope that holds it (errors included), while it is still the file
+/// this process bound.
+pub struct SocketFile(Option<BoundFile>);
 
 impl SocketFile {
     /// Leaves the file in place: another process (the keeper) holds the socket.
     pub fn leave(mut self) {
-        self.0 = PathBuf::new();
+        self.0 = None;
     }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if !self.0.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.0);
+        if let Some(file) = &self.0 {
+            file.remove();
         }
     }
 }
@@ -38,15 +85,44 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
             .with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if !stale(path)? {
             bail!("another supervisor is already serving on {}", path.display());
         }
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let file = SocketFile(path.to_owned());
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    let chmod = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    // After the chmod, which changes the file's ctime.
+    let file = SocketFile(Some(BoundFile::at(path)));
+    chmod.with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok((listener, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket bound again at the same path (by a serve started after
+    /// this one) is not removed by the one that bound it first.
+    #[test]
+    fn only_the_file_bound_is_removed() {
+        let dir = std::env::temp_dir().join(format!("sigvisor-boundfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("agent.sock");
+        let first = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let first_file = BoundFile::at(&path);
+        drop(first);
+        assert!(stale(&path).expect("stale?"), "nothing listens");
+        std::fs::remove_file(&path).expect("remove");
+        let second = std::os::unix::net::UnixListener::bind(&path).expect("bind again");
+        assert!(!stale(&path).expect("stale?"), "the second listens");
+        first_file.remove();
+        assert!(path.exists(), "the second socket's file stays");
+        BoundFile::at(&path).remove();
+        assert!(!path.exists(), "its own owner removes it");
+        drop(second);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -4,6 +4,7 @@
 //! change through the control socket (write to a temporary file, then
 //! rename: a crash leaves the old file or the new one, never half of one).
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -65,8 +66,10 @@ impl StateDir {
     }
 
     /// Saves `traces` (as the registry lists them) and removes the files of
-    /// Traces that are gone. Failures are logged: serving goes on.
-    pub fn save(&self, traces: &[Trace]) {
+    /// Traces that are gone. Failures are logged and returned (by Trace
+    /// name): serving goes on.
+    pub fn save(&self, traces: &[Trace]) -> BTreeMap<String, String> {
+        let mut failed = BTreeMap::new();
         let mut names = Vec::new();
         for trace in traces {
             let name = &trace.metadata.name;
@@ -81,25 +84,30 @@ impl StateDir {
             let file = self.traces.join(format!("{name}.yaml"));
             if let Err(e) = write_atomically(&file, &kept) {
                 tracing::error!("saving trace {name} to {}: {e:#}", file.display());
+                failed.insert(name.clone(), format!("{e:#}"));
             }
             names.push(format!("{name}.yaml"));
         }
-        let Ok(entries) = std::fs::read_dir(&self.traces) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".yaml") && !names.contains(&name) {
-                let _ = std::fs::remove_file(entry.path());
+        if let Ok(entries) = std::fs::read_dir(&self.traces) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".yaml") && !names.contains(&name) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
+        failed
     }
 }
 
 fn write_atomically(file: &Path, trace: &Trace) -> Result<()> {
     let text = serde_yaml::to_string(trace)?;
     let temporary = file.with_extension("yaml.new");
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, file)?;
-    Ok(())
+    let written = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, file));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    Ok(written?)
 }
 
 #[cfg(test)]

@@ -126,7 +126,23 @@ impl Server {
         Server::build(name, extra, profiles_given, &[])
     }
 
+    /// A server with the `all` Trace whose state directory is made ready
+    /// by `prepare` before serve starts (a small tmpfs mounted on it, say).
+    pub fn with_state(name: &str, prepare: impl FnOnce(&Path)) -> Server {
+        Server::build_with(name, &[], &[("all.yaml", ALL)], &[], prepare)
+    }
+
     fn build(name: &str, extra: &[&str], profiles_given: &[(&str, &str)], env: &[(&str, &str)]) -> Server {
+        Server::build_with(name, extra, profiles_given, env, |_| {})
+    }
+
+    fn build_with(
+        name: &str,
+        extra: &[&str],
+        profiles_given: &[(&str, &str)],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Server {
         let dir = scratch(&format!("{name}-serve"));
         let profiles = dir.join("profiles");
         std::fs::create_dir_all(&profiles).expect("profiles dir");
@@ -153,6 +169,8 @@ impl Server {
         args.extend(extra.iter().map(Into::into));
         args.push(profiles.into());
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        std::fs::create_dir_all(&state).expect("state dir");
+        prepare(&state);
         let mut server = Server { socket, control, status, keeper, state, args, env, child: None };
         server.spawn();
         server

@@ -283,3 +283,58 @@ fn a_stopped_serve_delays_a_call_at_most_the_bound() {
 fn report_of(child: Child) -> serde_json::Value {
     report(&wait_bounded(child, "closer"))
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full state directory (a 256 KiB tmpfs, filled to the last byte):
+/// nothing dies. serve and its keeper go on, a target is signalled at every
+/// close, a Trace applied says it was not saved, and kill -9 of serve, then
+/// a restart with the disk still full, loses no call.
+#[test]
+fn a_full_state_dir_kills_nothing() {
+    let mut mounted = None;
+    let mut server = Server::with_state("full", |state| {
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(state).status();
+        assert!(ok.is_ok_and(|s| s.success()), "mount a tmpfs on {}", state.display());
+        mounted = Some(Mount(state.to_owned()));
+    });
+    let keeper = server.keeper_pid();
+    let mut fill = std::fs::File::create(server.state.join("fill")).expect("fill file");
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut fill, &block).is_ok() {}
+    drop(fill);
+    // tmpfs fills by pages: the keeper's log fills the rest of its last one.
+    let mut log =
+        std::fs::OpenOptions::new().append(true).open(server.state.join("keeper.log")).expect("log");
+    while std::io::Write::write_all(&mut log, b"\n").is_ok() {}
+    drop(log);
+    assert_precise(&report_of(launch(&server, &["--closes", "50"])));
+    let profile = server.state.parent().expect("scratch").join("second.yaml");
+    std::fs::write(&profile, WHO.replace("name: who", "name: second")).expect("profile");
+    let applied = output_bounded(
+        sigvisor().arg("apply").arg("-f").arg(&profile).arg("--control").arg(&server.control),
+        "sigvisor apply",
+    );
+    assert_eq!(exit_code(&applied), 0, "{}", String::from_utf8_lossy(&applied.stderr));
+    let second = server.get("second");
+    let warning = second["status"]["operationWarning"].as_str().unwrap_or_default();
+    assert!(warning.contains("not saved"), "the Trace says it is not saved: {second:?}");
+    let target = launch(&server, &["--threads", "2", "--duration-ms", "3000"]);
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart();
+    let out = wait_bounded(target, "closer");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise_where_signalled(&report(&out));
+    assert!(Path::new(&format!("/proc/{keeper}")).exists(), "the keeper {keeper} lives on a full disk");
+    drop(server);
+    drop(mounted);
+}

@@ -352,3 +352,18 @@ fn kill_9_of_the_keeper_then_of_serve_loses_nothing() {
     let keeper_log = taken_back(&mut server, target, &after);
     assert!(keeper_log.contains("answering 1 listeners' calls until one attaches"), "{keeper_log}");
 }
+
+/// SIGTERM of the keeper while serve is attached: it stays as long as serve
+/// needs it and leaves serve's agent socket alone (the file is serve's):
+/// a new target still reaches serve and is signalled at every close.
+#[test]
+fn a_keeper_told_to_stop_leaves_serve_s_socket() {
+    let server = Server::start("restart-keeper-term", &[]);
+    let keeper = server.keeper_pid();
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(keeper, libc::SIGTERM) };
+    thread::sleep(Duration::from_millis(300));
+    assert!(server.socket.exists(), "serve's agent socket {} is still there", server.socket.display());
+    assert!(pid_alive(keeper), "the keeper stays while serve is attached");
+    assert_precise(&report(&wait_bounded(launch(&server, &["--closes", "50"]), "closer")));
+}

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use super::intake::{Agent, Intake, Received, AGENT, FIRST_HANDOFF};
 use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
 use crate::caller::{self, handler_calls, Callers};
 use crate::response::{self, Answered};
+use crate::socket::BoundFile;
 use crate::sys::fd;
 use crate::sys::region::{Cell, Region};
 use crate::sys::seccomp::{Listener, Notification, Ticker};
@@ -209,9 +210,12 @@ pub fn run(opts: Options) -> Result<i32> {
     for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE] {
         crate::sys::process::ignore(sig);
     }
-    let listening = match &opts.socket {
-        Some(path) => Some(listen(path)?),
-        None => None,
+    let (listening, own_file) = match &opts.socket {
+        Some(path) => {
+            let (socket, file) = listen(path)?;
+            (Some(socket), Some(file))
+        }
+        None => (None, None),
     };
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
@@ -298,8 +302,8 @@ pub fn run(opts: Options) -> Result<i32> {
             keeper.watch_supervisor();
         }
     }
-    if let Some(path) = &opts.socket {
-        let _ = std::fs::remove_file(path);
+    if let Some(file) = &own_file {
+        file.remove();
     }
     keeper.drop_agent();
     tracing::info!("nothing left to keep: exiting");
@@ -307,19 +311,22 @@ pub fn run(opts: Options) -> Result<i32> {
 }
 
 /// Listens at `path`: a stale socket is replaced, a live keeper refused.
-fn listen(path: &std::path::Path) -> Result<OwnedFd> {
+fn listen(path: &Path) -> Result<(OwnedFd, BoundFile)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    if fd::seqpacket_connect(path).is_ok() {
-        anyhow::bail!("another keeper is already listening on {}", path.display());
+    match fd::seqpacket_connect(path) {
+        Ok(_) => anyhow::bail!("another keeper is already listening on {}", path.display()),
+        // Refused: stale (a keeper that died). A full backlog is a live one.
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => {}
+        Err(e) => anyhow::bail!("cannot tell whether a keeper listens on {}: {e}", path.display()),
     }
     let _ = std::fs::remove_file(path);
     let socket = fd::seqpacket_listen(path).with_context(|| format!("listening on {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
-    Ok(socket)
+    Ok((socket, BoundFile::at(path)))
 }
 
 impl Keeper {
@@ -451,7 +458,7 @@ impl Keeper {
                 send(conn.as_fd(), &adopt, Some(kept.listener.as_fd()))?;
             }
             if let Some(agent) = &self.intake.agent {
-                let path = agent.path.display().to_string();
+                let path = agent.file.path().display().to_string();
                 send(conn.as_fd(), &ToSupervisor::Agent { path }, Some(agent.socket.as_fd()))?;
             }
             send(
@@ -507,11 +514,14 @@ impl Keeper {
         );
     }
 
-    /// Gives up serve's agent socket, and its file.
+    /// Gives up serve's agent socket, and its file unless a supervisor is
+    /// attached: serve accepts on it then, and the file is serve's.
     fn drop_agent(&mut self) {
         if let Some(agent) = self.intake.agent.take() {
             self.intake.unwatch(&self.epoll);
-            let _ = std::fs::remove_file(&agent.path);
+            if self.supervisor.is_none() {
+                agent.file.remove();
+            }
         }
     }
 
@@ -558,11 +568,12 @@ impl Keeper {
                     tracing::warn!("supervisor: agent socket without exactly one fd; ignored");
                     return;
                 };
-                let path = PathBuf::from(path);
-                if let Some(old) = self.intake.agent.take().filter(|old| old.path != path) {
-                    let _ = std::fs::remove_file(&old.path);
+                // serve bound it just now: the file at the path is serve's.
+                let file = BoundFile::at(Path::new(&path));
+                if let Some(old) = self.intake.agent.take().filter(|old| old.file.path() != file.path()) {
+                    old.file.remove();
                 }
-                self.intake.agent = Some(Agent { path, socket });
+                self.intake.agent = Some(Agent { file, socket });
             }
             ToKeeper::Region => {
                 let Some(memfd) = fds.pop().filter(|_| fds.is_empty() && self.kept.is_empty()) else {

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
@@ -27,9 +26,10 @@ pub const FIRST_HANDOFF: u64 = 1 << 40;
 /// serve's `--handoff-timeout` does by default.
 pub const HANDOFF_LIMIT: Duration = Duration::from_secs(10);
 
-/// serve's listening agent socket, held by the keeper.
+/// serve's listening agent socket, held by the keeper; and its file, as
+/// serve bound it.
 pub struct Agent {
-    pub path: PathBuf,
+    pub file: crate::socket::BoundFile,
     pub socket: OwnedFd,
 }
 
@@ -61,7 +61,7 @@ impl Intake {
     pub fn watch(&self, epoll: &Epoll) {
         if let Some(agent) = &self.agent {
             if let Err(e) = epoll.add(&agent.socket, EpollEvent::new(EpollFlags::EPOLLIN, AGENT)) {
-                tracing::error!("watching the agent socket {}: {e}", agent.path.display());
+                tracing::error!("watching the agent socket {}: {e}", agent.file.path().display());
             }
         }
     }
