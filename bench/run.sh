@@ -97,3 +97,8 @@ for entry in "${configs[@]}"; do
     'BEGIN { printf "%-46s %10.2f %10.2f ", n, m / 1000, b / 1000;
              if (base != "") printf "%7.2fx  %s\n", m / base, ref; else printf "%8s\n", "" }'
 done
+
+# A good target's close latency under one serve, alone and beside three
+# hostile tenants (tests/benches/tenants.rs), in the same run.
+echo
+cargo bench -q -p sigvisor-tests --bench tenants 2>/dev/null

@@ -269,11 +269,16 @@ impl Drop for Server {
 
 /// The fixture under `sigvisor-launch` against a server's agent socket.
 pub fn launch(server: &Server, args: &[&str]) -> Child {
+    launch_program(server, Path::new(crate::closer()), args)
+}
+
+/// `sigvisor-launch --socket S -- PROGRAM ARGS`, its output piped.
+pub fn launch_program(server: &Server, program: &Path, args: &[&str]) -> Child {
     Command::new(bin("sigvisor-launch"))
         .arg("--socket")
         .arg(&server.socket)
         .arg("--")
-        .arg(crate::closer())
+        .arg(program)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -6,32 +6,14 @@
 //! bounded, and every close of every target returns 0.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use sigvisor_tests::containers::{launch, report, Server};
+use sigvisor_tests::containers::{launch, launch_program, report, Server};
 use sigvisor_tests::*;
 
 const WHO: &str = "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: who\nspec:\n  \
                    gadget: signal\n  runMode: Auto\n  outputMode: Status\n  parameters:\n    stacks: \"true\"\n";
-
-fn hostile() -> &'static str {
-    env!("SIGVISOR_FIXTURE_HOSTILE")
-}
-
-/// `sigvisor-launch --socket S -- PROGRAM ARGS`.
-fn launch_program(server: &Server, program: &Path, args: &[&str]) -> Child {
-    Command::new(bin("sigvisor-launch"))
-        .arg("--socket")
-        .arg(&server.socket)
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sigvisor-launch")
-}
 
 fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -103,7 +85,7 @@ fn a_leased_binary_delays_no_one() {
     let leased = dir.join("leased.bin");
     std::fs::copy(closer(), &leased).expect("copy a binary to lease");
     let leased = leased.to_str().expect("path");
-    let (status, _) = beside_a_good_target("lease", Path::new(hostile()), &["lease", leased, "200"]);
+    let (status, _) = beside_a_good_target("lease", Path::new(hostile::program()), &["lease", leased, "200"]);
     let stacks = stacks_with(&status, "close_some");
     assert!(!stacks.is_empty(), "the attacker's stacks, named from its own binary: {status:?}");
 }
@@ -113,18 +95,7 @@ fn a_leased_binary_delays_no_one() {
 /// the reason.
 #[test]
 fn a_crafted_gopclntab_costs_a_bounded_scan() {
-    let dir = scratch("hostile-pclntab");
-    let table = dir.join("pclntab.bin");
-    std::fs::write(&table, crafted_pclntab(16 << 20)).expect("write the table");
-    let binary = dir.join("hostile-pclntab");
-    let out = Command::new("objcopy")
-        .arg("--add-section")
-        .arg(format!(".gopclntab={}", table.display()))
-        .arg(hostile())
-        .arg(&binary)
-        .output()
-        .expect("objcopy (binutils)");
-    assert!(out.status.success(), "objcopy: {}", String::from_utf8_lossy(&out.stderr));
+    let binary = hostile::with_crafted_pclntab(&scratch("hostile-pclntab"), 16 << 20);
     let (status, _) = beside_a_good_target("pclntab", &binary, &["closes", "100"]);
     let text = format!("{status:?}");
     assert!(text.contains("its tables took over"), "the budget ended the attacker's stacks: {text}");
@@ -135,66 +106,10 @@ fn a_crafted_gopclntab_costs_a_bounded_scan() {
 /// never grows.
 #[test]
 fn a_sparse_binary_is_refused_unread() {
-    let dir = scratch("hostile-sparse");
-    let binary = dir.join("hostile-sparse");
-    std::fs::copy(hostile(), &binary).expect("copy");
-    claim_huge_eh_frame(&binary);
+    let binary = hostile::sparse(&scratch("hostile-sparse"));
     let (status, _) = beside_a_good_target("sparse", &binary, &["closes", "100"]);
     let text = format!("{status:?}");
     assert!(text.contains("a sparse file"), "its binary refused as sparse: {text}");
-}
-
-/// A Go 1.20 `.gopclntab` of one function covering all text, named
-/// `main.hostile`, whose frame-size table holds `table` bytes of +1/-1
-/// steps with no PC advance: a scan for any PC runs to its end.
-fn crafted_pclntab(table: usize) -> Vec<u8> {
-    let name = b"main.hostile\0";
-    let (funcnames, functab) = (72usize, 72 + name.len());
-    let record = 16; // from functab: two (entry, offset) pairs
-    let func_len = 44; // eleven u32 fields
-    let pctab = functab + record + func_len;
-    let mut t = Vec::with_capacity(pctab + table + 1);
-    t.extend_from_slice(&0xffff_fff1u32.to_le_bytes());
-    t.extend_from_slice(&[0, 0, 1, 8]); // pad, minLC 1, pointers of 8
-    for field in [1u64, 0, 0, funcnames as u64, 0, 0, pctab as u64, functab as u64] {
-        t.extend_from_slice(&field.to_le_bytes());
-    }
-    t.extend_from_slice(name);
-    // functab: function 0 at text offset 0, its record; the end of text.
-    for word in [0u32, record as u32, u32::MAX, 0] {
-        t.extend_from_slice(&word.to_le_bytes());
-    }
-    // _func: entry 0, name 0, args, deferreturn, pcsp 1, pcfile 0, pcln 0, ...
-    for word in [0u32, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0] {
-        t.extend_from_slice(&word.to_le_bytes());
-    }
-    t.push(0);
-    // (value +1, pc +0), (value -1, pc +0), ... : never past the PC.
-    t.extend(std::iter::repeat_n([2u8, 0, 1, 0], table / 4).flatten());
-    t
-}
-
-/// Makes `binary` 3 GiB long by a hole at its end, and points its
-/// `.eh_frame` section header at 1000 MiB of that hole. The kernel loads it
-/// by its program headers, which do not change: it still runs.
-fn claim_huge_eh_frame(binary: &PathBuf) {
-    let mut elf = std::fs::read(binary).expect("read");
-    let u16_at = |e: &[u8], at: usize| u16::from_le_bytes([e[at], e[at + 1]]) as usize;
-    let u64_at =
-        |e: &[u8], at: usize| u64::from_le_bytes(e[at..at + 8].try_into().expect("8 bytes")) as usize;
-    let (shoff, shentsize, shnum, shstrndx) =
-        (u64_at(&elf, 0x28), u16_at(&elf, 0x3a), u16_at(&elf, 0x3c), u16_at(&elf, 0x3e));
-    let header = |i: usize| shoff + i * shentsize;
-    let strtab = u64_at(&elf, header(shstrndx) + 24);
-    let named = (0..shnum).find(|&i| {
-        let name = strtab + u32::from_le_bytes(elf[header(i)..header(i) + 4].try_into().expect("4")) as usize;
-        elf[name..].starts_with(b".eh_frame\0")
-    });
-    let at = header(named.expect("the binary has .eh_frame"));
-    elf[at + 24..at + 32].copy_from_slice(&(1u64 << 30).to_le_bytes());
-    elf[at + 32..at + 40].copy_from_slice(&(1000u64 << 20).to_le_bytes());
-    std::fs::write(binary, &elf).expect("write");
-    std::fs::File::options().write(true).open(binary).and_then(|f| f.set_len(3 << 30)).expect("extend");
 }
 
 /// serve short of file descriptors (`prlimit --nofile=40:40`) and 40
