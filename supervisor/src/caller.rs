@@ -383,9 +383,13 @@ impl Callers {
         // Another thread's change, answered earlier, must be made first, or
         // the kernel could make the two in the other order.
         if let Some(earlier) = process.pending.take() {
-            let deadline = Instant::now() + ORDER_LIMIT;
-            while !change_made(&earlier) && Instant::now() < deadline {
-                std::thread::yield_now();
+            if !change_made(&earlier) {
+                off_the_workers(|| {
+                    let deadline = Instant::now() + ORDER_LIMIT;
+                    while !change_made(&earlier) && Instant::now() < deadline {
+                        std::thread::yield_now();
+                    }
+                });
             }
             if change_made(&earlier) {
                 check_with_proc(process, earlier.tid, earlier.signal);
@@ -615,17 +619,31 @@ impl Callers {
 }
 
 fn wait_delivered(tid: i32, signal: i32) {
-    let deadline = Instant::now() + DRAIN_LIMIT;
-    while read_status(tid).is_some_and(|s| s.pending & signal_bit(signal) != 0) {
-        if Instant::now() > deadline {
-            tracing::warn!(
-                "tid {tid} has kept signal {signal} pending for {DRAIN_LIMIT:?} (does it block it?); \
-                 its handler changes now"
-            );
-            return;
-        }
-        std::thread::yield_now();
+    let pending = || read_status(tid).is_some_and(|s| s.pending & signal_bit(signal) != 0);
+    if !pending() {
+        return;
     }
+    off_the_workers(|| {
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while pending() {
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    "tid {tid} has kept signal {signal} pending for {DRAIN_LIMIT:?} (does it block it?); \
+                     its handler changes now"
+                );
+                return;
+            }
+            std::thread::yield_now();
+        }
+    })
+}
+
+/// Runs a wait a target can make last (up to `DRAIN_LIMIT`, by blocking a
+/// signal, say) without holding a tokio worker: tokio first hands the
+/// worker's other tasks, every other listener queued on it, to another
+/// thread. Elsewhere (a hot listener's own thread, the keeper) it just runs.
+fn off_the_workers<R>(wait: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(wait)
 }
 
 /// Whether the kernel has made a sigaction change whose call was answered.

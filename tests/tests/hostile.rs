@@ -253,3 +253,30 @@ fn a_full_state_dir_kills_nothing() {
     drop(server);
     drop(mounted);
 }
+
+/// Two tenants that block SIGILL in a closing thread and change SIGILL's
+/// handler in another: each change makes serve wait (up to 200 ms) for a
+/// signal that stays pending. All listeners async (`--loop async`), the
+/// worst case: the waits must not hold tokio's workers, or every other
+/// listener waits behind them.
+#[test]
+fn a_tenant_that_blocks_its_signal_holds_no_worker() {
+    let server = Server::with_profiles(
+        "blocker",
+        &["--loop", "async"],
+        &[("all.yaml", sigvisor_tests::containers::ALL)],
+    );
+    let program = Path::new(hostile::program());
+    let bad: Vec<Child> = (0..2).map(|_| launch_program(&server, program, &["blocker", "30"])).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let good = report_of(launch(&server, &["--duration-ms", "2000"]));
+    assert_precise(&good);
+    for b in bad {
+        let out = wait_bounded(b, "blocker");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(exit_code(&out), 0, "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let worst = good["max_close_us"].as_i64().expect("max_close_us");
+    eprintln!("beside two signal blockers: the good target's worst close {worst} µs");
+    assert!(worst < 100_000, "the good target's worst close took {worst} µs");
+}
