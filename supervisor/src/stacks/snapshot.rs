@@ -214,15 +214,21 @@ fn read_stack(pagemap: Option<&File>, tid: i32, sp: u64) -> Result<Memory, Strin
         return Err("its stack is not in memory (reading could block)".into());
     }
     let page = memory::page_size();
-    let mut bytes = vec![0u8; len];
+    // Kept only up to the last page in memory (a thread's stack ends below
+    // the window's end, often far below): nothing past it is allocated.
     let mut read = read;
-    let end = sp + len as u64;
+    let last = read.iter().rposition(|r| *r).unwrap_or(0);
+    read.truncate(last + 1);
+    // Saturating: SP is the target's to choose, the top of the address
+    // space included.
+    let page_end = |n: usize| (sp / page).saturating_add(n as u64).saturating_mul(page);
+    let end = page_end(last + 1).min(sp + len as u64);
+    let mut bytes = vec![0u8; (end - sp) as usize];
     let mut p = 0;
     while p < read.len() {
         let run = read[p..].iter().take_while(|r| **r == read[p]).count();
         if read[p] {
-            let from = ((sp / page + p as u64) * page).max(sp);
-            let to = ((sp / page + (p + run) as u64) * page).min(end);
+            let (from, to) = (page_end(p).max(sp), page_end(p + run).min(end));
             if to > from {
                 let range = (from - sp) as usize..(to - sp) as usize;
                 memory::read(tid, from, &mut bytes[range]).map_err(|e| format!("reading its stack: {e}"))?;
@@ -230,12 +236,6 @@ fn read_stack(pagemap: Option<&File>, tid: i32, sp: u64) -> Result<Memory, Strin
         }
         p += run;
     }
-    // Kept only up to the last page read (a thread's stack ends below the
-    // copy's end, often far below).
-    let last = read.iter().rposition(|r| *r).unwrap_or(0);
-    let kept = (((sp / page + last as u64 + 1) * page).min(end) - sp) as usize;
-    bytes.truncate(kept);
-    read.truncate(last + 1);
     Ok(Memory { base: sp, bytes, read })
 }
 
