@@ -5,10 +5,10 @@
 //! events keep their order. Each thread's queue is bounded: a snapshot
 //! that finds it full is dropped and counted, never waited for.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use framehop::x86_64::CacheX86_64;
 
@@ -27,12 +27,6 @@ const QUEUED_BYTES: usize = 64 << 20;
 const MAX_PROCESSES: usize = 256;
 /// Stacks kept named, by their addresses, per thread.
 const MAX_NAMED: usize = 8192;
-/// An unwinder with nothing to do looks again this often for a while
-/// before it sleeps until woken: a burst of calls then costs their
-/// supervisor no wake-up (a futex syscall, and a context switch on a CPU
-/// the target needs) per call. Stacks are named at most this much later.
-const NAP: Duration = Duration::from_millis(1);
-const NAPS: u32 = 50;
 
 /// What to do with a snapshot's stack, once named (or why it has none).
 pub type Done = Box<dyn FnOnce(Result<Captured, String>) + Send>;
@@ -77,20 +71,6 @@ impl Execs {
 /// Snapshot bytes queued now.
 static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
-/// One unwinder thread's jobs.
-#[derive(Default)]
-struct Queue {
-    state: Mutex<Waiting>,
-    woken: Condvar,
-}
-
-#[derive(Default)]
-struct Waiting {
-    jobs: VecDeque<Job>,
-    /// The thread sleeps until woken (it napped long enough for nothing).
-    asleep: bool,
-}
-
 /// Hands a job to its process's thread; if the threads are behind (too
 /// many bytes queued) or gone, tells its `done` why at once.
 pub fn submit(job: Job) {
@@ -103,25 +83,21 @@ pub fn submit(job: Job) {
         QUEUED.fetch_sub(bytes, Ordering::AcqRel);
         return (job.done)(Err("the unwinders are behind (64 MiB of stacks wait)".into()));
     }
-    let mut waiting = shared::lock(&queue.state);
-    waiting.jobs.push_back(job);
-    let wake = std::mem::take(&mut waiting.asleep);
-    drop(waiting);
-    if wake {
-        queue.woken.notify_one();
+    if let Err(e) = queue.send(job) {
+        QUEUED.fetch_sub(bytes, Ordering::AcqRel);
+        (e.0.done)(Err("the unwinder thread is gone".into()));
     }
 }
 
-fn queues() -> &'static [Arc<Queue>] {
-    static QUEUES: OnceLock<Vec<Arc<Queue>>> = OnceLock::new();
+fn queues() -> &'static [Sender<Job>] {
+    static QUEUES: OnceLock<Vec<Sender<Job>>> = OnceLock::new();
     QUEUES.get_or_init(|| {
         (0..THREADS)
             .filter_map(|i| {
-                let queue = Arc::new(Queue::default());
-                let jobs = Arc::clone(&queue);
+                let (tx, rx) = mpsc::channel();
                 let thread = std::thread::Builder::new().name(format!("sigvisor-unwind{i}"));
-                match thread.spawn(move || Worker::default().run(&jobs)) {
-                    Ok(_) => Some(queue),
+                match thread.spawn(move || Worker::default().run(rx)) {
+                    Ok(_) => Some(tx),
                     Err(e) => {
                         tracing::warn!("stacks: no unwinder thread: {e}");
                         None
@@ -130,26 +106,6 @@ fn queues() -> &'static [Arc<Queue>] {
             })
             .collect()
     })
-}
-
-impl Queue {
-    /// The jobs waiting, once there are some.
-    fn take(&self) -> VecDeque<Job> {
-        for _ in 0..NAPS {
-            let jobs = std::mem::take(&mut shared::lock(&self.state).jobs);
-            if !jobs.is_empty() {
-                return jobs;
-            }
-            std::thread::sleep(NAP);
-        }
-        let mut waiting = shared::lock(&self.state);
-        while waiting.jobs.is_empty() {
-            waiting.asleep = true;
-            waiting = self.woken.wait(waiting).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        waiting.asleep = false;
-        std::mem::take(&mut waiting.jobs)
-    }
 }
 
 /// A stack's lines for the status, and its frames.
@@ -165,25 +121,20 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, queue: &Queue) -> ! {
-        loop {
-            for job in queue.take() {
-                self.one(job);
-            }
+    fn run(mut self, jobs: Receiver<Job>) {
+        for job in jobs {
+            // A panic here (a bug, on some hostile binary) costs this one
+            // stack, not the thread.
+            let Job { snapshot, execs, done } = job;
+            QUEUED.fetch_sub(snapshot.memory.bytes.len(), Ordering::AcqRel);
+            let named =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.name(&snapshot, &execs)))
+                    .unwrap_or_else(|_| {
+                        self.views.remove(&snapshot.tgid);
+                        Err("the unwinder failed on this stack (a bug: please report it)".into())
+                    });
+            done(named);
         }
-    }
-
-    fn one(&mut self, job: Job) {
-        // A panic here (a bug, on some hostile binary) costs this one
-        // stack, not the thread.
-        let Job { snapshot, execs, done } = job;
-        QUEUED.fetch_sub(snapshot.memory.bytes.len(), Ordering::AcqRel);
-        let named = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.name(&snapshot, &execs)))
-            .unwrap_or_else(|_| {
-                self.views.remove(&snapshot.tgid);
-                Err("the unwinder failed on this stack (a bug: please report it)".into())
-            });
-        done(named);
     }
 
     fn name(&mut self, s: &Snapshot, execs: &Execs) -> Result<Captured, String> {
