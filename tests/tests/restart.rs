@@ -367,3 +367,44 @@ fn a_keeper_told_to_stop_leaves_serve_s_socket() {
     assert!(pid_alive(keeper), "the keeper stays while serve is attached");
     assert_precise(&report(&wait_bounded(launch(&server, &["--closes", "50"]), "closer")));
 }
+
+/// SIGSTOP of the keeper while a target changes its SIGILL handler in loops
+/// (each change is news for the keeper): serve waits at most 1 s for room
+/// in the keeper's socket, then kills the stopped keeper and starts another
+/// with a copy of every listener; kill -9 of serve then loses nothing.
+#[test]
+fn a_stopped_keeper_is_replaced() {
+    let mut server = Server::start("restart-keeper-stop", &[]);
+    let old = server.keeper_pid();
+    let good = launch(&server, &["--threads", "2", "--duration-ms", "4000"]);
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(old, libc::SIGSTOP) };
+    let changer = sigvisor_tests::containers::launch_program(
+        &server,
+        std::path::Path::new(adversary()),
+        &["two-changers"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let live: Vec<i32> =
+            children_of(server.pid()).into_iter().filter(|&p| p != old && pid_alive(p)).collect();
+        if let Some(&new) = live.iter().find(|&&p| holds_listeners(p) > 0) {
+            break new;
+        }
+        assert!(Instant::now() < deadline, "serve replaced no stopped keeper");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(wait_gone(old, Duration::from_secs(2)), "the stopped keeper {old} was killed");
+    let changed = wait_bounded(changer, "two-changers");
+    assert_eq!(exit_code(&changed), 0, "{}", String::from_utf8_lossy(&changed.stderr));
+    server.kill();
+    thread::sleep(Duration::from_millis(300));
+    assert!(pid_alive(new), "the new keeper {new} outlives serve");
+    server.restart();
+    let out = wait_bounded(good, "closer");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let report = report(&out);
+    assert_precise_where_signalled(&report);
+    eprintln!("a stopped keeper: the good target's worst close {} µs", report["max_close_us"]);
+}

@@ -28,6 +28,7 @@ use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
 use crate::caller::KnownProcess;
 use crate::shared;
 use crate::sys::fd::{self, SockType};
+use crate::sys::process::ProcessFd;
 use crate::sys::region::{Cell, Received, Region, SLOTS};
 use crate::sys::seccomp::{Listener, Notification};
 
@@ -37,6 +38,11 @@ const START_LIMIT: Duration = Duration::from_secs(5);
 /// How often starting a keeper in place of one that died is tried again
 /// when it fails.
 const RETRY: Duration = Duration::from_secs(2);
+
+/// How long a message to the keeper may wait for room in its socket: a
+/// keeper that takes none for this long (stopped, wedged) must not hold up
+/// the calls whose news it is, so it is killed and replaced.
+const SEND_LIMIT: Duration = Duration::from_secs(1);
 
 pub struct Link {
     region: Region,
@@ -59,6 +65,8 @@ struct Inner {
     agent: Option<(PathBuf, OwnedFd)>,
     /// The keeper, where this process started it: reaped once it died.
     child: Option<std::process::Child>,
+    /// The keeper, by a pidfd: killed when it is replaced.
+    process: Option<ProcessFd>,
 }
 
 /// One listener as the keeper was told of it.
@@ -268,7 +276,9 @@ impl Link {
             kept.insert(a.slot, copy);
         }
         let agent_copy = agent.as_ref().and_then(|(path, fd)| Some((path.clone(), fd.try_clone().ok()?)));
-        let inner = Inner { socket: Some(socket), kept, agent: agent_copy, child };
+        let process = keeper_process(&socket, child.as_ref());
+        fd::send_timeout(socket.as_fd(), SEND_LIMIT)?;
+        let inner = Inner { socket: Some(socket), kept, agent: agent_copy, child, process };
         let link = Link { region, inner: Mutex::new(inner), spawn, stopping: AtomicBool::new(false) };
         Ok(Taken { link: Arc::new(link), adopted, agent })
     }
@@ -355,10 +365,13 @@ impl Link {
     /// known processes (given back ones as given back), the agent socket.
     fn replace(&self) -> bool {
         let mut inner = shared::lock(&self.inner);
-        // Its connection ended: dead, or (never seen) alive and answering
-        // on its own; either way it goes, reaped.
-        if let Some(mut old) = inner.child.take() {
+        // Its connection ended: dead, or stopped or wedged (it took no
+        // message), or alive and answering on its own; either way it goes,
+        // reaped if it is this process's child.
+        if let Some(old) = inner.process.take() {
             let _ = old.kill();
+        }
+        if let Some(mut old) = inner.child.take() {
             let _ = old.wait();
         }
         if inner.socket.take().is_some() {
@@ -368,8 +381,10 @@ impl Link {
             );
         }
         let told = self.spawn.start_connected().and_then(|(socket, child)| {
+            inner.process = keeper_process(&socket, Some(&child));
             inner.child = Some(child);
             let holdings = Holdings::receive(&socket)?;
+            fd::send_timeout(socket.as_fd(), SEND_LIMIT)?;
             if !holdings.adopted.is_empty() {
                 bail!("the new keeper holds listeners already");
             }
@@ -405,8 +420,17 @@ struct Holdings {
 }
 
 impl Holdings {
-    /// Everything up to `Ready`.
+    /// Everything up to `Ready`, within `START_LIMIT` for each message: a
+    /// keeper that hangs must not hang its supervisor (which, replacing a
+    /// keeper, holds the link's lock meanwhile).
     fn receive(socket: &OwnedFd) -> Result<Holdings> {
+        fd::receive_timeout(socket.as_fd(), Some(START_LIMIT))?;
+        let holdings = Holdings::receive_all(socket)?;
+        fd::receive_timeout(socket.as_fd(), None)?;
+        Ok(holdings)
+    }
+
+    fn receive_all(socket: &OwnedFd) -> Result<Holdings> {
         let mut holdings = Holdings { region: None, adopted: Vec::new(), agent: None };
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
@@ -462,7 +486,15 @@ impl Inner {
             .map_err(io::Error::other)
             .and_then(|bytes| fd::send_packet(socket.as_fd(), &bytes, fd));
         if let Err(e) = sent {
-            tracing::error!("the keeper is gone ({e}): listeners are not kept until another is started");
+            if e.kind() == io::ErrorKind::WouldBlock {
+                tracing::error!(
+                    "the keeper took no message for {SEND_LIMIT:?} (stopped? wedged?): it is replaced"
+                );
+            } else {
+                tracing::error!("the keeper is gone ({e}): listeners are not kept until another is started");
+            }
+            // Seen at once by the thread that watches the connection.
+            fd::shut_down(socket.as_fd());
             self.socket = None;
             return false;
         }
@@ -542,6 +574,16 @@ impl Spawn {
         let child = self.start(Some(&theirs))?;
         Ok((ours, child))
     }
+}
+
+/// The keeper process behind `socket`: the child just started, or the
+/// peer that listens (a keeper an earlier serve started).
+fn keeper_process(socket: &OwnedFd, child: Option<&std::process::Child>) -> Option<ProcessFd> {
+    let pid = match child {
+        Some(child) => i32::try_from(child.id()).ok()?,
+        None => fd::peer(socket.as_fd()).ok()?.0,
+    };
+    ProcessFd::open(pid).ok()
 }
 
 fn open_log(log: &Path) -> io::Result<std::fs::File> {

@@ -155,6 +155,29 @@ pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Bounds every blocking receive on `socket` to `limit` (then EAGAIN);
+/// None: unbounded again.
+pub fn receive_timeout(socket: BorrowedFd<'_>, limit: Option<std::time::Duration>) -> io::Result<()> {
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeval(limit))?;
+    Ok(())
+}
+
+/// Bounds every blocking send on `socket` to `limit` (then EAGAIN).
+pub fn send_timeout(socket: BorrowedFd<'_>, limit: std::time::Duration) -> io::Result<()> {
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SendTimeout, &timeval(Some(limit)))?;
+    Ok(())
+}
+
+fn timeval(limit: Option<std::time::Duration>) -> nix::sys::time::TimeVal {
+    let limit = limit.unwrap_or_default();
+    nix::sys::time::TimeVal::new(limit.as_secs() as _, limit.subsec_micros() as _)
+}
+
+/// Shuts a socket down both ways: every copy of it sees the end at once.
+pub fn shut_down(socket: BorrowedFd<'_>) {
+    let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+}
+
 /// The credentials of a connected unix socket's peer: (pid, uid).
 pub fn peer(socket: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
     let cred = getsockopt(&socket, PeerCredentials)?;

@@ -79,3 +79,38 @@ pub fn kill_self() -> ! {
     let _ = nix::sys::signal::raise(Signal::SIGKILL);
     std::process::abort()
 }
+
+/// A process, by a pidfd: signalled only while it is the process it was
+/// (a pid can be reused once it exits, a pidfd cannot).
+pub struct ProcessFd(std::os::fd::OwnedFd);
+
+impl ProcessFd {
+    pub fn open(pid: i32) -> std::io::Result<ProcessFd> {
+        // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd (O_CLOEXEC); nobody else owns it.
+        Ok(ProcessFd(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }))
+    }
+
+    /// SIGKILL; an error if it is gone already.
+    pub fn kill(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal reads no memory when info is null.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
