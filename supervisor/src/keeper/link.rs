@@ -65,8 +65,11 @@ struct Inner {
     agent: Option<(PathBuf, OwnedFd)>,
     /// The keeper, where this process started it: reaped once it died.
     child: Option<std::process::Child>,
-    /// The keeper, by a pidfd: killed when it is replaced.
+    /// A keeper an earlier serve started, by a pidfd: killed when it is
+    /// replaced for taking no message.
     process: Option<ProcessFd>,
+    /// It took no message within `SEND_LIMIT`.
+    wedged: bool,
 }
 
 /// One listener as the keeper was told of it.
@@ -278,7 +281,7 @@ impl Link {
         let agent_copy = agent.as_ref().and_then(|(path, fd)| Some((path.clone(), fd.try_clone().ok()?)));
         let process = keeper_process(&socket, child.as_ref());
         fd::send_timeout(socket.as_fd(), SEND_LIMIT)?;
-        let inner = Inner { socket: Some(socket), kept, agent: agent_copy, child, process };
+        let inner = Inner { socket: Some(socket), kept, agent: agent_copy, child, process, wedged: false };
         let link = Link { region, inner: Mutex::new(inner), spawn, stopping: AtomicBool::new(false) };
         Ok(Taken { link: Arc::new(link), adopted, agent })
     }
@@ -365,14 +368,28 @@ impl Link {
     /// known processes (given back ones as given back), the agent socket.
     fn replace(&self) -> bool {
         let mut inner = shared::lock(&self.inner);
-        // Its connection ended: dead, or stopped or wedged (it took no
-        // message), or alive and answering on its own; either way it goes,
-        // reaped if it is this process's child.
-        if let Some(old) = inner.process.take() {
-            let _ = old.kill();
+        // Its connection ended: it died, or it took no message (stopped,
+        // wedged) and is killed, which it survives in no state that
+        // matters (attached, it answers nothing), then reaped if it is this
+        // process's child. One that closed the connection itself (never
+        // seen) would be answering on its own: it is left alone.
+        let wedged = std::mem::take(&mut inner.wedged);
+        let process = inner.process.take();
+        let mut child = inner.child.take();
+        if wedged {
+            // A child by its pid (not reaped, it cannot be reused).
+            let _ = match (&mut child, &process) {
+                (Some(child), _) => child.kill(),
+                (None, Some(process)) => process.kill(),
+                (None, None) => Ok(()),
+            };
         }
-        if let Some(mut old) = inner.child.take() {
-            let _ = old.wait();
+        if let Some(mut child) = child {
+            // A dying process closes its fds before it can be reaped.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         if inner.socket.take().is_some() {
             tracing::error!(
@@ -381,7 +398,6 @@ impl Link {
             );
         }
         let told = self.spawn.start_connected().and_then(|(socket, child)| {
-            inner.process = keeper_process(&socket, Some(&child));
             inner.child = Some(child);
             let holdings = Holdings::receive(&socket)?;
             fd::send_timeout(socket.as_fd(), SEND_LIMIT)?;
@@ -486,7 +502,8 @@ impl Inner {
             .map_err(io::Error::other)
             .and_then(|bytes| fd::send_packet(socket.as_fd(), &bytes, fd));
         if let Err(e) = sent {
-            if e.kind() == io::ErrorKind::WouldBlock {
+            self.wedged = e.kind() == io::ErrorKind::WouldBlock;
+            if self.wedged {
                 tracing::error!(
                     "the keeper took no message for {SEND_LIMIT:?} (stopped? wedged?): it is replaced"
                 );
@@ -576,14 +593,13 @@ impl Spawn {
     }
 }
 
-/// The keeper process behind `socket`: the child just started, or the
-/// peer that listens (a keeper an earlier serve started).
+/// The keeper behind `socket`, where it is not this process's child: the
+/// peer that listens there.
 fn keeper_process(socket: &OwnedFd, child: Option<&std::process::Child>) -> Option<ProcessFd> {
-    let pid = match child {
-        Some(child) => i32::try_from(child.id()).ok()?,
-        None => fd::peer(socket.as_fd()).ok()?.0,
-    };
-    ProcessFd::open(pid).ok()
+    match child {
+        Some(_) => None,
+        None => ProcessFd::open(fd::peer(socket.as_fd()).ok()?.0).ok(),
+    }
 }
 
 fn open_log(log: &Path) -> io::Result<std::fs::File> {
