@@ -169,7 +169,7 @@ impl Callers {
         }
     }
 
-    /// Takes over what an earlier supervisor knew (keeper.rs): those
+    /// Takes over what an earlier supervisor knew (keeper/): those
     /// processes are signalled as if their handler changes had been seen here.
     pub fn import(&mut self, known: Vec<KnownProcess>) {
         for k in known {
