@@ -156,6 +156,9 @@ pub struct Callers {
     pub knowledge: Knowledge,
     /// Processes whose table or pending change changed since `take_changed`.
     changed: Vec<i32>,
+    /// Whether a handler change waits (up to `ORDER_LIMIT`) for another
+    /// thread's earlier one to be made, for an exact table.
+    patient: bool,
 }
 
 impl Callers {
@@ -166,7 +169,15 @@ impl Callers {
             processes: HashMap::new(),
             knowledge: Knowledge::default(),
             changed: Vec::new(),
+            patient: true,
         }
+    }
+
+    /// For the keeper: one thread answers every listener, and it signals
+    /// nobody, so it never waits on a target. Two changes under way meet
+    /// in a table that holds whichever way they go, at once.
+    pub fn impatient(watched: u64) -> Self {
+        Callers { patient: false, ..Callers::new(watched) }
     }
 
     /// Takes over what an earlier supervisor knew (keeper/): those
@@ -383,7 +394,7 @@ impl Callers {
         // Another thread's change, answered earlier, must be made first, or
         // the kernel could make the two in the other order.
         if let Some(earlier) = process.pending.take() {
-            if !change_made(&earlier) {
+            if self.patient && !change_made(&earlier) {
                 off_the_workers(|| {
                     let deadline = Instant::now() + ORDER_LIMIT;
                     while !change_made(&earlier) && Instant::now() < deadline {

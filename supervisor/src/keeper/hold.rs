@@ -99,7 +99,7 @@ impl Kept {
     fn observe(&mut self, notif: &Notification, call: crate::handlers::HandlerCall) {
         let known = &self.known;
         let callers = self.callers.get_or_insert_with(|| {
-            let mut callers = Callers::new(self.record.watched);
+            let mut callers = Callers::impatient(self.record.watched);
             callers.import(known.all().cloned().collect());
             callers
         });
