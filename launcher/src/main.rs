@@ -5,6 +5,9 @@
 //! agent protocol, and execs CMD. Small and tokio-free on purpose: it also
 //! runs inside containers as a static binary in front of an entrypoint.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod exec;
 mod filter;
 
@@ -89,9 +92,11 @@ fn connect(args: &Args) -> Result<OwnedFd, String> {
         });
     }
     let n = args.socket_fd.unwrap_or(-1);
-    // SAFETY: fstat writes into the zeroed stat buffer only.
+    // SAFETY: stat is plain old data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if n < 0 || unsafe { libc::fstat(n, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    // SAFETY: fstat on any integer writes into the stat buffer only.
+    let statted = n >= 0 && unsafe { libc::fstat(n, &mut st) } == 0;
+    if !statted || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("--socket-fd {n}: not an open socket"));
     }
     // SAFETY: fd n is open (fstat succeeded) and was handed to us to own.

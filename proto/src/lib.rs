@@ -8,6 +8,9 @@
 //! `sigvisor-launch` speaks the same protocol as runc and crun, so the
 //! supervisor has a single way in.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 

@@ -311,7 +311,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Keeper { socket, fd, exit_when_idle, answer_within } => {
-            let connection = match fd.map(sigvisor::sys::fd::inherited).transpose() {
+            // SAFETY: the number comes from this process's own command
+            // line, put there by the supervisor that started it for exactly
+            // this; nothing else in the process knows or owns that fd.
+            #[allow(unsafe_code)]
+            let connection = match fd.map(|raw| unsafe { sigvisor::sys::fd::inherited(raw) }).transpose() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("sigvisor keeper: --fd: {e}");

@@ -19,10 +19,16 @@ use tokio::io::Interest;
 
 /// A value that owns the fd it reports: it stays open, and the same fd, for
 /// as long as the value lives (what tokio's registration requires).
-pub trait OwnsFd: AsRawFd {}
+///
+/// # Safety
+/// An implementation must report an fd the value owns, and never close or
+/// replace it while the value lives: `readable`'s registration relies on it.
+pub unsafe trait OwnsFd: AsRawFd {}
 
-impl OwnsFd for OwnedFd {}
-impl OwnsFd for crate::sys::seccomp::Listener {}
+// SAFETY: an OwnedFd owns its fd and closes it only when dropped.
+unsafe impl OwnsFd for OwnedFd {}
+// SAFETY: a Listener wraps one OwnedFd, never replaced.
+unsafe impl OwnsFd for crate::sys::seccomp::Listener {}
 
 /// Registers `inner`'s fd with tokio, for readability.
 pub fn readable<T: OwnsFd>(inner: T) -> io::Result<AsyncFd<T>> {
@@ -193,8 +199,11 @@ pub fn socketpair_for_child(kind: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Takes ownership of an fd this process inherited (`--fd N`): it must be
-/// an open socket, and nothing else in the process may own it.
-pub fn inherited(raw: RawFd) -> io::Result<OwnedFd> {
+/// an open socket.
+///
+/// # Safety
+/// Nothing else in the process may own `raw`, or use it after this call.
+pub unsafe fn inherited(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 3 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {raw} is stdio")));
     }
