@@ -5,7 +5,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
-use sigvisor_proto::signals_in;
+use sigvisor_proto::{signals_in, HandlerSetter, EXECS};
 
 const WAIT_KILLABLE_RECV: libc::c_ulong = libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
 
@@ -35,7 +35,7 @@ fn add_handler_rules(ctx: &mut ScmpFilterContext, watched: u64) -> Result<()> {
     if watched == 0 {
         return Ok(());
     }
-    for name in ["execve", "execveat"] {
+    for name in EXECS {
         ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from_name(name)?)
             .with_context(|| format!("libseccomp: add notify rule for {name}"))?;
     }
@@ -44,12 +44,9 @@ fn add_handler_rules(ctx: &mut ScmpFilterContext, watched: u64) -> Result<()> {
         // only, or junk above them would set a handler unseen.
         let is_signal = ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(0xffff_ffff), signal as u64);
         let sets = ScmpArgCompare::new(1, ScmpCompareOp::NotEqual, 0);
-        // `signal(2)`'s second argument is the handler itself: SIG_DFL is 0.
-        for (name, conditions) in [
-            ("rt_sigaction", &[is_signal, sets][..]),
-            ("sigaction", &[is_signal, sets][..]),
-            ("signal", &[is_signal][..]),
-        ] {
+        for setter in HandlerSetter::ALL {
+            let name = setter.name();
+            let conditions = if setter.has_act() { &[is_signal, sets][..] } else { &[is_signal][..] };
             // On an ABI without the syscall (x86_64's `signal`) libseccomp
             // leaves that ABI's program alone.
             ctx.add_rule_conditional(ScmpAction::Notify, ScmpSyscall::from_name(name)?, conditions)

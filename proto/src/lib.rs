@@ -57,9 +57,48 @@ pub const NEVER_TRAPPED: &[&str] = &["sendmsg", "recvfrom", "execve", "execveat"
 /// for a supervisor that never got the listener (design.md §12).
 pub const ACK: &[u8] = b"ok\n";
 
+/// A call that sets a signal's handler, the signal its first argument. The
+/// one table of them: the launcher's filter and `sigvisor oci patch` trap
+/// each where it sets a watched signal's handler, and the supervisor reads
+/// what the trapped call does by the same kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerSetter {
+    /// `rt_sigaction(signal, act, oact, size)`.
+    RtSigaction,
+    /// i386's `sigaction(signal, act, oact)` (struct old_sigaction).
+    OldSigaction,
+    /// i386's `signal(signal, handler)`.
+    Signal,
+}
+
+impl HandlerSetter {
+    pub const ALL: [HandlerSetter; 3] =
+        [HandlerSetter::RtSigaction, HandlerSetter::OldSigaction, HandlerSetter::Signal];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            HandlerSetter::RtSigaction => "rt_sigaction",
+            HandlerSetter::OldSigaction => "sigaction",
+            HandlerSetter::Signal => "signal",
+        }
+    }
+
+    /// Whether a NULL second argument makes it a query, which changes
+    /// nothing and is not trapped (`signal`'s second argument is the
+    /// handler itself: SIG_DFL is 0).
+    pub fn has_act(self) -> bool {
+        self != HandlerSetter::Signal
+    }
+}
+
+/// The calls that reset every caught handler to its default: trapped
+/// always, where handlers are watched.
+pub const EXECS: [&str; 2] = ["execve", "execveat"];
+
 /// Syscalls sigvisor traps for itself, so that a profile cannot name them:
 /// the handler changes it watches (see `watched_signals`).
-pub const HANDLER_SYSCALLS: &[&str] = &["rt_sigaction", "sigaction", "signal"];
+pub const HANDLER_SYSCALLS: [&str; 3] =
+    [HandlerSetter::RtSigaction.name(), HandlerSetter::OldSigaction.name(), HandlerSetter::Signal.name()];
 
 /// The fault signals. A handler a process installed for one of these is a
 /// crash handler (Go's runtime, HotSpot, faulthandler, crash reporters all

@@ -22,7 +22,7 @@
 //! unit-tested as they are.
 
 use libseccomp::{ScmpArch, ScmpSyscall};
-use sigvisor_proto::{signal_bit, FAULT_SIGNALS};
+use sigvisor_proto::{signal_bit, HandlerSetter, FAULT_SIGNALS};
 
 /// `SA_RESETHAND`: the kernel resets the handler to SIG_DFL when it delivers.
 const SA_RESETHAND: u64 = 0x8000_0000;
@@ -221,16 +221,19 @@ pub struct HandlerCalls(Vec<(u32, i32, HandlerCall)>);
 impl Default for HandlerCalls {
     /// For the ABIs a filter of this machine covers.
     fn default() -> HandlerCalls {
-        let names = [
-            ("rt_sigaction", HandlerCall::RtSigaction),
-            ("sigaction", HandlerCall::OldSigaction),
-            ("signal", HandlerCall::Signal),
-            ("execve", HandlerCall::Exec),
-            ("execveat", HandlerCall::Exec),
-        ];
+        let setters = HandlerSetter::ALL.map(|setter| {
+            let call = match setter {
+                HandlerSetter::RtSigaction => HandlerCall::RtSigaction,
+                HandlerSetter::OldSigaction => HandlerCall::OldSigaction,
+                HandlerSetter::Signal => HandlerCall::Signal,
+            };
+            (setter.name(), call)
+        });
+        let names: Vec<(&str, HandlerCall)> =
+            setters.into_iter().chain(sigvisor_proto::EXECS.map(|name| (name, HandlerCall::Exec))).collect();
         let mut calls = Vec::new();
         for (audit, abi) in crate::sys::seccomp::ABIS {
-            for (name, call) in names {
+            for &(name, call) in &names {
                 // A negative number is libseccomp's: the ABI has no such call.
                 if let Ok(nr) = ScmpSyscall::from_name_by_arch(name, *abi).map(i32::from) {
                     if nr >= 0 {

@@ -210,7 +210,7 @@ fn handler_rules(
     };
     let mut added = Vec::new();
     let mut watchable = watched;
-    for name in ["execve", "execveat"] {
+    for name in sigvisor_proto::EXECS {
         match action_of(seccomp, rules, name) {
             Some(a) if runs(&a) => added.push(rule(name, notify, vec![])?),
             // A process that cannot exec keeps its handlers.
@@ -220,7 +220,8 @@ fn handler_rules(
     }
     // rt_sigaction(sig, act, ...), i386's sigaction(sig, act, ...) and
     // signal(sig, handler): those that set a watched signal's handler.
-    for (name, has_act) in [("rt_sigaction", true), ("sigaction", true), ("signal", false)] {
+    for setter in sigvisor_proto::HandlerSetter::ALL {
+        let (name, has_act) = (setter.name(), setter.has_act());
         match action_of(seccomp, rules, name) {
             Some(other) if runs(&other) => {
                 for signal in sigvisor_proto::signals_in(watched) {
