@@ -16,9 +16,10 @@ use crate::registry::Registry;
 use crate::stats::Stats;
 use crate::sys::seccomp::Listener;
 
-/// How long an ended listener waits for its last stacks to be named (a
-/// binary's load has a deadline of 1 s).
-const STACKS_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long an ended listener, or a stopping serve, waits for the last
+/// stacks to be named: a binary's load has a deadline of its own.
+pub const STACKS_SETTLE: std::time::Duration =
+    std::time::Duration::from_secs(crate::stacks::loader::DEADLINE.as_secs() + 1);
 
 /// Whether the keeper holds a copy of the listener.
 pub enum Keeping {

@@ -119,6 +119,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     }
     keeper.stopping();
     tracing::info!("stopping: the keeper answers the listeners' calls until serve is started again");
+    crate::stacks::settle_all(attach::STACKS_SETTLE).await;
     crate::output::write_status(&registry.list(), opts.status_file.as_deref())?;
     Ok(0)
 }

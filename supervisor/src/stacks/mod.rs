@@ -135,14 +135,19 @@ impl Stacks {
     /// calls `done`; or, if the pool is behind, calls it at once with why.
     pub fn unwind(&self, snapshot: Snapshot, done: Done) {
         self.pending.0.fetch_add(1, Ordering::AcqRel);
+        UNNAMED.fetch_add(1, Ordering::AcqRel);
         let in_flight = Arc::clone(&self.pending.0);
         let done: Done = Box::new(move |result| {
             done(result);
             in_flight.fetch_sub(1, Ordering::AcqRel);
+            UNNAMED.fetch_sub(1, Ordering::AcqRel);
         });
         pool::submit(pool::Job { snapshot, execs: Arc::clone(&self.execs), done });
     }
 }
+
+/// Stacks of every listener still on the pool.
+static UNNAMED: AtomicUsize = AtomicUsize::new(0);
 
 /// This listener's stacks still on the pool.
 #[derive(Clone, Default)]
@@ -153,9 +158,20 @@ impl Pending {
     /// deadline, or a pool that is behind): a listener's last stacks reach
     /// its Trace before its counters are folded in.
     pub async fn settle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.0.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        settle(&self.0, limit).await
+    }
+}
+
+/// Waits, at most `limit`, until every listener's stacks are named: the
+/// status a stopping serve writes counts the calls its listeners saw last
+/// (their targets may be gone already, their stacks not yet named).
+pub async fn settle_all(limit: Duration) {
+    settle(&UNNAMED, limit).await
+}
+
+async fn settle(count: &AtomicUsize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while count.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
