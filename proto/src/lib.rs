@@ -267,6 +267,27 @@ pub enum HandoffError {
     MissingFd { index: usize, received: usize },
 }
 
+/// After a read of `n` more bytes of a handoff: whether the message is
+/// complete, too long, or not yet (None). It ends at EOF or as soon as the
+/// bytes hold one whole JSON document, whichever comes first: a sender whose
+/// filter is already loaded may block in a trapped close() of this very
+/// socket, and waiting for its EOF would wait for the supervisor's answer.
+pub fn message_complete(n: usize, bytes: &[u8]) -> Option<Result<(), HandoffError>> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Some(Err(HandoffError::TooLong));
+    }
+    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    (n == 0 || matches!(values.next(), Some(Ok(_)))).then_some(Ok(()))
+}
+
+/// The supervisor's answer to a handoff: `ACK`, or `error: ...`.
+pub fn reply_text<T>(received: &Result<T, HandoffError>) -> Vec<u8> {
+    match received {
+        Ok(_) => ACK.to_vec(),
+        Err(e) => format!("error: {e}\n").into_bytes(),
+    }
+}
+
 /// Decodes one complete handoff. Fds not named `seccompFd` are dropped
 /// (closed) here, so a sloppy client cannot make the supervisor leak.
 pub fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Handoff, HandoffError> {

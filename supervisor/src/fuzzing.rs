@@ -7,8 +7,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::procfs::maps::parse_line as parse_maps_line;
 use crate::stacks::gopclntab::{Budget, Pclntab};
-use crate::stacks::modules::{parse_maps_line, Binary, Mapping, ProcessMap};
+use crate::stacks::modules::{Binary, Mapping, ProcessMap};
 use crate::stacks::snapshot::Memory;
 use crate::stacks::unwind::{self, View};
 use crate::stacks::{prologue, Frame};
@@ -107,7 +108,7 @@ pub fn prologue(data: &[u8]) {
 /// A bookkeeping call's arguments and the sigaction its caller's memory
 /// holds.
 pub fn sigaction(data: &[u8]) {
-    use crate::handlers::{decode, sigaction_of, HandlerCall};
+    use crate::callers::handlers::{decode, sigaction_of, HandlerCall};
     let calls = [HandlerCall::RtSigaction, HandlerCall::OldSigaction, HandlerCall::Signal, HandlerCall::Exec];
     let call = calls[usize::from(*data.first().unwrap_or(&0)) % calls.len()];
     let compat = data.get(1).is_some_and(|b| b & 1 == 1);
@@ -125,7 +126,7 @@ pub fn maps(data: &[u8]) {
 
 /// A handoff message, as a runtime or the launcher sends one (no fds).
 pub fn handoff(data: &[u8]) {
-    let _ = crate::handoff::complete(data.len(), data);
+    let _ = sigvisor_proto::message_complete(data.len(), data);
     let _ = sigvisor_proto::decode(data, Vec::new());
 }
 
@@ -133,12 +134,12 @@ pub fn handoff(data: &[u8]) {
 pub fn control(data: &[u8]) {
     let line = String::from_utf8_lossy(data);
     if let Ok(request) = crate::control::parse_request(&line) {
-        let registry = crate::registry::Registry::new("fuzz".into(), true);
+        let registry = crate::control::registry::Registry::new("fuzz".into(), true);
         let _ = crate::control::respond(&registry, request);
     }
 }
 
 /// A profile (a Trace in YAML).
 pub fn profile(data: &[u8]) {
-    let _ = crate::profile::parse(&String::from_utf8_lossy(data), Path::new("fuzz.yaml"));
+    let _ = crate::trace::profile::parse(&String::from_utf8_lossy(data), Path::new("fuzz.yaml"));
 }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sigvisor::{container, notify, oci, profile, run, serve, verbs};
+use sigvisor::commands::{oci, run, serve};
+use sigvisor::control::verbs;
+use sigvisor::path::notify;
+use sigvisor::trace::profile;
 use sigvisor_proto::exit::{FAILED, USAGE};
 
 /// Signal the thread that makes a trapped syscall, right at the syscall's
@@ -358,7 +361,7 @@ fn main() -> ExitCode {
             let opts = serve::ServeOptions {
                 socket,
                 control,
-                node: node.unwrap_or_else(container::hostname),
+                node: node.unwrap_or_else(sigvisor::procfs::hostname),
                 traces,
                 status_file,
                 handoff_timeout: std::time::Duration::from_secs_f64(handoff_timeout.max(0.001)),

@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use proptest::prelude::*;
+use sigvisor::control::registry::Registry;
 use sigvisor::control::{self, Request};
 use sigvisor::keeper::{ToKeeper, ToSupervisor};
-use sigvisor::profile::{self, ProfileError};
-use sigvisor::registry::Registry;
+use sigvisor::trace::profile::{self, ProfileError};
 
 const SEED: &str = include_str!("../../profiles/signal.yaml");
 const GOSIGNAL: &str = include_str!("../../profiles/gosignal.yaml");
@@ -210,7 +210,7 @@ proptest! {
     /// wrote them): out-of-range signals are ignored, not a panic.
     #[test]
     fn keeper_known_tables(entries in proptest::collection::vec((any::<i32>(), 0u8..4, any::<u64>()), 0..80)) {
-        use sigvisor::handlers::{Disposition, Table};
+        use sigvisor::callers::handlers::{Disposition, Table};
         let entries: Vec<(i32, Disposition)> = entries
             .into_iter()
             .map(|(s, d, address)| (s, match d {
@@ -224,7 +224,7 @@ proptest! {
         for (signal, _) in table.entries() {
             prop_assert!((1..=64).contains(&signal));
         }
-        let mut callers = sigvisor::caller::Callers::new(u64::MAX);
-        callers.import(vec![sigvisor::caller::KnownProcess { tgid: 1, start: 1, table: entries }]);
+        let mut callers = sigvisor::callers::Callers::new(u64::MAX);
+        callers.import(vec![sigvisor::callers::KnownProcess { tgid: 1, start: 1, table: entries }]);
     }
 }

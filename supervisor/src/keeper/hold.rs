@@ -21,12 +21,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::intake::{Agent, Intake, Received, AGENT, FIRST_HANDOFF};
 use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
-use crate::caller::{self, handler_calls, Callers};
-use crate::response::{self, Answered};
-use crate::socket::BoundFile;
+use crate::callers::{handler_calls, Callers};
 use crate::sys::fd;
 use crate::sys::region::{Cell, Region};
 use crate::sys::seccomp::{Listener, Notification, Ticker};
+use crate::sys::socket::BoundFile;
 
 /// How long a keeper started for a supervisor waits for it to connect.
 const FIRST_CONNECT: Duration = Duration::from_secs(10);
@@ -96,7 +95,7 @@ impl Kept {
     }
 
     /// Records a handler change or exec the keeper answers itself.
-    fn observe(&mut self, notif: &Notification, call: crate::handlers::HandlerCall) {
+    fn observe(&mut self, notif: &Notification, call: crate::callers::handlers::HandlerCall) {
         let known = &self.known;
         let callers = self.callers.get_or_insert_with(|| {
             let mut callers = Callers::impatient(self.record.watched);
@@ -128,7 +127,8 @@ impl Kept {
         let take = |from| cell.state.compare_exchange(from, slot::TAKEN, AcqRel, Acquire).is_ok();
         // Stopped between its signal and the rest: once the signal is
         // pending, it lands at the call's return whoever answers.
-        let sent = || signal.is_some_and(|s| s > 0 && caller::signal_pending(last.pid as i32, s));
+        let sent =
+            || signal.is_some_and(|s| s > 0 && crate::procfs::status::signal_pending(last.pid as i32, s));
         if !(take(slot::CALL)
             || take(slot::BOOKKEEPING)
             || take(slot::IDLE)
@@ -698,12 +698,14 @@ impl Keeper {
                             }
                         }
                     }
-                    match response::answer(&kept.listener, notif.id) {
-                        Ok(Answered::Continued) => {
+                    // The supervisor's answer too (path/response.rs), but
+                    // no signal: the keeper never signals.
+                    match kept.listener.send_continue(notif.id) {
+                        Ok(()) => {
                             kept.answered += 1;
                             self.answered += 1;
                         }
-                        Ok(Answered::CallerGone) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                         Err(e) => tracing::warn!("listener {slot}: SEND CONTINUE: {e}"),
                     }
                 }
@@ -723,11 +725,10 @@ impl Keeper {
 
 /// Whether a thread of process `tgid` is inside a bookkeeping call now.
 fn in_bookkeeping_call(tgid: i32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else { return false };
+    let Ok(tasks) = std::fs::read_dir(crate::procfs::path(tgid, "task")) else { return false };
     tasks.flatten().any(|task| {
-        let nr = std::fs::read_to_string(task.path().join("syscall"))
-            .ok()
-            .and_then(|text| text.split_ascii_whitespace().next()?.parse::<i32>().ok());
+        let nr = std::fs::read_to_string(task.path().join("syscall")).ok();
+        let nr = nr.and_then(|text| i32::try_from(crate::procfs::syscall::number(&text)?).ok());
         nr.is_some_and(|nr| handler_calls().any_abi(nr))
     })
 }

@@ -29,7 +29,7 @@ pub const HANDOFF_LIMIT: Duration = Duration::from_secs(10);
 /// serve's listening agent socket, held by the keeper; and its file, as
 /// serve bound it.
 pub struct Agent {
-    pub file: crate::socket::BoundFile,
+    pub file: crate::sys::socket::BoundFile,
     pub socket: OwnedFd,
 }
 
@@ -86,7 +86,7 @@ impl Intake {
                 }
             };
             let runtime =
-                fd::peer(socket.as_fd()).ok().and_then(|(pid, _)| crate::container::runtime_name(pid));
+                fd::peer(socket.as_fd()).ok().and_then(|(pid, _)| crate::trace::container::runtime_name(pid));
             let token = FIRST_HANDOFF + self.next;
             self.next += 1;
             if let Err(e) = epoll.add(&socket, EpollEvent::new(EpollFlags::EPOLLIN, token)) {
@@ -107,7 +107,7 @@ impl Intake {
             match fd::recv_with_fds(incoming.socket.as_fd(), &mut incoming.bytes, &mut incoming.fds, MAX_FDS)
             {
                 Ok(n) => {
-                    if let Some(done) = crate::handoff::complete(n, &incoming.bytes) {
+                    if let Some(done) = sigvisor_proto::message_complete(n, &incoming.bytes) {
                         break done;
                     }
                 }
@@ -119,7 +119,7 @@ impl Intake {
         let incoming = self.incoming.remove(&token)?;
         let _ = epoll.delete(&incoming.socket);
         let received = whole.and_then(|()| sigvisor_proto::decode(&incoming.bytes, incoming.fds));
-        crate::handoff::reply(incoming.socket.as_fd(), &received);
+        crate::sys::socket::send_nowait(incoming.socket.as_fd(), &sigvisor_proto::reply_text(&received));
         match received {
             Ok(handoff) => Some((handoff, incoming.runtime)),
             Err(e @ HandoffError::Empty) => {

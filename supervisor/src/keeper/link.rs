@@ -25,7 +25,7 @@ use anyhow::{bail, Context as _, Result};
 use sigvisor_proto::Handoff;
 
 use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
-use crate::caller::KnownProcess;
+use crate::callers::KnownProcess;
 use crate::shared;
 use crate::sys::fd::{self, SockType};
 use crate::sys::process::ProcessFd;

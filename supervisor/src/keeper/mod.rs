@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::caller::KnownProcess;
+use crate::callers::KnownProcess;
 
 /// The largest message; a listener's record is its OCI state (a few KiB).
 pub const MAX_PACKET: usize = 256 * 1024;

@@ -278,7 +278,7 @@ fn load(source: Source) -> Result<Binary, String> {
         Some(Err(e)) if lease(&e) => return Err(LEASED.into()),
         _ => {
             // map_files names ranges without the leading zeros maps shows.
-            let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+            let link = crate::procfs::path(pid, &format!("map_files/{start:x}-{end:x}"));
             let file = match open_nonblocking(Path::new(&link)) {
                 Ok(file) => file,
                 Err(e) if lease(&e) => return Err(LEASED.into()),

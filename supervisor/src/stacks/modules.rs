@@ -313,46 +313,13 @@ pub struct ProcessMap {
     pub mappings: Vec<Mapping>,
 }
 
-/// A line of `/proc/PID/maps`: range, permissions, offset, device, inode
-/// and path.
-pub struct MapsLine<'a> {
-    pub start: u64,
-    pub end: u64,
-    pub executable: bool,
-    pub offset: u64,
-    pub dev: &'a str,
-    pub inode: u64,
-    pub path: &'a str,
-}
-
-/// Parses one line of `/proc/PID/maps`.
-pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
-    let mut fields = line.splitn(6, |c: char| c.is_ascii_whitespace());
-    let (range, perms, offset, dev, inode) =
-        (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-    let path = fields.next().unwrap_or("").trim_start();
-    let (start, end) = range.split_once('-')?;
-    let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
-    let offset = u64::from_str_radix(offset, 16).ok()?;
-    let inode = inode.parse().ok()?;
-    (start < end).then_some(MapsLine {
-        start,
-        end,
-        executable: perms.contains('x'),
-        offset,
-        dev,
-        inode,
-        path,
-    })
-}
-
 impl ProcessMap {
     /// The mappings `maps` (the text of `/proc/PID/maps`) lists; binaries
     /// come from the loader's cache or are loaded (within its deadline),
     /// through the process's `root` where known.
     pub fn new(pid: i32, maps: &str, root: Option<&Arc<OwnedFd>>) -> ProcessMap {
         let mut mappings = Vec::new();
-        for m in maps.lines().filter_map(parse_maps_line) {
+        for m in maps.lines().filter_map(crate::procfs::maps::parse_line) {
             let file = m.executable && m.inode != 0;
             let path = file.then(|| Arc::<str>::from(m.path));
             let binary = match &path {
@@ -370,23 +337,5 @@ impl ProcessMap {
 
     pub fn find(&self, address: u64) -> Option<&Mapping> {
         self.mappings.iter().find(|m| (m.start..m.end).contains(&address))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn maps_lines_with_and_without_paths() {
-        let m = parse_maps_line("7f00-7f10 r-xp 00001000 fd:01 1234    /usr/lib/a b.so").expect("line");
-        assert_eq!(
-            (m.start, m.end, m.offset, m.inode, m.path, m.executable),
-            (0x7f00, 0x7f10, 0x1000, 1234, "/usr/lib/a b.so", true)
-        );
-        let m = parse_maps_line("1000-2000 rw-p 00000000 00:00 0").expect("anonymous");
-        assert_eq!((m.path, m.executable), ("", false));
-        assert!(parse_maps_line("2000-1000 rw-p 0 00:00 0").is_none(), "an empty range");
-        assert!(parse_maps_line("zz-1000 rw-p 0 00:00 0").is_none());
     }
 }

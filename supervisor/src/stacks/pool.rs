@@ -170,7 +170,8 @@ impl Worker {
                 Some(maps) => {
                     if self.views.len() >= MAX_PROCESSES && !self.views.contains_key(&s.tgid) {
                         // The gone go first; the live are read again when next seen.
-                        self.views.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                        self.views
+                            .retain(|pid, _| std::path::Path::new(&crate::procfs::path(*pid, "")).exists());
                         if self.views.len() >= MAX_PROCESSES {
                             self.views.clear();
                         }

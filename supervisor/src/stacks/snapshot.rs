@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -19,16 +18,13 @@ use std::sync::Arc;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
+use crate::procfs;
 use crate::sys::memory;
 
 /// Stack bytes copied from SP (clipped where the mapping ends: pages past
 /// it read as absent). 30 C frames take about 1 KiB, a Go stack of 60
 /// frames about 6 KiB.
 pub const STACK_BYTES: usize = 64 * 1024;
-
-/// The most of `/proc/PID/maps` read (about 5,000 mappings; past them,
-/// frames show as addresses).
-const MAPS_BYTES: u64 = 512 * 1024;
 
 /// Threads' `/proc/TID/syscall` and processes' `/proc/PID/pagemap` kept
 /// open (a kept-open file names its task, never a later one with its id),
@@ -95,15 +91,9 @@ impl Layout {
     /// target's: the root is opened `O_PATH` (nothing of its filesystem
     /// is asked), and maps is bounded.
     pub fn read(tgid: i32) -> Result<Layout, String> {
-        let file = File::open(format!("/proc/{tgid}/maps")).map_err(|e| format!("reading its maps: {e}"))?;
-        let mut maps = String::new();
-        file.take(MAPS_BYTES).read_to_string(&mut maps).map_err(|e| format!("reading its maps: {e}"))?;
-        // A cut line is no mapping.
-        if let Some(end) = maps.rfind('\n') {
-            maps.truncate(end + 1);
-        }
+        let maps = procfs::maps::read(tgid).map_err(|e| format!("reading its maps: {e}"))?;
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root = open(format!("/proc/{tgid}/root").as_str(), flags, Mode::empty()).ok().map(Arc::new);
+        let root = open(procfs::path(tgid, "root").as_str(), flags, Mode::empty()).ok().map(Arc::new);
         Ok(Layout { maps, root })
     }
 
@@ -111,7 +101,7 @@ impl Layout {
     fn code(&self) -> Vec<(u64, u64)> {
         self.maps
             .lines()
-            .filter_map(super::modules::parse_maps_line)
+            .filter_map(procfs::maps::parse_line)
             .filter(|m| m.executable)
             .map(|m| (m.start, m.end))
             .collect()
@@ -157,7 +147,7 @@ impl Snapshotter {
                 if self.processes.len() >= MAX_OPEN {
                     self.processes.clear();
                 }
-                let pagemap = File::open(format!("/proc/{tgid}/pagemap")).ok();
+                let pagemap = procfs::pagemap::open(tgid);
                 self.processes.insert(tgid, Process { start, image, pagemap, code: layout.code() });
                 Some(Arc::new(layout))
             }
@@ -176,10 +166,9 @@ impl Snapshotter {
         let file = match self.threads.entry(tid) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(File::open(format!("/proc/{tid}/syscall")).map_err(|e| e.to_string())?)
+                e.insert(File::open(procfs::path(tid, "syscall")).map_err(|e| e.to_string())?)
             }
         };
-        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
         let mut buf = [0u8; 256];
         // A waiting thread woken for a moment (a signal from elsewhere)
         // reads as "running" until it waits again: a few tries, no wait.
@@ -193,9 +182,8 @@ impl Snapshotter {
                 }
             };
             let text = std::str::from_utf8(&buf[..n]).map_err(|e| e.to_string())?;
-            let fields: Vec<&str> = text.split_ascii_whitespace().collect();
-            if let [_, _, _, _, _, _, _, sp, pc] = fields.as_slice() {
-                return Ok((hex(sp).ok_or("bad SP")?, hex(pc).ok_or("bad PC")?));
+            if let Some(registers) = procfs::syscall::registers(text) {
+                return Ok(registers);
             }
             std::thread::yield_now();
         }
@@ -207,7 +195,7 @@ impl Snapshotter {
 fn read_stack(pagemap: Option<&File>, tid: i32, sp: u64) -> Result<Memory, String> {
     let len = STACK_BYTES.min(usize::try_from(u64::MAX - sp).unwrap_or(STACK_BYTES));
     let read = match pagemap {
-        Some(pagemap) => resident_pages(pagemap, sp, len),
+        Some(pagemap) => procfs::pagemap::resident_pages(pagemap, sp, len),
         None => vec![true; len / memory::page_size() as usize + 2],
     };
     if !read.first().copied().unwrap_or(false) {
@@ -237,24 +225,4 @@ fn read_stack(pagemap: Option<&File>, tid: i32, sp: u64) -> Result<Memory, Strin
         p += run;
     }
     Ok(Memory { base: sp, bytes, read })
-}
-
-/// For each page of `[at, at+len)`, whether it is in memory or in swap
-/// (all of them if pagemap cannot be read); none for a range past the end
-/// of the address space.
-pub fn resident_pages(pagemap: &File, at: u64, len: usize) -> Vec<bool> {
-    let page = memory::page_size();
-    let Some(last) = at.checked_add(len.max(1) as u64 - 1) else { return Vec::new() };
-    let (first, last) = (at / page, last / page);
-    let count = (last - first + 1) as usize;
-    // One read for the whole range: an entry per page.
-    let mut entries = vec![0u8; count * 8];
-    let Ok(n) = pagemap.read_at(&mut entries, first * 8) else { return vec![true; count] };
-    let mut held: Vec<bool> = entries[..n - n % 8]
-        .chunks_exact(8)
-        // Bit 63: present; bit 62: swapped.
-        .map(|e| u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) >> 62 != 0)
-        .collect();
-    held.resize(count, false);
-    held
 }

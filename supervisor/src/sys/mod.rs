@@ -6,7 +6,8 @@
 //! Built on `nix` where it has the call (poll, fcntl, socketpair,
 //! process_vm_readv, rlimits, kill); `libc` for what it lacks: the seccomp
 //! ioctls, pidfds and `SI_QUEUE` siginfo, real-time timer signals, and
-//! SCM_RIGHTS reception that keeps every fd of a truncated message.
+//! SCM_RIGHTS reception that keeps every fd of a truncated message. Also the
+//! socket files (`socket`): bound, and removed only by their owner.
 #![allow(unsafe_code)]
 
 pub mod fd;
@@ -14,4 +15,5 @@ pub mod memory;
 pub mod process;
 pub mod region;
 pub mod seccomp;
+pub mod socket;
 pub mod thread;

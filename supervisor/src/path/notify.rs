@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::pipeline::Pipeline;
-use crate::stats::Stats;
+use crate::output::stats::Stats;
+use crate::path::pipeline::Pipeline;
 use crate::sys::fd;
 use crate::sys::seccomp::{Listener, Readiness, Ticker};
 

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::profile::{self, Policy, Trace, TraceStatus};
-use crate::stats::Stats;
+use crate::output::stats::Stats;
+use crate::trace::profile::{self, Policy, Trace, TraceStatus};
 
 /// Threads listed in `status.output`, busiest first.
 const TOP_THREADS: usize = 20;

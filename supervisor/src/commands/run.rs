@@ -14,13 +14,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::attach::Keeping;
+use crate::control::registry::{Registry, OPERATION_ANNOTATION};
+use crate::intake::attach::Keeping;
 use crate::keeper::link::Link;
-use crate::notify::{Context, LoopMode};
-use crate::profile::{Policy, Trace};
-use crate::registry::{Registry, OPERATION_ANNOTATION};
+use crate::path::notify::{Context, LoopMode};
 use crate::sys::fd::{self, SockType};
 use crate::sys::process;
+use crate::trace::profile::{Policy, Trace};
 use sigvisor_proto::exit::FAILED;
 
 pub use crate::sys::process::raise_fd_limit;
@@ -40,7 +40,7 @@ pub struct RunOptions {
 pub async fn run(opts: RunOptions) -> Result<i32> {
     let launcher = find_launcher(opts.launcher.as_deref())?;
     // A local launch: the trace acts whatever its spec.node says.
-    let registry = Arc::new(Registry::new(crate::container::hostname(), true));
+    let registry = Arc::new(Registry::new(crate::procfs::hostname(), true));
     let name = opts.trace.metadata.name.clone();
     let mut trace = opts.trace;
     let annotated = trace.metadata.annotations.remove(OPERATION_ANNOTATION);
@@ -65,7 +65,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     });
     let _control_file = match &opts.control {
         Some(path) => {
-            let (control, file) = crate::socket::bind(path)?;
+            let (control, file) = crate::sys::socket::bind(path)?;
             tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
             Some(file)
         }
@@ -97,11 +97,12 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
 
     let ctx = Context::new(opts.loop_mode);
     // The handoff ends when the launcher execs CMD (CLOEXEC) or exits.
-    let supervision = match crate::handoff::receive(ours).await {
+    let supervision = match crate::intake::handoff::receive(ours).await {
         Ok(handoff) => {
             let registry = Arc::clone(&registry);
             Some(tokio::spawn(async move {
-                crate::attach::supervise(handoff, "sigvisor-launch", None, &registry, ctx, keeping).await
+                crate::intake::attach::supervise(handoff, "sigvisor-launch", None, &registry, ctx, keeping)
+                    .await
             }))
         }
         Err(e) => {
@@ -126,7 +127,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     if let Some(printer) = printer {
         let _ = printer.await;
     }
-    crate::output::write_status(&[trace], opts.status_file.as_deref())?;
+    crate::output::status::write_status(&[trace], opts.status_file.as_deref())?;
     Ok(code)
 }
 

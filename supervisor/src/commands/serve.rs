@@ -17,13 +17,13 @@ use anyhow::{Context as _, Result};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::attach::{self, Keeping};
+use crate::control::registry::Registry;
+use crate::intake::attach::{self, Keeping};
 use crate::keeper::link::{Link, Taken};
-use crate::notify::{Context, LoopMode};
-use crate::profile::{Policy, Trace};
-use crate::registry::Registry;
-use crate::socket;
-use crate::state::{Saved, StateDir};
+use crate::path::notify::{Context, LoopMode};
+use crate::sys::socket;
+use crate::trace::profile::{Policy, Trace};
+use crate::trace::state::{Saved, StateDir};
 
 pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";
 pub const DEFAULT_CONTROL: &str = "/run/sigvisor/control.sock";
@@ -52,7 +52,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     let registry = Arc::new(Registry::new(opts.node.clone(), false));
     let state = StateDir::open(&opts.state_dir)?;
     let outputs = opts.output_dir.clone().unwrap_or_else(|| opts.state_dir.join("outputs"));
-    let outputs = crate::events::OutputDir::open(&outputs)
+    let outputs = crate::output::events::OutputDir::open(&outputs)
         .with_context(|| format!("opening the output directory {}", outputs.display()))?;
     registry.keep_outputs_in(outputs);
     let given: Vec<String> = opts.traces.iter().map(|(t, _)| t.metadata.name.clone()).collect();
@@ -99,7 +99,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
                     let cred = stream.peer_cred().ok();
                     let peer = cred.map(|c| format!("peer pid {} uid {}", c.pid().unwrap_or(0), c.uid()))
                         .unwrap_or_else(|| "unknown peer".into());
-                    let runtime = cred.and_then(|c| c.pid()).and_then(crate::container::runtime_name);
+                    let runtime = cred.and_then(|c| c.pid()).and_then(crate::trace::container::runtime_name);
                     let fd = match stream.into_std() {
                         Ok(s) => OwnedFd::from(s),
                         Err(e) => { tracing::warn!("{peer}: {e}"); continue }
@@ -120,7 +120,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     keeper.stopping();
     tracing::info!("stopping: the keeper answers the listeners' calls until serve is started again");
     crate::stacks::settle_all(attach::STACKS_SETTLE).await;
-    crate::output::write_status(&registry.list(), opts.status_file.as_deref())?;
+    crate::output::status::write_status(&registry.list(), opts.status_file.as_deref())?;
     Ok(0)
 }
 
@@ -132,7 +132,7 @@ async fn connection(
     (registry, ctx, keeper): (Arc<Registry>, Arc<Context>, Arc<Link>),
     timeout: Duration,
 ) {
-    match tokio::time::timeout(timeout, crate::handoff::receive(fd)).await {
+    match tokio::time::timeout(timeout, crate::intake::handoff::receive(fd)).await {
         Err(_) => tracing::warn!("{peer}: no complete handoff within {timeout:?}; dropped"),
         // A probe (`sigvisor oci patch` checks the socket) or an aborted start.
         Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::info!("{peer}: {e}"),
@@ -182,12 +182,12 @@ fn restore(registry: &Registry, saved: Vec<Saved>, given: &[String]) {
 }
 
 /// Profiles from files and directories (their *.yaml and *.yml, sorted).
-pub fn load_profiles(paths: &[PathBuf]) -> Result<Vec<(Trace, Policy)>, crate::profile::ProfileError> {
+pub fn load_profiles(paths: &[PathBuf]) -> Result<Vec<(Trace, Policy)>, crate::trace::profile::ProfileError> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| crate::profile::ProfileError {
+                .map_err(|e| crate::trace::profile::ProfileError {
                     file: path.clone(),
                     field: "(directory)".into(),
                     message: format!("cannot read: {e}"),
@@ -203,9 +203,9 @@ pub fn load_profiles(paths: &[PathBuf]) -> Result<Vec<(Trace, Policy)>, crate::p
     }
     let mut loaded: Vec<(Trace, Policy)> = Vec::new();
     for file in files {
-        let (trace, policy) = crate::profile::load(&file)?;
+        let (trace, policy) = crate::trace::profile::load(&file)?;
         if loaded.iter().any(|(t, _)| t.metadata.name == trace.metadata.name) {
-            return Err(crate::profile::ProfileError {
+            return Err(crate::trace::profile::ProfileError {
                 file,
                 field: "metadata.name".into(),
                 message: format!(

@@ -17,12 +17,12 @@ use libseccomp::ScmpSyscall;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::caller::Caller;
-use crate::container::Origin;
-use crate::decision::Skip;
-use crate::profile::OutputMode;
+use crate::callers::Caller;
+use crate::output::skip::Skip;
 use crate::stacks::Stack;
 use crate::sys::seccomp::{Listener, Notification};
+use crate::trace::container::Origin;
+use crate::trace::profile::OutputMode;
 
 /// The directory serve writes File outputs in (`--output-dir`).
 pub struct OutputDir {
@@ -211,7 +211,13 @@ impl Describer {
         let key = (notif.data.arch, notif.data.nr);
         let syscall = Arc::clone(self.names.entry(key).or_insert_with(|| syscall_name(key.0, key.1).into()));
         let path = (&*syscall == "close")
-            .then(|| std::fs::read_link(format!("/proc/{}/fd/{}", notif.pid, notif.data.args[0] as i32)).ok())
+            .then(|| {
+                std::fs::read_link(crate::procfs::path(
+                    notif.pid as i32,
+                    &format!("fd/{}", notif.data.args[0] as i32),
+                ))
+                .ok()
+            })
             .flatten()
             .filter(|_| listener.id_valid(notif.id))
             .map(|p| p.to_string_lossy().into_owned());

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use sigvisor_proto::Handoff;
 
-use crate::profile::{ContainerFilter, Trace};
+use crate::trace::profile::{ContainerFilter, Trace};
 
 /// Annotation keys, containerd's first, then CRI-O's.
 const CONTAINER_NAME: &[&str] = &["io.kubernetes.cri.container-name", "io.kubernetes.container.name"];
@@ -151,14 +151,9 @@ impl Origin {
 /// The program that connected (`runc`, `crun`, `sigvisor-launch`), from
 /// its process name: runc's processes are named `runc:[1:CHILD]` and the like.
 pub fn runtime_name(pid: i32) -> Option<String> {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    let name = comm.trim_end().split(":[").next()?.to_owned();
+    let comm = crate::procfs::comm(pid)?;
+    let name = comm.split(":[").next()?.to_owned();
     (!name.is_empty()).then_some(name)
-}
-
-/// This machine's name, the default `--node`.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }
 
 /// Whether a Trace is for this node: an empty `spec.node` is for any node.

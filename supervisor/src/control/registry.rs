@@ -15,12 +15,12 @@ use std::collections::{btree_map, BTreeMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::container::{self, FilterFacts, Origin};
-use crate::events::Sink;
-use crate::output::{self, ContainerLine};
-use crate::profile::{OutputMode, Policy, RunMode, Trace};
-use crate::state::StateDir;
-use crate::stats::Stats;
+use crate::output::events::Sink;
+use crate::output::stats::Stats;
+use crate::output::status::{self, ContainerLine};
+use crate::trace::container::{self, FilterFacts, Origin};
+use crate::trace::profile::{OutputMode, Policy, RunMode, Trace};
+use crate::trace::state::StateDir;
 
 pub const OPERATION_ANNOTATION: &str = "gadget.kinvolk.io/operation";
 pub const OPERATIONS: &[&str] = &["start", "stop"];
@@ -216,7 +216,7 @@ pub struct Registry {
     /// Where the Traces are saved after each change (`serve`).
     state: std::sync::OnceLock<StateDir>,
     /// The only place File outputs are written (`serve`).
-    outputs: std::sync::OnceLock<crate::events::OutputDir>,
+    outputs: std::sync::OnceLock<crate::output::events::OutputDir>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +240,7 @@ impl Registry {
     }
 
     /// File outputs go inside `dir` from now on, and nowhere else.
-    pub fn keep_outputs_in(&self, dir: crate::events::OutputDir) {
+    pub fn keep_outputs_in(&self, dir: crate::output::events::OutputDir) {
         let _ = self.outputs.set(dir);
     }
 
@@ -409,9 +409,9 @@ impl Registry {
         if let Some(warning) = &facts.warning {
             entry.warning = Some(warning.clone());
         } else if !facts.wait_killable {
-            entry.warning = Some(output::NOT_KILLABLE_WARNING.to_owned());
+            entry.warning = Some(status::NOT_KILLABLE_WARNING.to_owned());
         } else if facts.watched & sigvisor_proto::signal_bit(signal) == 0 {
-            entry.warning = Some(output::not_watched_warning(signal));
+            entry.warning = Some(status::not_watched_warning(signal));
         }
         let stats = Arc::new(Mutex::new(Stats::default()));
         entry.listeners.push(ListenerRecord { origin: origin.clone(), stats: Arc::clone(&stats) });
@@ -478,14 +478,14 @@ impl Registry {
         let elsewhere = (!self.on_node(&entry.trace)).then(|| {
             format!("for node {:?}; this is node {:?}: it never acts here", entry.trace.spec.node, self.node)
         });
-        let any_handler = policy.any_handler.then_some(output::ANY_HANDLER_WARNING);
+        let any_handler = policy.any_handler.then_some(status::ANY_HANDLER_WARNING);
         let warnings: Vec<&str> =
             [elsewhere.as_deref(), entry.warning.as_deref(), entry.unsaved.as_deref(), any_handler]
                 .into_iter()
                 .flatten()
                 .collect();
         let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
-        let mut view = output::with_status(
+        let mut view = status::with_status(
             &entry.trace,
             entry.state.as_str(),
             warning.as_deref(),
@@ -505,7 +505,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::profile;
+    use crate::trace::profile;
 
     fn trace(name: &str, run_mode: &str, node: &str, annotation: Option<&str>) -> (Trace, Policy) {
         let annotations = annotation

@@ -7,6 +7,9 @@
 //! closes. Peers other than root and the server's own uid are refused
 //! (SO_PEERCRED): the socket's mode is the first fence, this the second.
 
+pub mod registry;
+pub mod verbs;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::profile::{self, Trace};
-use crate::registry::Registry;
+use crate::control::registry::Registry;
+use crate::trace::profile::{self, Trace};
 
 /// The largest request accepted (an `apply` carries a whole profile).
 const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -172,7 +175,7 @@ pub fn respond(registry: &Registry, request: Request) -> Response {
     response
 }
 
-fn result(r: Result<Trace, crate::registry::RegistryError>) -> Response {
+fn result(r: Result<Trace, crate::control::registry::RegistryError>) -> Response {
     match r {
         Ok(trace) => Response::traces(vec![trace]),
         Err(e) => Response::error(e, false),

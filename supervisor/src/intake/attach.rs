@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use sigvisor_proto::Handoff;
 
-use crate::caller::KnownProcess;
-use crate::container::{FilterFacts, Origin};
-use crate::events::Describer;
+use crate::callers::KnownProcess;
+use crate::control::registry::Registry;
 use crate::keeper::link::{Custody, Link};
-use crate::notify::{self, Context, End};
-use crate::pipeline::Pipeline;
-use crate::registry::Registry;
-use crate::stats::Stats;
+use crate::output::events::Describer;
+use crate::output::stats::Stats;
+use crate::path::notify::{self, Context, End};
+use crate::path::pipeline::Pipeline;
 use crate::sys::seccomp::Listener;
+use crate::trace::container::{FilterFacts, Origin};
 
 /// How long an ended listener, or a stopping serve, waits for the last
 /// stacks to be named: a binary's load has a deadline of its own.

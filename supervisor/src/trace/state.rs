@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::profile::{self, Policy, Trace, TraceStatus};
+use crate::trace::profile::{self, Policy, Trace, TraceStatus};
 
 pub struct StateDir {
     traces: PathBuf,

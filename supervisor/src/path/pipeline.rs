@@ -16,18 +16,19 @@ use std::borrow::Cow;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use crate::caller::KnownProcess;
-use crate::caller::{self, Caller, Callers};
-use crate::decision::{Decider, Decision, Skip};
-use crate::events::{Describer, Happened};
+use crate::callers::KnownProcess;
+use crate::callers::{self, Caller, Callers};
+use crate::control::registry::{Selection, TraceHandle};
 use crate::keeper::link::Custody;
-use crate::registry::{Selection, TraceHandle};
-use crate::response::{self, Answered};
+use crate::output::events::{Describer, Happened};
+use crate::output::skip::Skip;
+use crate::output::stats::Stats;
+use crate::path::decision::{Decider, Decision};
+use crate::path::response::{self, Answered};
+use crate::path::signal::{self, SignalError};
 use crate::shared;
-use crate::signal::{self, SignalError};
 use crate::stacks::snapshot::Snapshot;
 use crate::stacks::{self, Captured, Stacks};
-use crate::stats::Stats;
 use crate::sys::seccomp::{Listener, Notification};
 
 /// Everything one listener needs to answer a notification; moves between
@@ -177,7 +178,7 @@ impl Pipeline {
             tracing::warn!("the keeper answered handler changes while this listener was stuck: its processes are seen afresh");
             self.decider.callers.forget_all();
         }
-        let bookkeeping = caller::handler_calls().classify(notif.data.arch, notif.data.nr);
+        let bookkeeping = callers::handler_calls().classify(notif.data.arch, notif.data.nr);
         if let Some(custody) = &self.custody {
             custody.received(notif.id, bookkeeping.is_some());
         }
@@ -186,7 +187,7 @@ impl Pipeline {
         // never signalled, whatever the Trace's state.
         if let Some(call) = bookkeeping {
             self.decider.callers.observe(listener, &notif, call);
-            if let (crate::handlers::HandlerCall::Exec, Some(stacks)) = (call, &self.stacks) {
+            if let (crate::callers::handlers::HandlerCall::Exec, Some(stacks)) = (call, &self.stacks) {
                 // Before the answer: a stack snapshot taken so far belongs
                 // to the image the exec leaves.
                 if let Some(tgid) = self.decider.callers.tgid_of(notif.pid as i32) {
@@ -307,7 +308,7 @@ impl Pipeline {
     /// The decision, and the signal if it says so: before the answer.
     fn decide_and_signal(
         &mut self,
-        policy: &crate::profile::Policy,
+        policy: &crate::trace::profile::Policy,
         listener: &Listener,
         notif: &Notification,
     ) -> Outcome {
@@ -364,7 +365,7 @@ impl Pipeline {
 fn stack_done(
     stats: Arc<Mutex<Stats>>,
     path: Option<String>,
-    event: Option<(crate::events::Sink, serde_json::Value)>,
+    event: Option<(crate::output::events::Sink, serde_json::Value)>,
 ) -> stacks::Done {
     Box::new(move |named: Result<Captured, String>| {
         match &named {

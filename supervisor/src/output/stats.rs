@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::caller::{Caller, Knowledge};
-use crate::decision::Skip;
+use crate::callers::{Caller, Knowledge};
+use crate::output::skip::Skip;
 
 /// Per-thread entries kept at most; past that, threads are counted in
 /// aggregate only, so a long-lived supervisor's memory stays bounded.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::control::{Client, Request, Response};
-use crate::profile::{self, Trace};
+use crate::trace::profile::{self, Trace};
 
 use sigvisor_proto::exit::{FAILED, REFUSED, USAGE};
 

@@ -53,6 +53,18 @@ pub fn stale(path: &Path) -> Result<bool> {
     }
 }
 
+/// Sends `bytes` without waiting and without SIGPIPE: a peer that left
+/// (runc and crun close their end after the handoff) loses nothing it
+/// wanted.
+pub fn send_nowait(socket: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) {
+    use nix::sys::socket::MsgFlags;
+    let _ = nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(&socket),
+        bytes,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+}
+
 /// Removes a socket file this process bound, however the process leaves
 /// the scope that holds it (errors included), while it is still the file
 /// this process bound.

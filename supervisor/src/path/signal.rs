@@ -17,7 +17,7 @@
 
 use std::io;
 
-use crate::caller::{Caller, Callers, Pin};
+use crate::callers::{Caller, Callers, Pin};
 use crate::sys::seccomp::{Listener, Notification};
 use crate::sys::thread;
 

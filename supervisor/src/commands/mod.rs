@@ -1,0 +1,7 @@
+//! The commands: `run` (one target, here), `serve` (the node's supervisor,
+//! for every container) and `oci` (what runtimes call: the patch and the
+//! shim). The client verbs are in `control::verbs`.
+
+pub mod oci;
+pub mod run;
+pub mod serve;
