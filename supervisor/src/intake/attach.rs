@@ -8,7 +8,8 @@ use sigvisor_proto::Handoff;
 
 use crate::callers::KnownProcess;
 use crate::control::registry::Registry;
-use crate::keeper::link::{Custody, Link};
+use crate::keeper::custody::Custody;
+use crate::keeper::link::Link;
 use crate::output::events::Describer;
 use crate::output::stats::Stats;
 use crate::path::notify::{self, Context, End};

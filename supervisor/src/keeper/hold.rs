@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -20,11 +19,12 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::intake::{Agent, Intake, Received, AGENT, FIRST_HANDOFF};
-use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
-use crate::callers::{handler_calls, Callers};
+use super::kept::Kept;
+use super::{slot, Record, ToKeeper, ToSupervisor, MAX_PACKET};
+use crate::callers::handler_calls;
 use crate::sys::fd;
-use crate::sys::region::{Cell, Region};
-use crate::sys::seccomp::{Listener, Notification, Ticker};
+use crate::sys::region::Region;
+use crate::sys::seccomp::{Listener, Ticker};
 use crate::sys::socket::BoundFile;
 
 /// How long a keeper started for a supervisor waits for it to connect.
@@ -60,137 +60,24 @@ pub struct Options {
     pub exit_when_idle: bool,
 }
 
-struct Kept {
-    listener: Listener,
-    record: Record,
-    /// What the supervisor last said of its processes' handlers.
-    known: Known,
-    /// The keeper answers this listener (no supervisor serves it).
-    serving: bool,
-    answered: u64,
-    /// While the keeper answers it: the handler changes it records, as a
-    /// supervisor would, for the next one.
-    callers: Option<Callers>,
-    /// The attached supervisor's slot as last seen busy (a call received
-    /// and not answered, or one waiting to be received): its id, and since
-    /// when it has not moved.
-    busy: Option<(u64, Instant)>,
-    /// The keeper answers for an attached supervisor that is stuck; the
-    /// slot's id when it began (it moves when the supervisor answers again).
-    covering: Option<u64>,
-}
-
-impl Kept {
-    fn new(listener: Listener, record: Record, serving: bool) -> Kept {
-        Kept {
-            listener,
-            record,
-            known: Known::default(),
-            serving,
-            answered: 0,
-            callers: None,
-            busy: None,
-            covering: None,
-        }
-    }
-
-    /// Records a handler change or exec the keeper answers itself.
-    fn observe(&mut self, notif: &Notification, call: crate::callers::handlers::HandlerCall) {
-        let known = &self.known;
-        let callers = self.callers.get_or_insert_with(|| {
-            let mut callers = Callers::impatient(self.record.watched);
-            callers.import(known.all().cloned().collect());
-            callers
-        });
-        callers.observe(&self.listener, notif, call);
-        for process in callers.take_changed() {
-            self.known.remember(process);
-        }
-    }
-
-    /// While covering for a stuck supervisor: the call it received last,
-    /// unless it is signalling it right now and the signal is not out yet
-    /// (then next time). The slot goes
-    /// to TAKEN first, so that the supervisor, resumed, does not signal a
-    /// call that has returned. Returns how many were answered.
-    fn take_over(
-        &mut self,
-        cell: &Cell,
-        last: &Notification,
-        signal: Option<i32>,
-        epoch: Option<&AtomicU64>,
-    ) -> u64 {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire};
-        if !self.listener.id_valid(last.id) {
-            return 0;
-        }
-        let take = |from| cell.state.compare_exchange(from, slot::TAKEN, AcqRel, Acquire).is_ok();
-        // Stopped between its signal and the rest: once the signal is
-        // pending, it lands at the call's return whoever answers.
-        let sent =
-            || signal.is_some_and(|s| s > 0 && crate::procfs::status::signal_pending(last.pid as i32, s));
-        if !(take(slot::CALL)
-            || take(slot::BOOKKEEPING)
-            || take(slot::IDLE)
-            || (sent() && take(slot::SIGNALLING)))
-        {
-            return 0;
-        }
-        self.answer_orphan(last, epoch)
-    }
-
-    /// Answers a call its supervisor received and cannot answer; a handler
-    /// change is recorded first, as the keeper records its own, and makes
-    /// a supervisor still alive forget what it knew (`epoch`).
-    fn answer_orphan(&mut self, notif: &Notification, epoch: Option<&AtomicU64>) -> u64 {
-        if let Some(call) = handler_calls().classify(notif.data.arch, notif.data.nr) {
-            self.observe(notif, call);
-            if let Some(epoch) = epoch {
-                epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
-            }
-        }
-        let answered = u64::from(self.listener.send_continue(notif.id).is_ok());
-        self.answered += answered;
-        answered
-    }
-
-    /// A supervisor takes over: what the keeper recorded goes with it.
-    fn hand_over(&mut self) {
-        if let Some(mut callers) = self.callers.take() {
-            callers.settle_all();
-            for process in callers.take_changed() {
-                self.known.remember(process);
-            }
-        }
-    }
-
-    /// Before a notification of unknown kind is answered (one a dead
-    /// supervisor received): its caller still waits inside the call, so
-    /// /proc shows which processes have a thread in a bookkeeping call;
-    /// what was known of those is forgotten (they are then not signalled).
-    fn forget_those_in_bookkeeping_calls(&mut self) {
-        self.known.forget_if(in_bookkeeping_call);
-    }
-}
-
-struct Keeper {
-    epoll: Epoll,
-    region: Region,
-    kept: BTreeMap<u32, Kept>,
-    listening: Option<OwnedFd>,
-    supervisor: Option<OwnedFd>,
+pub(super) struct Keeper {
+    pub(super) epoll: Epoll,
+    pub(super) region: Region,
+    pub(super) kept: BTreeMap<u32, Kept>,
+    pub(super) listening: Option<OwnedFd>,
+    pub(super) supervisor: Option<OwnedFd>,
     /// serve's agent socket, and handoffs the keeper is reading from it.
-    intake: Intake,
-    had_supervisor: bool,
+    pub(super) intake: Intake,
+    pub(super) had_supervisor: bool,
     /// The supervisor said it is stopping (SIGTERM), not crashing.
-    leaving: bool,
-    draining: bool,
+    pub(super) leaving: bool,
+    pub(super) draining: bool,
     /// Since the last supervisor attached.
-    answered: u64,
-    rescued: u64,
-    answer_within: Duration,
+    pub(super) answered: u64,
+    pub(super) rescued: u64,
+    pub(super) answer_within: Duration,
     /// When the attached supervisor's slots were last looked at.
-    watched: Instant,
+    pub(super) watched: Instant,
 }
 
 /// What one epoll event is about: its data word.
@@ -330,80 +217,6 @@ fn listen(path: &Path) -> Result<(OwnedFd, BoundFile)> {
 }
 
 impl Keeper {
-    /// How often an attached supervisor's slots are looked at: an eighth of
-    /// the bound, so that no call waits much past it.
-    fn watch_tick(&self) -> Duration {
-        (self.answer_within / 8).max(Duration::from_millis(10))
-    }
-
-    /// A live supervisor that leaves a call waiting (SIGSTOP, a deadlock, a
-    /// thread blocked where it should not be) must not hold it for ever:
-    /// a slot whose call, received or waiting to be, has not moved for
-    /// `answer_within` is answered by the keeper, which serves that
-    /// listener, unsignalled, until the supervisor's slot moves again. One
-    /// poll(2) for all held listeners per tick.
-    fn watch_supervisor(&mut self) {
-        use std::sync::atomic::Ordering::Acquire;
-        self.watched = Instant::now();
-        let threshold = self.answer_within.saturating_sub(self.watch_tick());
-        let slots: Vec<u32> =
-            self.kept.iter().filter(|(_, k)| !k.serving || k.covering.is_some()).map(|(&s, _)| s).collect();
-        let waiting = {
-            let mut fds: Vec<nix::poll::PollFd> = slots
-                .iter()
-                .filter_map(|s| self.kept.get(s))
-                .map(|k| nix::poll::PollFd::new(k.listener.as_fd(), nix::poll::PollFlags::POLLIN))
-                .collect();
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
-            fds.iter()
-                .map(|f| f.revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)))
-                .collect::<Vec<bool>>()
-        };
-        for (&slot, waiting) in slots.iter().zip(waiting) {
-            let (Some(cell), Some(last)) = (self.region.cell(slot), self.region.last_received(slot)) else {
-                continue;
-            };
-            let (id, state, epoch) = (last.id, cell.state.load(Acquire), self.region.epoch(slot));
-            let signal = self.region.received(slot).map(|r| r.signal.load(Acquire) as i32);
-            let Some(kept) = self.kept.get_mut(&slot) else { continue };
-            if let Some(covered) = kept.covering {
-                if id != covered {
-                    kept.covering = None;
-                    kept.busy = None;
-                    tracing::warn!(
-                        "listener {slot}: its supervisor answers again; the keeper answered {} calls meanwhile",
-                        kept.answered
-                    );
-                    kept.answered = 0;
-                    self.set_serving(slot, false);
-                    continue;
-                }
-                // Still stuck: a call it was signalling when it stopped is
-                // answered once the signal is out.
-                self.answered += kept.take_over(cell, &last, signal, epoch);
-                continue;
-            }
-            if state == slot::IDLE && !waiting {
-                kept.busy = None;
-                continue;
-            }
-            match kept.busy {
-                Some((seen, since)) if seen == id && since.elapsed() >= threshold => {
-                    tracing::warn!(
-                        "listener {slot}: its supervisor left a call waiting {:?} (stopped? wedged?): \
-                         the keeper answers its calls, unsignalled, until it answers again",
-                        since.elapsed()
-                    );
-                    kept.covering = Some(id);
-                    self.answered += kept.take_over(cell, &last, signal, epoch);
-                    self.set_serving(slot, true);
-                }
-                Some((seen, _)) if seen == id => {}
-                _ => kept.busy = Some((id, Instant::now())),
-            }
-        }
-    }
-
     fn accept(&mut self) {
         let Some(listening) = &self.listening else { return };
         let conn = match fd::accept(listening.as_fd(), false) {
@@ -596,69 +409,11 @@ impl Keeper {
         }
     }
 
-    /// The supervisor is gone: answer what it left unanswered, then every
-    /// call, until another one attaches.
-    fn supervisor_lost(&mut self, why: &str) {
-        if let Some(conn) = self.supervisor.take() {
-            let _ = self.epoll.delete(&conn);
-        }
-        self.intake.watch(&self.epoll);
-        let slots: Vec<u32> = self.kept.iter().filter(|(_, k)| !k.serving).map(|(&s, _)| s).collect();
-        for &slot in &slots {
-            self.rescue(slot);
-        }
-        let stopped = std::mem::take(&mut self.leaving);
-        let what = if stopped { "supervisor stopped" } else { "supervisor gone" };
-        let rescued = if self.rescued > 0 {
-            format!("; {} calls it had received and not answered were answered by their id", self.rescued)
-        } else {
-            String::new()
-        };
-        if slots.is_empty() {
-            tracing::info!("{what} ({why}), holding no listener");
-        } else if stopped {
-            tracing::info!("{what}: answering {} listeners' calls until one attaches{rescued}", slots.len());
-        } else {
-            tracing::warn!(
-                "{what} ({why}): answering {} listeners' calls until one attaches{rescued}",
-                slots.len()
-            );
-        }
-    }
-
-    /// Takes a listener over from its supervisor: answers the notification
-    /// its slot names, and those that may have been received after it.
-    fn rescue(&mut self, slot: u32) {
-        self.set_serving(slot, true);
-        let Some(kept) = self.kept.get_mut(&slot) else { return };
-        let (Some(cell), Some(last)) = (self.region.cell(slot), self.region.last_received(slot)) else {
-            return;
-        };
-        let state = cell.state.swap(slot::IDLE, std::sync::atomic::Ordering::AcqRel);
-        // ID_VALID: received and unanswered.
-        if kept.listener.id_valid(last.id) {
-            // A region without buffers says only whether it was bookkeeping.
-            if last.data.arch == 0 && state == slot::BOOKKEEPING {
-                kept.forget_those_in_bookkeeping_calls();
-            }
-            self.rescued += kept.answer_orphan(&last, None);
-        }
-        // POLLOUT: a notification is still received and unanswered. With
-        // RECV buffers in the region this cannot be; without (a supervisor
-        // of an earlier keeper's region) its id is unknown.
-        if kept.listener.received_unanswered() {
-            tracing::error!(
-                "listener {slot}: a call its supervisor received is still unanswered and its id unknown; \
-                 its caller waits until killed"
-            );
-        }
-    }
-
     /// A listener the keeper answers is in its epoll; one a supervisor
     /// serves is not: even a registration for nothing would put an epoll
     /// callback on every notification's wake-up (measured: +4% on an
     /// unsignalled round trip). The supervisor says when it hangs up.
-    fn set_serving(&mut self, slot: u32, serving: bool) {
+    pub(super) fn set_serving(&mut self, slot: u32, serving: bool) {
         let Some(kept) = self.kept.get_mut(&slot) else { return };
         if kept.serving == serving {
             return;
@@ -690,7 +445,7 @@ impl Keeper {
                 Ok(notif) => {
                     if let Some(call) = handler_calls().classify(notif.data.arch, notif.data.nr) {
                         kept.observe(&notif, call);
-                        if kept.covering.is_some() {
+                        if kept.watch.covering.is_some() {
                             // The stuck supervisor's tables miss this change:
                             // it forgets them when it answers again.
                             if let Some(epoch) = self.region.epoch(slot) {
@@ -721,16 +476,6 @@ impl Keeper {
             self.release(slot);
         }
     }
-}
-
-/// Whether a thread of process `tgid` is inside a bookkeeping call now.
-fn in_bookkeeping_call(tgid: i32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(crate::procfs::path(tgid, "task")) else { return false };
-    tasks.flatten().any(|task| {
-        let nr = std::fs::read_to_string(task.path().join("syscall")).ok();
-        let nr = nr.and_then(|text| i32::try_from(crate::procfs::syscall::number(&text)?).ok());
-        nr.is_some_and(|nr| handler_calls().any_abi(nr))
-    })
 }
 
 fn send(socket: BorrowedFd<'_>, message: &ToSupervisor, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {

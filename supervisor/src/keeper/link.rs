@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use sigvisor_proto::Handoff;
 
-use super::{slot, Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
+use super::custody::Custody;
+use super::{Known, Record, ToKeeper, ToSupervisor, MAX_PACKET};
 use crate::callers::KnownProcess;
 use crate::shared;
 use crate::sys::fd::{self, SockType};
 use crate::sys::process::ProcessFd;
-use crate::sys::region::{Cell, Received, Region, SLOTS};
-use crate::sys::seccomp::{Listener, Notification};
+use crate::sys::region::{Region, SLOTS};
 
 /// How long a keeper just started has to listen.
 const START_LIMIT: Duration = Duration::from_secs(5);
@@ -46,7 +46,7 @@ const SEND_LIMIT: Duration = Duration::from_secs(1);
 
 pub struct Link {
     region: Region,
-    inner: Mutex<Inner>,
+    pub(super) inner: Mutex<Inner>,
     /// How its keeper is started, again when it dies.
     spawn: Spawn,
     /// The supervisor is stopping on purpose: a keeper gone now is not
@@ -56,29 +56,29 @@ pub struct Link {
 
 /// What the keeper was told, under one lock: every message is sent under
 /// it, and a replacement keeper is told it all again under it.
-struct Inner {
+pub(super) struct Inner {
     /// None while the keeper is gone and not replaced yet.
-    socket: Option<OwnedFd>,
+    pub(super) socket: Option<OwnedFd>,
     /// By slot, every listener the keeper holds a copy of.
-    kept: BTreeMap<u32, Told>,
+    pub(super) kept: BTreeMap<u32, Told>,
     /// serve's listening agent socket, which the keeper holds too.
-    agent: Option<(PathBuf, OwnedFd)>,
+    pub(super) agent: Option<(PathBuf, OwnedFd)>,
     /// The keeper, where this process started it: reaped once it died.
-    child: Option<std::process::Child>,
+    pub(super) child: Option<std::process::Child>,
     /// A keeper an earlier serve started, by a pidfd: killed when it is
     /// replaced for taking no message.
-    process: Option<ProcessFd>,
+    pub(super) process: Option<ProcessFd>,
     /// It took no message within `SEND_LIMIT`.
-    wedged: bool,
+    pub(super) wedged: bool,
 }
 
 /// One listener as the keeper was told of it.
-struct Told {
-    listener: Option<OwnedFd>,
-    record: Record,
-    known: Known,
+pub(super) struct Told {
+    pub(super) listener: Option<OwnedFd>,
+    pub(super) record: Record,
+    pub(super) known: Known,
     /// Given back: the keeper answers it.
-    given_back: bool,
+    pub(super) given_back: bool,
 }
 
 /// How a keeper is started for this supervisor.
@@ -108,116 +108,6 @@ pub struct Taken {
     pub adopted: Vec<Adopted>,
     /// The agent socket the keeper held (its path and listening socket).
     pub agent: Option<(PathBuf, OwnedFd)>,
-}
-
-/// One listener's place with the keeper.
-#[derive(Clone)]
-pub struct Custody {
-    pub link: Arc<Link>,
-    pub slot: u32,
-    cell: &'static Cell,
-    epoch: Option<&'static std::sync::atomic::AtomicU64>,
-    buffer: Option<&'static Received>,
-}
-
-impl Custody {
-    /// RECV, into this slot's buffer where the keeper's region has them.
-    #[inline]
-    pub fn recv_once(&self, listener: &Listener) -> io::Result<Notification> {
-        let received = match self.buffer {
-            Some(buffer) => listener.recv_into(buffer),
-            None => listener.recv_once(),
-        };
-        if received.is_ok() {
-            crate::failpoint::after_recv();
-        }
-        received
-    }
-
-    /// The notification received is a call the Trace may signal, or
-    /// bookkeeping: the keeper answers it if this supervisor dies before it
-    /// does (by the id the kernel wrote to the region, or, for a keeper of
-    /// an earlier version, by the id stored here).
-    #[inline]
-    pub fn received(&self, id: u64, bookkeeping: bool) {
-        if self.buffer.is_none() {
-            self.cell.id.store(id, Ordering::Relaxed);
-        }
-        let state = if bookkeeping { slot::BOOKKEEPING } else { slot::CALL };
-        // Unless the keeper took it (covering for this supervisor while it
-        // was stuck, between its RECV and here): then `signalling` fails.
-        let _ = self
-            .cell
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now != slot::TAKEN).then_some(state));
-    }
-
-    /// About to signal the caller: false if the keeper took the call over
-    /// (this supervisor was stuck), and then no signal may be sent. Exactly
-    /// one of the two wins the slot.
-    #[inline]
-    pub fn signalling(&self, signal: i32) -> bool {
-        if let Some(buffer) = self.buffer {
-            buffer.signal.store(signal as u64, Ordering::Relaxed);
-        }
-        self.cell
-            .state
-            .compare_exchange(slot::CALL, slot::SIGNALLING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// The signal was sent (or failed): the keeper may answer again.
-    #[inline]
-    pub fn signal_done(&self) {
-        let _ = self.cell.state.compare_exchange(
-            slot::SIGNALLING,
-            slot::CALL,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-
-    /// It was answered.
-    #[inline]
-    pub fn answered(&self) {
-        self.cell.state.store(slot::IDLE, Ordering::Release);
-    }
-
-    /// How often the keeper answered handler changes for this supervisor
-    /// while it was stuck: when it changes, what the supervisor knows of
-    /// its processes' handlers may be out of date.
-    #[inline]
-    pub fn epoch(&self) -> u64 {
-        self.epoch.map_or(0, |e| e.load(Ordering::Acquire))
-    }
-
-    /// What is known now of these processes' handlers, for a successor.
-    pub fn known(&self, processes: Vec<KnownProcess>) {
-        let mut inner = shared::lock(&self.link.inner);
-        for process in processes {
-            inner.send(&ToKeeper::Known { slot: self.slot, process: process.clone() }, None);
-            if let Some(copy) = inner.kept.get_mut(&self.slot) {
-                copy.known.remember(process);
-            }
-        }
-    }
-
-    /// The listener is done with: its filter has no task left.
-    pub fn release(self) {
-        let mut inner = shared::lock(&self.link.inner);
-        inner.send(&ToKeeper::Release { slot: self.slot }, None);
-        inner.kept.remove(&self.slot);
-    }
-
-    /// This supervisor can no longer serve the listener: the keeper answers
-    /// it from now on.
-    pub fn give_back(self) {
-        let mut inner = shared::lock(&self.link.inner);
-        inner.send(&ToKeeper::GiveBack { slot: self.slot }, None);
-        if let Some(copy) = inner.kept.get_mut(&self.slot) {
-            copy.given_back = true;
-        }
-    }
 }
 
 impl Link {
@@ -496,7 +386,7 @@ impl Holdings {
 
 impl Inner {
     /// Sends one message; false, and said once, if the keeper is gone.
-    fn send(&mut self, message: &ToKeeper, fd: Option<BorrowedFd<'_>>) -> bool {
+    pub(super) fn send(&mut self, message: &ToKeeper, fd: Option<BorrowedFd<'_>>) -> bool {
         let Some(socket) = &self.socket else { return false };
         let sent = serde_json::to_vec(message)
             .map_err(io::Error::other)

@@ -23,9 +23,12 @@
 //! The wire: a SOCK_SEQPACKET unix socket, one JSON message per packet,
 //! with at most one fd (a listener, or the region's memfd).
 
+pub mod custody;
 pub mod hold;
 pub mod intake;
+mod kept;
 pub mod link;
+pub mod rescue;
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use crate::callers::KnownProcess;
 use crate::callers::{self, Caller, Callers};
 use crate::control::registry::{Selection, TraceHandle};
-use crate::keeper::link::Custody;
+use crate::keeper::custody::Custody;
 use crate::output::events::{Describer, Happened};
 use crate::output::skip::Skip;
 use crate::output::stats::Stats;
