@@ -197,3 +197,142 @@ impl Pclntab {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: u64 = 0x40_1000;
+
+    fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A pcvalue table: each (value, bytes of code it holds for).
+    fn pcvalue_table(runs: &[(i64, u64)]) -> Vec<u8> {
+        let (mut out, mut prev) = (Vec::new(), -1i64);
+        for &(value, len) in runs {
+            let delta = value - prev;
+            put_uvarint(&mut out, ((delta << 1) ^ (delta >> 63)) as u64);
+            put_uvarint(&mut out, len);
+            prev = value;
+        }
+        out.push(0);
+        out
+    }
+
+    /// A Go 1.20 table of two functions, as the linker lays it out:
+    /// `main.main` at TEXT (frame 0 for 4 bytes, then 0x18; lines 10, 11)
+    /// and `runtime.goexit` at TEXT+0x40, text ending at TEXT+0x60.
+    fn table(edit: impl FnOnce(&mut Vec<u8>)) -> Option<Pclntab> {
+        let names = b"main.main\0runtime.goexit\0";
+        let cutab = 0u32.to_le_bytes();
+        let filetab = b"/src/main.go\0";
+        let mut pctab = vec![0u8]; // offset 0 means "no table"
+        let mut add = |t: Vec<u8>| {
+            let at = pctab.len() as u32;
+            pctab.extend(t);
+            at
+        };
+        let sp = add(pcvalue_table(&[(0, 4), (0x18, 0x3c)]));
+        let file = add(pcvalue_table(&[(0, 0x40)]));
+        let line = add(pcvalue_table(&[(10, 8), (11, 0x38)]));
+        let goexit_sp = add(pcvalue_table(&[(0, 0x20)]));
+        let header = 8 + 8 * 8;
+        let funcnames = header;
+        let cu = funcnames + names.len();
+        let files = cu + cutab.len();
+        let pc = files + filetab.len();
+        let functab = pc + pctab.len();
+        let mut data = Vec::new();
+        data.extend(0xffff_fff1u32.to_le_bytes());
+        data.extend([0, 0, 1, 8]); // pad, pad, minLC, ptrSize
+        for word in [2, 1, TEXT, funcnames as u64, cu as u64, files as u64, pc as u64, functab as u64] {
+            data.extend(word.to_le_bytes());
+        }
+        data.extend(names);
+        data.extend(cutab);
+        data.extend(filetab);
+        data.extend(&pctab);
+        // functab: (entry offset, record offset) per function, then the end.
+        let records = 3 * 8;
+        let record_len = 9 * 4;
+        for (i, entry) in [0u32, 0x40].into_iter().enumerate() {
+            data.extend(entry.to_le_bytes());
+            data.extend(((records + i * record_len) as u32).to_le_bytes());
+        }
+        data.extend(0x60u32.to_le_bytes());
+        data.extend(0u32.to_le_bytes());
+        // _func: entryOff, nameOff, args, deferreturn, pcsp, pcfile, pcln, npcdata, cuOffset.
+        for field in [0, 0, 0, 0, sp, file, line, 0, 0] {
+            data.extend(field.to_le_bytes());
+        }
+        for field in [0x40, 10, 0, 0, goexit_sp, 0, 0, 0, 0] {
+            data.extend(field.to_le_bytes());
+        }
+        edit(&mut data);
+        Pclntab::parse(data, 0)
+    }
+
+    #[test]
+    fn functions_frames_and_lines() {
+        let t = table(|_| {}).expect("a valid table");
+        let mut budget = Budget::new(1000);
+        let main = t.func(TEXT + 0x10).expect("main.main holds it");
+        assert_eq!((main.entry, t.name(main)), (TEXT, Some("main.main")));
+        assert_eq!(t.sp_delta(main, TEXT, &mut budget), Some(0));
+        assert_eq!(t.sp_delta(main, TEXT + 0x10, &mut budget), Some(0x18));
+        assert_eq!(t.file_line(main, TEXT + 2, &mut budget), Some(("/src/main.go", 10)));
+        assert_eq!(t.file_line(main, TEXT + 0x3f, &mut budget), Some(("/src/main.go", 11)));
+        assert!(!t.is_root(main));
+        let goexit = t.func(TEXT + 0x5f).expect("runtime.goexit holds it");
+        assert_eq!(t.name(goexit), Some("runtime.goexit"));
+        assert!(t.is_root(goexit));
+        assert_eq!(t.file_line(goexit, TEXT + 0x41, &mut budget), None, "no line table");
+        assert!(t.func(TEXT + 0x60).is_none(), "the text ends there");
+        assert!(t.func(TEXT - 1).is_none());
+        assert!(t.func(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn a_spent_budget_ends_the_scan() {
+        let t = table(|_| {}).expect("a valid table");
+        let main = t.func(TEXT).expect("main.main");
+        let mut budget = Budget::new(2);
+        assert_eq!(t.sp_delta(main, TEXT + 0x10, &mut budget), None);
+        assert!(budget.spent());
+    }
+
+    #[test]
+    fn hostile_headers_and_offsets_are_refused() {
+        assert!(table(|d| d[0] = 0).is_none(), "not a pclntab magic");
+        assert!(table(|d| d[7] = 4).is_none(), "32-bit pointers");
+        assert!(table(|d| d[8..16].copy_from_slice(&u64::MAX.to_le_bytes())).is_none(), "nfunc overflows");
+        assert!(
+            table(|d| d[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes())).is_none(),
+            "nfunc past the end"
+        );
+        assert!(table(|d| d.truncate(40)).is_none(), "a header cut short");
+        // Offsets that point past the data give no name, frame or line.
+        let t = table(|d| d[32..40].copy_from_slice(&u64::MAX.to_le_bytes())).expect("parses");
+        let main = t.func(TEXT).expect("main.main");
+        assert_eq!(t.name(main), None);
+        let t = table(|d| d[56..64].copy_from_slice(&(u64::MAX / 2).to_le_bytes())).expect("parses");
+        let main = t.func(TEXT).expect("main.main");
+        assert_eq!(t.sp_delta(main, TEXT, &mut Budget::new(100)), None);
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        let long = vec![b'x'; MAX_NAME + 10];
+        assert_eq!(cstr(&long, 0), None, "no terminator within the limit");
+        assert_eq!(cstr(b"ok\0", 0), Some("ok"));
+        assert_eq!(cstr(b"\xff\0", 0), None, "not UTF-8");
+        let mut at = 0;
+        assert_eq!(uvarint(&[0xff; 11], &mut at), None, "a varint of over 64 bits");
+    }
+}

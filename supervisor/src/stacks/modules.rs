@@ -339,3 +339,70 @@ impl ProcessMap {
         self.mappings.iter().find(|m| (m.start..m.end).contains(&address))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(path: &str) -> Arc<str> {
+        Arc::from(path)
+    }
+
+    /// Where section `name`'s header keeps its offset and size, in an
+    /// ELF64 file's bytes.
+    fn section_header(bytes: &[u8], name: &str) -> usize {
+        let elf = object::File::parse(bytes).expect("an ELF file");
+        let index = elf.section_by_name(name).expect("the section").index().0;
+        let shoff = u64::from_le_bytes(bytes[0x28..0x30].try_into().unwrap()) as usize;
+        let entsize = u16::from_le_bytes(bytes[0x3a..0x3c].try_into().unwrap()) as usize;
+        shoff + index * entsize
+    }
+
+    /// This test's own binary: built with symbols and lines.
+    #[test]
+    fn symbols_lines_and_unwind_tables_of_a_real_binary() {
+        let file = File::open("/proc/self/exe").expect("own binary");
+        let binary = Binary::load(file, named("self")).expect("loads");
+        assert!(binary.unwind.text.is_some() && binary.unwind.eh_frame.is_some());
+        assert!(binary.go.is_none());
+        let (address, _, _) = binary
+            .symbols
+            .iter()
+            .find(|(_, size, name)| *size > 1 && name.ends_with("modules::tests::named"))
+            .expect("this file's own function is among the symbols")
+            .clone();
+        assert_eq!(binary.symbol(address + 1).map(|n| &**n), Some("sigvisor::stacks::modules::tests::named"));
+        assert_eq!(binary.symbol_start(address + 1), Some(address));
+        let (file, line) = binary.line(address).expect("a line from DWARF");
+        assert!(file.ends_with("stacks/modules.rs") && line > 300, "{file}:{line}");
+        assert!(binary.kept > 0 && binary.kept <= MAX_KEPT);
+    }
+
+    #[test]
+    fn a_section_past_the_end_or_over_the_limit_is_refused() {
+        let bytes = std::fs::read("/bin/true").expect("a small system binary");
+        let len = bytes.len() as u64;
+        assert!(Binary::parse(&bytes[..], len, named("/bin/true")).is_ok());
+        let at = section_header(&bytes, ".eh_frame");
+        let mut past = bytes.clone();
+        past[at + 32..at + 40].copy_from_slice(&len.to_le_bytes());
+        let why = Binary::parse(&past[..], len, named("past")).err().expect("refused");
+        assert!(why.contains(".eh_frame claims") && why.contains("past the file's end"), "{why}");
+        let mut huge = bytes.clone();
+        huge[at + 32..at + 40].copy_from_slice(&(MAX_SECTION + 1).to_le_bytes());
+        let why = Binary::parse(&huge[..], len, named("huge")).err().expect("refused");
+        assert!(why.contains("MiB (the limit is 192 MiB)"), "{why}");
+    }
+
+    #[test]
+    fn what_is_not_a_binary_is_refused() {
+        for bytes in [&b""[..], b"#!/bin/sh\n", &[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]] {
+            assert!(Binary::parse(bytes, bytes.len() as u64, named("x")).is_err());
+        }
+        let bytes = std::fs::read("/bin/true").expect("a small system binary");
+        for cut in [64, 1024, bytes.len() / 2] {
+            // Cut short: its section headers (at the end) are gone.
+            assert!(Binary::parse(&bytes[..cut], cut as u64, named("cut")).is_err(), "cut at {cut}");
+        }
+    }
+}
