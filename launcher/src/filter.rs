@@ -28,9 +28,10 @@ fn abis() -> Vec<ScmpArch> {
 }
 
 /// The rules that tell the supervisor every handler change of the `watched`
-/// signals (design.md §8): `rt_sigaction` that sets one (a non-NULL `act`;
-/// queries and other signals run untrapped), i386's older `sigaction` and
-/// `signal` likewise, and `execve`/`execveat`, which reset caught handlers.
+/// signals (docs/design.md#never-crash-a-target): `rt_sigaction` that sets
+/// one (a non-NULL `act`; queries and other signals run untrapped), i386's
+/// older `sigaction` and `signal` likewise, and `execve`/`execveat`, which
+/// reset caught handlers.
 fn add_handler_rules(ctx: &mut ScmpFilterContext, watched: u64) -> Result<()> {
     if watched == 0 {
         return Ok(());

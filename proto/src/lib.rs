@@ -52,9 +52,10 @@ pub const MAX_FDS: usize = 16;
 pub const NEVER_TRAPPED: &[&str] = &["sendmsg", "recvfrom", "execve", "execveat", "exit", "exit_group"];
 
 /// What the supervisor answers a launcher once it holds the listener; any
-/// other answer (`error: ...`), or none within the launcher's deadline,
-/// and the launcher fails fast instead of waiting in its trapped `execve`
-/// for a supervisor that never got the listener (design.md §12).
+/// other answer (`error: ...`), or none within the launcher's deadline, and
+/// the launcher fails fast instead of waiting in its trapped `execve` for a
+/// supervisor that never got the listener
+/// (docs/design.md#what-one-tenant-cannot-do).
 pub const ACK: &[u8] = b"ok\n";
 
 /// A call that sets a signal's handler, the signal its first argument. The
@@ -198,7 +199,8 @@ pub fn parse_signal(value: &str) -> Result<i32, String> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     /// The filter was loaded with `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`.
-    /// Only then may a signal be sent before CONTINUE (design.md §4).
+    /// Only then may a signal be sent before CONTINUE
+    /// (docs/design.md#the-order-recv-signal-continue).
     pub wait_killable: bool,
     /// Sent by `sigvisor-launch` (not by an OCI runtime, whose init would
     /// run under the filter until it execs the container's process).
@@ -405,6 +407,17 @@ mod tests {
         assert_eq!(watched_signals(libc::SIGILL).count_ones(), 5);
         assert_eq!(parse_signal("usr1"), Ok(libc::SIGUSR1));
         assert_eq!(signal_name(libc::SIGILL), "SIGILL");
+    }
+
+    #[test]
+    fn signal_forms() {
+        assert_eq!(parse_signal("SIGUSR1"), Ok(libc::SIGUSR1));
+        assert_eq!(parse_signal("ill"), Ok(libc::SIGILL));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert!(parse_signal("SIGKILL").is_err());
+        assert!(parse_signal("9").is_err());
+        assert!(parse_signal("SIGFOO").is_err());
+        assert!(parse_signal("65").is_err());
     }
 
     #[test]

@@ -64,7 +64,7 @@ const VALUES: &[&str] = &[
 ];
 
 fn check(
-    result: Result<(profile::Trace, profile::Policy), ProfileError>,
+    result: Result<(profile::Trace, sigvisor::trace::policy::Policy), ProfileError>,
     file: &Path,
 ) -> Result<(), TestCaseError> {
     if let Err(e) = result {

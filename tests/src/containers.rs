@@ -217,7 +217,7 @@ impl Server {
     }
 
     /// `sigvisor get trace NAME -o yaml` from this server, parsed.
-    pub fn get(&self, name: &str) -> serde_yaml::Value {
+    pub fn get(&self, name: &str) -> yaml_serde::Value {
         let out = output_bounded(
             Command::new(bin("sigvisor"))
                 .args(["get", "trace", name, "-o", "yaml", "--control"])
@@ -225,7 +225,7 @@ impl Server {
             "sigvisor get",
         );
         assert_eq!(exit_code(&out), 0, "get trace {name}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_yaml::from_slice(&out.stdout).expect("get prints YAML")
+        yaml_serde::from_slice(&out.stdout).expect("get prints YAML")
     }
 
     pub fn pid(&self) -> i32 {
@@ -238,12 +238,12 @@ impl Server {
     }
 
     /// SIGTERM, then the Traces it printed and its log.
-    pub fn stop(mut self) -> (Vec<serde_yaml::Value>, String) {
+    pub fn stop(mut self) -> (Vec<yaml_serde::Value>, String) {
         self.terminate()
     }
 
     /// SIGTERM, then the Traces it printed and its log; it may be restarted.
-    pub fn terminate(&mut self) -> (Vec<serde_yaml::Value>, String) {
+    pub fn terminate(&mut self) -> (Vec<yaml_serde::Value>, String) {
         let child = self.child.take().expect("running");
         // SAFETY: kill takes plain integers.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -251,8 +251,8 @@ impl Server {
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(exit_code(&out), 0, "serve exit status; log:\n{log}");
         let text = std::fs::read_to_string(&self.status).unwrap_or_default();
-        let traces = serde_yaml::Deserializer::from_str(&text)
-            .map(|doc| serde_yaml::Value::deserialize(doc).expect("status YAML"))
+        let traces = yaml_serde::Deserializer::from_str(&text)
+            .map(|doc| yaml_serde::Value::deserialize(doc).expect("status YAML"))
             .collect();
         (traces, log)
     }
@@ -303,8 +303,8 @@ pub fn wrapped_bundle(name: &str, args: &[&str], socket: &Path) -> PathBuf {
 }
 
 /// `status.output` of a Trace, parsed.
-pub fn summary(trace: &serde_yaml::Value) -> serde_yaml::Value {
-    serde_yaml::from_str(trace["status"]["output"].as_str().expect("status.output")).expect("summary YAML")
+pub fn summary(trace: &yaml_serde::Value) -> yaml_serde::Value {
+    yaml_serde::from_str(trace["status"]["output"].as_str().expect("status.output")).expect("summary YAML")
 }
 
 /// A unique container id for this test process.

@@ -96,7 +96,7 @@ pub struct Run {
     /// The fixture's `"event":"started"` lines.
     pub started: Vec<Value>,
     /// The Trace printed at the end, if any.
-    pub trace: Option<serde_yaml::Value>,
+    pub trace: Option<yaml_serde::Value>,
     pub stderr: String,
 }
 
@@ -107,7 +107,7 @@ impl Run {
         let event = |name: &str| lines.iter().filter(|v| v["event"] == name).cloned().collect();
         let trace = std::fs::read_to_string(status_file)
             .ok()
-            .map(|t| serde_yaml::from_str(&t).expect("status is YAML"));
+            .map(|t| yaml_serde::from_str(&t).expect("status is YAML"));
         Run {
             code: exit_code(&out),
             reports: event("done"),
@@ -118,11 +118,11 @@ impl Run {
     }
 
     /// `status.output`, itself a YAML document.
-    pub fn summary(&self) -> serde_yaml::Value {
+    pub fn summary(&self) -> yaml_serde::Value {
         let trace =
             self.trace.as_ref().unwrap_or_else(|| panic!("no status printed; stderr:\n{}", self.stderr));
         let output = trace["status"]["output"].as_str().expect("status.output is a string");
-        serde_yaml::from_str(output).expect("status.output is YAML")
+        yaml_serde::from_str(output).expect("status.output is YAML")
     }
 
     pub fn count(&self, key: &str) -> u64 {

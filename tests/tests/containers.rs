@@ -14,7 +14,7 @@ use sigvisor_tests::*;
 const CLOSER: &[&str] = &["/bin/closer", "--threads", "2", "--closes", "200"];
 
 /// The one container line of the `all` trace, checked for `id`.
-fn container_line(traces: &[serde_yaml::Value], id: &str) -> serde_yaml::Value {
+fn container_line(traces: &[yaml_serde::Value], id: &str) -> yaml_serde::Value {
     let summary = summary(&traces[0]);
     summary["containers"]
         .as_sequence()
@@ -98,7 +98,7 @@ fn crun_patched_listener_is_precise_and_spares_crun_init() {
     assert_eq!(line["signals"], 400);
     // crun's init closes fds under the filter before it execs the container.
     assert!(line["skipped"]["runtime-init"].as_u64() >= Some(1), "{line:?}\n{log}");
-    assert_eq!(traces[0]["status"]["operationWarning"], serde_yaml::Value::Null);
+    assert_eq!(traces[0]["status"]["operationWarning"], yaml_serde::Value::Null);
 }
 
 #[test]

@@ -29,10 +29,10 @@ fn ok(out: &Output) -> String {
 }
 
 /// `get trace NAME -o json`, with `status.output` parsed.
-fn get(control: &Path, name: &str) -> (Value, serde_yaml::Value) {
+fn get(control: &Path, name: &str) -> (Value, yaml_serde::Value) {
     let trace: Value =
         serde_json::from_str(&ok(&verb(control, &["get", "trace", name, "-o", "json"]))).expect("JSON");
-    let summary = serde_yaml::from_str(trace["status"]["output"].as_str().unwrap_or("{}")).expect("summary");
+    let summary = yaml_serde::from_str(trace["status"]["output"].as_str().unwrap_or("{}")).expect("summary");
     (trace, summary)
 }
 

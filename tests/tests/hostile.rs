@@ -27,7 +27,7 @@ fn rss_kib(pid: i32) -> u64 {
 /// Runs `attack` (a program under the same serve) beside a good target;
 /// checks that nobody else noticed; returns the `who` Trace's status and
 /// the attacker's stdout.
-fn beside_a_good_target(name: &str, program: &Path, args: &[&str]) -> (serde_yaml::Value, String) {
+fn beside_a_good_target(name: &str, program: &Path, args: &[&str]) -> (yaml_serde::Value, String) {
     let server = Server::with_profiles(name, &[], &[("who.yaml", WHO)]);
     let good = launch(&server, &["--threads", "2", "--duration-ms", "3000"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -59,13 +59,13 @@ fn beside_a_good_target(name: &str, program: &Path, args: &[&str]) -> (serde_yam
 
     let who = server.get("who");
     let status =
-        serde_yaml::from_str(who["status"]["output"].as_str().unwrap_or("{}")).expect("status output");
+        yaml_serde::from_str(who["status"]["output"].as_str().unwrap_or("{}")).expect("status output");
     drop(server);
     (status, stdout)
 }
 
 /// The frame lines of the stacks whose frames mention `needle`.
-fn stacks_with(status: &serde_yaml::Value, needle: &str) -> Vec<String> {
+fn stacks_with(status: &yaml_serde::Value, needle: &str) -> Vec<String> {
     status["stacks"]
         .as_sequence()
         .into_iter()

@@ -1,11 +1,12 @@
-//! Catching a signal is not surviving it (docs/design.md §8): a handler
-//! that is also the process's handler for a fault signal (SIGSEGV, SIGBUS,
-//! SIGFPE, SIGILL, SIGABRT) is a crash handler, and sigvisor must never
-//! signal it. Real programs nobody here wrote (Go's runtime, gofmt, CPython
-//! with faulthandler, the JVM, bash) run under the seed profile and must do
+//! Catching a signal is not surviving it
+//! (docs/design.md#never-crash-a-target): a handler that is also the
+//! process's handler for a fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+//! SIGABRT) is a crash handler, and sigvisor must never signal it. Real
+//! programs nobody here wrote (Go's runtime, gofmt, CPython with
+//! faulthandler, the JVM, bash) run under the seed profile and must do
 //! exactly what they do without sigvisor; the C fixture shows the counts
-//! (`skipped.crash-handler`), `handler: any`, handlers that come and go
-//! while threads close, and the `si_value` every signal carries.
+//! (`skipped.crash-handler`), `handler: any`, handlers that come and go while
+//! threads close, and the `si_value` every signal carries.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

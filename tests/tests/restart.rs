@@ -16,7 +16,7 @@ const CLOSING: &[&str] = &["--threads", "2", "--duration-ms", "3000"];
 /// Lets the target close under serve, kills serve, lets the keeper answer
 /// alone, then starts serve again; returns the new serve's view of `all`
 /// while the target still runs.
-fn kill_and_restart(server: &mut Server) -> serde_yaml::Value {
+fn kill_and_restart(server: &mut Server) -> yaml_serde::Value {
     thread::sleep(Duration::from_millis(700));
     server.kill();
     thread::sleep(Duration::from_millis(500));
@@ -28,7 +28,7 @@ fn kill_and_restart(server: &mut Server) -> serde_yaml::Value {
 /// The target ran to the end, every close fine, signalled before and after
 /// (`after`: the restarted serve's view); the restarted serve took its
 /// listener back. Returns the keeper's log.
-fn taken_back(server: &mut Server, target: std::process::Child, after: &serde_yaml::Value) -> String {
+fn taken_back(server: &mut Server, target: std::process::Child, after: &yaml_serde::Value) -> String {
     let out = wait_bounded(target, "closer");
     assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert_precise_where_signalled(&report(&out));
@@ -38,9 +38,9 @@ fn taken_back(server: &mut Server, target: std::process::Child, after: &serde_ya
     std::fs::read_to_string(server.state.join("keeper.log")).unwrap_or_default()
 }
 
-fn signals_sent(trace: &serde_yaml::Value) -> u64 {
+fn signals_sent(trace: &yaml_serde::Value) -> u64 {
     let output = trace["status"]["output"].as_str().expect("status.output");
-    let summary: serde_yaml::Value = serde_yaml::from_str(output).expect("summary YAML");
+    let summary: yaml_serde::Value = yaml_serde::from_str(output).expect("summary YAML");
     summary["signalsSent"].as_u64().expect("signalsSent")
 }
 

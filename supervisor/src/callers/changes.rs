@@ -1,9 +1,9 @@
 //! Handler changes: a bookkeeping call (`rt_sigaction`, `signal`,
-//! `sigaction`, an exec) is recorded before its answer, and held as
-//! pending until the kernel has made it; until then a decision needs the
-//! table before and after to agree (design.md §8). The evidence that a
-//! change is made or an exec failed comes from /proc; the rules that read
-//! it (`made`, `ended`) are pure, and tested below without a kernel.
+//! `sigaction`, an exec) is recorded before its answer, and held as pending
+//! until the kernel has made it; until then a decision needs the table before
+//! and after to agree (docs/design.md#never-crash-a-target). The evidence
+//! that a change is made or an exec failed comes from /proc; the rules that
+//! read it (`made`, `ended`) are pure, and tested below without a kernel.
 
 use std::io;
 use std::sync::Arc;

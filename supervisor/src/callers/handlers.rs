@@ -1,5 +1,6 @@
 //! Each supervised process's signal handlers, known from the kernel's own
-//! events rather than guessed from /proc (design.md §8).
+//! events rather than guessed from /proc
+//! (docs/design.md#never-crash-a-target).
 //!
 //! The filter traps every call that sets a handler for a watched signal
 //! (the one sigvisor sends and the fault signals) and every `execve`. While

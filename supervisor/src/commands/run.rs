@@ -20,7 +20,8 @@ use crate::keeper::link::Link;
 use crate::path::notify::{Context, LoopMode};
 use crate::sys::fd::{self, SockType};
 use crate::sys::process;
-use crate::trace::profile::{Policy, Trace};
+use crate::trace::policy::Policy;
+use crate::trace::profile::Trace;
 use sigvisor_proto::exit::FAILED;
 
 pub use crate::sys::process::raise_fd_limit;

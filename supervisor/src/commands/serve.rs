@@ -22,7 +22,8 @@ use crate::intake::attach::{self, Keeping};
 use crate::keeper::link::{Link, Taken};
 use crate::path::notify::{Context, LoopMode};
 use crate::sys::socket;
-use crate::trace::profile::{Policy, Trace};
+use crate::trace::policy::Policy;
+use crate::trace::profile::Trace;
 use crate::trace::state::{Saved, StateDir};
 
 pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";

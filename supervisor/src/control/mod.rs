@@ -7,6 +7,8 @@
 //! closes. Peers other than root and the server's own uid are refused
 //! (SO_PEERCRED): the socket's mode is the first fence, this the second.
 
+mod entry;
+pub mod handle;
 pub mod registry;
 pub mod verbs;
 

@@ -12,14 +12,16 @@
 //! nothing on the notification path.
 
 use std::collections::{btree_map, BTreeMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::entry::{count_container, retire_in, Entry, ListenerRecord, State};
+use super::handle::{Config, Selected, Selection};
 use crate::output::events::Sink;
 use crate::output::stats::Stats;
 use crate::output::status::{self, ContainerLine};
 use crate::trace::container::{self, FilterFacts, Origin};
-use crate::trace::profile::{OutputMode, Policy, RunMode, Trace};
+use crate::trace::policy::{OutputMode, Policy, RunMode};
+use crate::trace::profile::Trace;
 use crate::trace::state::StateDir;
 
 pub const OPERATION_ANNOTATION: &str = "gadget.kinvolk.io/operation";
@@ -45,165 +47,11 @@ impl std::str::FromStr for Operation {
     }
 }
 
-/// What listeners of one Trace read on every notification.
-pub struct TraceHandle {
-    pub name: String,
-    active: AtomicBool,
-    config: RwLock<Arc<Config>>,
-}
-
-/// A Trace's policy and where its events go; replaced whole on apply/start.
-pub struct Config {
-    pub policy: Arc<Policy>,
-    pub sink: Sink,
-}
-
-impl TraceHandle {
-    pub fn active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn set_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
-    }
-}
-
-/// Which Trace selects one live listener, and the counters it keeps there.
-pub type Selected = (Arc<TraceHandle>, Arc<Mutex<Stats>>);
-
-/// A live listener's place in the registry. Traces applied or deleted while
-/// it lives select it anew; the listener notices by `version` (one atomic
-/// load per notification) and takes `current`.
-#[derive(Default)]
-pub struct Selection {
-    version: AtomicU64,
-    current: Mutex<Option<Selected>>,
-}
-
-impl Selection {
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    pub fn current(&self) -> Option<Selected> {
-        crate::shared::lock(&self.current).clone()
-    }
-
-    fn set(&self, selected: Option<Selected>) {
-        *crate::shared::lock(&self.current) = selected;
-        self.version.fetch_add(1, Ordering::Release);
-    }
-}
-
 /// A live listener, for selecting it again.
 struct Attached {
     origin: Origin,
     facts: FilterFacts,
     selection: Arc<Selection>,
-}
-
-/// One listener's share of a Trace, kept for the status after it ends.
-pub struct ListenerRecord {
-    pub origin: Origin,
-    pub stats: Arc<Mutex<Stats>>,
-}
-
-/// `status.state`, as Inspektor Gadget spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    NotStarted,
-    Started,
-    Stopped,
-    /// Every process it supervised is gone (`sigvisor run`).
-    Completed,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::NotStarted => "",
-            State::Started => "Started",
-            State::Stopped => "Stopped",
-            State::Completed => "Completed",
-        }
-    }
-}
-
-struct Entry {
-    trace: Trace,
-    handle: Arc<TraceHandle>,
-    state: State,
-    operation_error: String,
-    warning: Option<String>,
-    /// Why its last save to the state directory failed.
-    unsaved: Option<String>,
-    /// Listeners still running; their counters are read live.
-    listeners: Vec<ListenerRecord>,
-    /// What finished listeners counted, folded in when they ended.
-    finished: Stats,
-    containers: BTreeMap<String, ContainerLine>,
-}
-
-/// Folds an ended listener's counters into its Trace (if it still exists).
-fn retire_in(traces: &mut BTreeMap<String, Entry>, trace: &str, stats: &Arc<Mutex<Stats>>) {
-    let Some(entry) = traces.get_mut(trace) else { return };
-    let Some(at) = entry.listeners.iter().position(|r| Arc::ptr_eq(&r.stats, stats)) else { return };
-    let record = entry.listeners.swap_remove(at);
-    let counted = crate::shared::lock(&record.stats);
-    entry.finished.merge(&counted);
-    count_container(&mut entry.containers, &record.origin, &counted);
-}
-
-/// Adds one listener's counters to a container's line.
-fn count_container(containers: &mut BTreeMap<String, ContainerLine>, origin: &Origin, stats: &Stats) {
-    if origin.id.is_empty() {
-        return;
-    }
-    containers
-        .entry(origin.label())
-        .or_insert_with(|| ContainerLine {
-            id: origin.id.clone(),
-            name: origin.name().to_owned(),
-            pod: origin.pod().to_owned(),
-            namespace: origin.namespace().to_owned(),
-            bundle: origin.bundle.clone(),
-            pid: origin.pid,
-            filter: origin.filter.to_owned(),
-            note: origin.note.clone(),
-            ..ContainerLine::default()
-        })
-        .add(stats);
-}
-
-impl Entry {
-    fn new(trace: Trace, policy: Policy) -> Entry {
-        let sink = Sink::prepare(policy.output_mode);
-        let handle = TraceHandle {
-            name: trace.metadata.name.clone(),
-            active: AtomicBool::new(false),
-            config: RwLock::new(Arc::new(Config { policy: Arc::new(policy), sink })),
-        };
-        Entry {
-            trace,
-            handle: Arc::new(handle),
-            state: State::NotStarted,
-            operation_error: String::new(),
-            warning: None,
-            unsaved: None,
-            listeners: Vec::new(),
-            finished: Stats::default(),
-            containers: BTreeMap::new(),
-        }
-    }
-
-    fn set_state(&mut self, state: State) {
-        self.handle.active.store(state == State::Started, Ordering::Relaxed);
-        self.state = state;
-    }
 }
 
 pub struct Registry {
@@ -377,7 +225,7 @@ impl Registry {
         let mut traces = self.lock();
         let entry = traces.remove(name).ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
         // A listener keeps the handle until it is selected anew; it never acts again.
-        entry.handle.active.store(false, Ordering::Relaxed);
+        entry.handle.set_active(false);
         entry.handle.set_config(Config { policy: entry.handle.config().policy.clone(), sink: Sink::None });
         self.reselect(&mut traces);
         Ok(())

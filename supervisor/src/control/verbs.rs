@@ -88,7 +88,7 @@ pub fn get(resource: &str, name: Option<String>, output: &str, control: PathBuf)
             .map_err(anyhow::Error::from),
             _ => found
                 .iter()
-                .map(serde_yaml::to_string)
+                .map(yaml_serde::to_string)
                 .collect::<Result<Vec<_>, _>>()
                 .map(|docs| docs.join("---\n"))
                 .map_err(Into::into),
@@ -113,7 +113,7 @@ fn table(traces: &[Trace]) -> String {
         let signals = t
             .status
             .as_ref()
-            .and_then(|s| serde_yaml::from_str::<serde_yaml::Value>(&s.output).ok())
+            .and_then(|s| yaml_serde::from_str::<yaml_serde::Value>(&s.output).ok())
             .and_then(|summary| summary["signalsSent"].as_u64())
             .unwrap_or(0);
         rows.push([

@@ -2,16 +2,17 @@
 //! every listener, so that no supervised syscall fails or hangs when the
 //! supervisor dies, restarts or is upgraded.
 //!
-//! Why a copy is enough (design.md §9): the kernel fails trapped calls with
-//! ENOSYS only when a listener's *last* reference closes; while any copy is
-//! open, callers wait. So the supervisor hands a copy of each listener it
-//! receives to the keeper (`link.rs`) and serves it as before; the keeper
-//! (`hold.rs`) only holds it, until the supervisor says it hung up. When the supervisor's connection
-//! ends, however it ends (exit, `kill -9`, OOM, panic), the keeper answers
-//! every call itself with CONTINUE and no signal, until a supervisor
-//! connects again and takes every listener back, with what it had said of
-//! it: the handoff (container, bundle, annotations, filter facts) and the
-//! handlers it knew per process.
+//! Why a copy is enough (docs/design.md#if-the-supervisor-dies-the-keeper):
+//! the kernel fails trapped calls with ENOSYS only when a listener's *last*
+//! reference closes; while any copy is open, callers wait. So the supervisor
+//! hands a copy of each listener it receives to the keeper (`link.rs`) and
+//! serves it as before; the keeper (`hold.rs`) only holds it, until the
+//! supervisor says it hung up. When the supervisor's connection ends, however
+//! it ends (exit, `kill -9`, OOM, panic), the keeper answers every call
+//! itself with CONTINUE and no signal, until a supervisor connects again and
+//! takes every listener back, with what it had said of it: the handoff
+//! (container, bundle, annotations, filter facts) and the handlers it knew
+//! per process.
 //!
 //! A notification the dead supervisor had received but not answered is
 //! reachable only by its id: the supervisor leaves each id it receives in a

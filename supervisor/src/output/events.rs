@@ -22,7 +22,7 @@ use crate::output::skip::Skip;
 use crate::stacks::Stack;
 use crate::sys::seccomp::{Listener, Notification};
 use crate::trace::container::Origin;
-use crate::trace::profile::OutputMode;
+use crate::trace::policy::OutputMode;
 
 /// The directory serve writes File outputs in (`--output-dir`).
 pub struct OutputDir {

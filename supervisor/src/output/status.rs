@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::output::stats::Stats;
-use crate::trace::profile::{self, Policy, Trace, TraceStatus};
+use crate::trace::policy::Policy;
+use crate::trace::profile::{Trace, TraceStatus};
 
 /// Threads listed in `status.output`, busiest first.
 const TOP_THREADS: usize = 20;
@@ -135,7 +136,7 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
     threads.sort_by(|a, b| b.notifications.cmp(&a.notifications).then(a.tid.cmp(&b.tid)));
     threads.truncate(TOP_THREADS);
     let summary = Summary {
-        signal: if policy.send_signal { profile::signal_name(policy.signal) } else { "none".into() },
+        signal: if policy.send_signal { sigvisor_proto::signal_name(policy.signal) } else { "none".into() },
         syscalls: &policy.syscalls,
         notifications: stats.notifications,
         signals_sent: stats.signals,
@@ -155,7 +156,7 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
         stacks_missed: (stats.stacks_missed > 0)
             .then_some(StacksMissed { count: stats.stacks_missed, reasons: &stats.stack_misses }),
     };
-    serde_yaml::to_string(&summary).unwrap_or_else(|e| format!("unrenderable summary: {e}\n"))
+    yaml_serde::to_string(&summary).unwrap_or_else(|e| format!("unrenderable summary: {e}\n"))
 }
 
 fn top_stacks(stats: &Stats) -> Vec<StackLine<'_>> {
@@ -185,7 +186,7 @@ pub fn not_watched_warning(signal: i32) -> String {
         "the seccomp filter does not trap handler changes for {} (a runtime's own filter without \
          sigvisor's rules, or one built for another signal): handlers are read from /proc at every \
          call, and a crash handler is recognised only by its process catching a fault signal too",
-        profile::signal_name(signal)
+        sigvisor_proto::signal_name(signal)
     )
 }
 
@@ -213,7 +214,7 @@ pub fn write_status(traces: &[Trace], file: Option<&Path>) -> Result<()> {
     let mut yaml = String::new();
     for trace in traces {
         yaml.push_str("---\n");
-        yaml.push_str(&serde_yaml::to_string(trace).context("rendering the Trace status")?);
+        yaml.push_str(&yaml_serde::to_string(trace).context("rendering the Trace status")?);
     }
     match file {
         Some(path) => {

@@ -7,7 +7,7 @@ use crate::callers::{Caller, Callers};
 use crate::output::skip::Skip;
 use crate::sys::seccomp::{Listener, Notification};
 use crate::trace::container;
-use crate::trace::profile::Policy;
+use crate::trace::policy::Policy;
 
 pub enum Decision {
     Signal(Caller),
@@ -127,7 +127,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::trace::profile::{parse_comm, parse_when, OutputMode, Policy, RunMode};
+    use crate::trace::policy::{parse_comm, parse_when, OutputMode, Policy, RunMode};
 
     /// Processes as a table: tid -> (tgid, process name, threads, verdict).
     #[derive(Default)]

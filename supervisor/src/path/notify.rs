@@ -1,11 +1,11 @@
 //! The notification loop: one per listener, and how it waits. What it does
 //! with each notification is `pipeline.rs`.
 //!
-//! Two ways to wait, because they cost differently (design.md §7):
+//! Two ways to wait, because they cost differently
+//! (docs/design.md#how-a-listener-waits):
 //! - **async**: tokio's `AsyncFd` (epoll). An idle listener costs one task
-//!   and no thread, but epoll loses the synchronous wake-up (4x slower per
-//!   notification in design.md's C figures, about 3x the hot thread in
-//!   docs/benchmarks.md).
+//!   and no thread, but epoll loses the synchronous wake-up (3x to 8x the
+//!   hot thread's cost per notification in docs/benchmarks.md).
 //! - **hot**: a dedicated thread blocked in RECV on this listener, which
 //!   keeps `SYNC_WAKE_UP`'s same-CPU hand-off. A listener that bursts moves
 //!   here (bounded by a semaphore: at most a few threads), and returns to

@@ -1,12 +1,13 @@
 //! One notification, from RECV to CONTINUE: decide → signal the calling
 //! thread → SEND CONTINUE, then record what happened.
 //!
-//! The order is forced by the kernel (design.md §4): with
-//! WAIT_KILLABLE_RECV, a received notification's caller waits killable
-//! only, so a signal sent before CONTINUE stays pending, the syscall runs,
-//! and the handler runs at the syscall's return site. Sent after CONTINUE it
-//! lands late, possibly in the thread's next trapped syscall; without the
-//! flag it interrupts the syscall. `decision` refuses the latter case.
+//! The order is forced by the kernel
+//! (docs/design.md#the-order-recv-signal-continue): with WAIT_KILLABLE_RECV,
+//! a received notification's caller waits killable only, so a signal sent
+//! before CONTINUE stays pending, the syscall runs, and the handler runs at
+//! the syscall's return site. Sent after CONTINUE it lands late, possibly in
+//! the thread's next trapped syscall; without the flag it interrupts the
+//! syscall. `decision` refuses the latter case.
 //!
 //! The syscalls come first and the counting after: no lock is held across
 //! a syscall (the registry reads the counters for the Trace's status), and
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::callers::KnownProcess;
 use crate::callers::{self, Caller, Callers};
-use crate::control::registry::{Selection, TraceHandle};
+use crate::control::handle::{Selection, TraceHandle};
 use crate::keeper::custody::Custody;
 use crate::output::events::{Describer, Happened};
 use crate::output::skip::Skip;
@@ -308,7 +309,7 @@ impl Pipeline {
     /// The decision, and the signal if it says so: before the answer.
     fn decide_and_signal(
         &mut self,
-        policy: &crate::trace::profile::Policy,
+        policy: &crate::trace::policy::Policy,
         listener: &Listener,
         notif: &Notification,
     ) -> Outcome {

@@ -2,7 +2,7 @@
 //! handler which call it was.
 //!
 //! `notif.pid` is a tid, and tids are recycled. The caller's entry pins one
-//! thread (`caller.rs`) and was proven alive after the notification was
+//! thread (`callers/mod.rs`) and was proven alive after the notification was
 //! received: it held the tid from before the call until then, so it is the
 //! caller. The signal goes through the pin (`pidfd_send_signal`, Linux 6.9);
 //! if the caller died since, that fails with ESRCH. Older kernels get

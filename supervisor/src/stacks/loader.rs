@@ -1,18 +1,19 @@
 //! Loading the target's binaries: with a deadline, on threads of their own,
 //! into one cache with a memory limit.
 //!
-//! A binary is a file the target may control, and a file can make its
-//! reader wait: an `open` waits out a write lease (`fcntl(F_SETLEASE)`, 45 s
-//! here, design.md §12) unless it is `O_NONBLOCK`; a read of a FUSE file or
-//! a dead NFS mount can wait for ever, and only giving up on the reader
-//! helps. So each load runs on a loader thread and the unwinder waits for it
-//! at most `DEADLINE`; a load that overruns is abandoned and the binary is
-//! marked unloadable, with the reason, until its thread returns: a slow
-//! load that does finish is then kept (views read after it name its
-//! frames), a failed one is remembered for `RETRY_AFTER`. While an abandoned load is stuck, no other
-//! file of its device (a FUSE mount is a device of its own) is loaded, so
-//! one tenant's blocking mount costs one stuck thread, not one per file;
-//! and at most `MAX_LOADERS` loader threads exist, stuck ones included.
+//! A binary is a file the target may control, and a file can make its reader
+//! wait: an `open` waits out a write lease (`fcntl(F_SETLEASE)`, 45 s here,
+//! docs/design.md#what-one-tenant-cannot-do) unless it is `O_NONBLOCK`; a
+//! read of a FUSE file or a dead NFS mount can wait for ever, and only giving
+//! up on the reader helps. So each load runs on a loader thread and the
+//! unwinder waits for it at most `DEADLINE`; a load that overruns is
+//! abandoned and the binary is marked unloadable, with the reason, until its
+//! thread returns: a slow load that does finish is then kept (views read
+//! after it name its frames), a failed one is remembered for `RETRY_AFTER`.
+//! While an abandoned load is stuck, no other file of its device (a FUSE
+//! mount is a device of its own) is loaded, so one tenant's blocking mount
+//! costs one stuck thread, not one per file; and at most `MAX_LOADERS` loader
+//! threads exist, stuck ones included.
 
 use std::collections::HashMap;
 use std::fs::File;

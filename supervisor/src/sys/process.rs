@@ -11,7 +11,7 @@ use nix::unistd::{geteuid, Pid};
 static ORIGINAL_FD_LIMIT: OnceLock<(u64, u64)> = OnceLock::new();
 
 /// Lifts sigvisor's soft limit on open fds to the hard one: each supervised
-/// thread may hold a few (caller.rs), and 1024 is soon reached.
+/// thread may hold a few (callers/mod.rs), and 1024 is soon reached.
 pub fn raise_fd_limit() {
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = ORIGINAL_FD_LIMIT.set((soft, hard));

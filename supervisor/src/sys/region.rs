@@ -2,7 +2,8 @@
 //! slot per listener, where the supervisor says what it is doing with the
 //! notification it is answering. If it dies there, the keeper still knows
 //! which id to answer (a received notification is reachable only by its id,
-//! design.md §9). A memfd mapped by both: no syscall, no lock.
+//! docs/design.md#if-the-supervisor-dies-the-keeper). A memfd mapped by both:
+//! no syscall, no lock.
 //!
 //! The supervisor RECVs straight into its slot's `Received` buffer, so the
 //! id is in the region when the ioctl returns: the kernel's copy to user

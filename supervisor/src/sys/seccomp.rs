@@ -102,9 +102,10 @@ impl Listener {
         check(unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) })
     }
 
-    /// Asks the kernel to wake this listener's receiver, and later the caller,
-    /// on the waker's CPU (6.6+): a synchronous hand-off that cuts the round
-    /// trip ~4x for a receiver blocked in RECV or poll (design.md §7).
+    /// Asks the kernel to wake this listener's receiver, and later the
+    /// caller, on the waker's CPU (6.6+): a synchronous hand-off that cuts
+    /// the round trip ~4x for a receiver blocked in RECV or poll
+    /// (docs/design.md#how-a-listener-waits).
     pub fn enable_sync_wake_up(&self) -> io::Result<()> {
         // SAFETY: SET_FLAGS reads one u64 flag word.
         check(unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, FD_SYNC_WAKE_UP) })

@@ -9,56 +9,18 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sigvisor_proto::parse_signal;
+
+use super::policy::{
+    parse_comm, parse_min_threads, parse_syscalls, parse_when, OutputMode, Policy, RunMode, HANDLERS,
+    PARAMETERS,
+};
 
 pub const API_VERSION: &str = "gadget.kinvolk.io/v1alpha1";
 pub const KIND: &str = "Trace";
 pub const GADGETS: &[&str] = &["signal"];
 pub const RUN_MODES: &[&str] = &["Auto", "Manual"];
 pub const OUTPUT_MODES: &[&str] = &["Status", "Stream", "File"];
-
-/// `spec.runMode`: Auto starts when the Trace is created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunMode {
-    Auto,
-    Manual,
-}
-
-/// `spec.outputMode`: where what a Trace sees goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputMode {
-    /// A summary in `status.output`, kept current.
-    Status,
-    /// JSON lines to `sigvisor stream` followers.
-    Stream,
-    /// JSON lines appended to `spec.output`.
-    File,
-}
-
-impl RunMode {
-    /// From a value `parse` checked.
-    fn of(value: &str) -> RunMode {
-        if value == "Auto" {
-            RunMode::Auto
-        } else {
-            RunMode::Manual
-        }
-    }
-}
-
-impl OutputMode {
-    /// From a value `parse` checked.
-    fn of(value: &str) -> OutputMode {
-        match value {
-            "Stream" => OutputMode::Stream,
-            "File" => OutputMode::File,
-            _ => OutputMode::Status,
-        }
-    }
-}
-/// Accepted keys of `spec.parameters`, documented in docs/profiles.md.
-pub const PARAMETERS: &[&str] = &["signal", "handler", "syscalls", "min-threads", "comm", "when", "stacks"];
-/// Values of `spec.parameters.handler`.
-pub const HANDLERS: &[&str] = &["own", "any"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -92,7 +54,7 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_fields: Option<serde_yaml::Value>,
+    pub managed_fields: Option<yaml_serde::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,7 +72,7 @@ pub struct TraceSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub output: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub parameters: BTreeMap<String, serde_yaml::Value>,
+    pub parameters: BTreeMap<String, yaml_serde::Value>,
 }
 
 fn default_run_mode() -> String {
@@ -145,48 +107,6 @@ pub struct TraceStatus {
     pub operation_error: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub operation_warning: String,
-}
-
-/// What a validated Trace asks the supervisor to do.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    pub run_mode: RunMode,
-    pub output_mode: OutputMode,
-    /// Signal sent to the calling thread (and whose handler the filter
-    /// watches); with `send_signal` false (`signal: none`), none is sent.
-    pub signal: i32,
-    pub send_signal: bool,
-    /// `stacks: "true"`: sigvisor captures the calling thread's stack.
-    pub stacks: bool,
-    /// `handler: any`: crash handlers are signalled too (the user knows
-    /// better); by default only a handler meant for this signal is.
-    pub any_handler: bool,
-    /// Syscall names the filter traps.
-    pub syscalls: Vec<String>,
-    /// Only processes with at least this many threads are signalled.
-    pub min_threads: u32,
-    /// Only processes whose name (comm) matches this glob are signalled.
-    pub comm: Option<glob::Pattern>,
-    /// Which of a process's signallable calls are signalled.
-    pub when: Option<When>,
-}
-
-/// strace's `first[..last][+step]`: calls first, first+step, … up to last
-/// (1-based, inclusive). `N` alone is the N-th call only; `N..` or `N+S`
-/// without a last goes on for ever.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct When {
-    pub first: u64,
-    pub last: Option<u64>,
-    pub step: u64,
-}
-
-impl When {
-    pub fn selects(&self, n: u64) -> bool {
-        n >= self.first
-            && self.last.is_none_or(|last| n <= last)
-            && (n - self.first).is_multiple_of(self.step)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,14 +144,18 @@ pub fn load(file: &Path) -> Result<(Trace, Policy), ProfileError> {
 
 pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
     let check = Check { file };
-    let trace: Trace = serde_yaml::from_str(text).map_err(|e| {
-        // serde_yaml puts the field path first ("spec.runMode: ..."); keep
-        // it as the field so every error reads the same way.
-        let text = e.to_string();
-        match text.split_once(": ") {
-            Some((path, rest)) if !path.contains(' ') => check.err(path, rest),
-            _ => check.err("(document)", text),
-        }
+    // Two steps, so that an error names its field without reading a
+    // library's message text: the YAML document (a syntax error says where),
+    // then the Trace out of it, the failing field's path kept by
+    // serde_path_to_error (a document value carries no position, so the
+    // message is the deserializer's own: what was found, what is expected).
+    let mut document: yaml_serde::Value =
+        yaml_serde::from_str(text).map_err(|e| check.err("(document)", e))?;
+    unset_nulls(&mut document);
+    let trace: Trace = serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "(document)" } else { path.as_str() };
+        check.err(field, e.inner())
     })?;
     check.one_of("apiVersion", &trace.api_version, &[API_VERSION])?;
     check.one_of("kind", &trace.kind, &[KIND])?;
@@ -256,7 +180,22 @@ pub fn parse(text: &str, file: &Path) -> Result<(Trace, Policy), ProfileError> {
     Ok((trace, policy))
 }
 
-fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Result<Policy, ProfileError> {
+/// A field given as `~` or left empty (`node:`) is unset, as the
+/// Kubernetes API server reads a custom resource: it takes its default,
+/// or is missing if it has none.
+fn unset_nulls(value: &mut yaml_serde::Value) {
+    match value {
+        yaml_serde::Value::Mapping(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(unset_nulls);
+        }
+        yaml_serde::Value::Sequence(items) => items.iter_mut().for_each(unset_nulls),
+        yaml_serde::Value::Tagged(tagged) => unset_nulls(&mut tagged.value),
+        _ => {}
+    }
+}
+
+fn policy(check: &Check, parameters: &BTreeMap<String, yaml_serde::Value>) -> Result<Policy, ProfileError> {
     let mut policy = Policy {
         run_mode: RunMode::Manual,
         output_mode: OutputMode::Status,
@@ -272,9 +211,9 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
     for (key, value) in parameters {
         let field = format!("spec.parameters.{key}");
         let value = match value {
-            serde_yaml::Value::String(s) => s.clone(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
+            yaml_serde::Value::String(s) => s.clone(),
+            yaml_serde::Value::Number(n) => n.to_string(),
+            yaml_serde::Value::Bool(b) => b.to_string(),
             _ => return Err(check.err(&field, "must be a string (parameters are a map of string to string)")),
         };
         match key.as_str() {
@@ -308,8 +247,6 @@ fn policy(check: &Check, parameters: &BTreeMap<String, serde_yaml::Value>) -> Re
     Ok(policy)
 }
 
-pub use sigvisor_proto::{parse_signal, signal_name};
-
 /// A Trace's name follows Kubernetes' rule for object names (an RFC 1123
 /// subdomain): it is also the file the Trace is saved as, so it can
 /// never be a path.
@@ -328,83 +265,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!("invalid value {name:?}; {RULE}"))
     }
-}
-
-/// Comma-separated syscall names known to libseccomp, minus those the
-/// launcher itself must call after loading the filter.
-pub fn parse_syscalls(value: &str) -> Result<Vec<String>, String> {
-    let names: Vec<String> =
-        value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    if names.is_empty() {
-        return Err(format!(
-            "invalid value {value:?}; accepted: comma-separated syscall names, e.g. close,openat"
-        ));
-    }
-    for name in &names {
-        if sigvisor_proto::HANDLER_SYSCALLS.contains(&name.as_str()) {
-            return Err(format!(
-                "invalid value {name:?}: sigvisor traps it itself, to know each process's signal handlers \
-                 (reserved: {})",
-                sigvisor_proto::HANDLER_SYSCALLS.join(", ")
-            ));
-        }
-        if sigvisor_proto::NEVER_TRAPPED.contains(&name.as_str()) {
-            return Err(format!(
-                "invalid value {name:?}: the launcher needs it to start the target; it cannot be trapped \
-                 (never trapped: {})",
-                sigvisor_proto::NEVER_TRAPPED.join(", ")
-            ));
-        }
-        if libseccomp::ScmpSyscall::from_name(name).is_err() {
-            return Err(format!("invalid value {name:?}: not a syscall name on this system; accepted: names such as close, openat, read"));
-        }
-    }
-    Ok(names)
-}
-
-pub fn parse_min_threads(value: &str) -> Result<u32, String> {
-    match value.trim().parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("invalid value {value:?}; accepted: a whole number of threads, 1 or more")),
-    }
-}
-
-/// A glob (`*`, `?`, `[...]`) matched against the whole process name; the
-/// kernel keeps at most 15 bytes of it.
-pub fn parse_comm(value: &str) -> Result<glob::Pattern, String> {
-    let accepted = "accepted: a glob matched against the whole process name (comm, at most 15 bytes), \
-                    e.g. gosignal or gosi*";
-    if value.is_empty() {
-        return Err(format!("invalid value {value:?}; {accepted}"));
-    }
-    glob::Pattern::new(value).map_err(|e| format!("invalid value {value:?}: {e}; {accepted}"))
-}
-
-pub fn parse_when(value: &str) -> Result<When, String> {
-    let bad = || {
-        format!(
-            "invalid value {value:?}; accepted: first[..last][+step] as in strace, counting from 1, \
-             e.g. 3 (the 3rd only), 2..5, 10.. (10th on), 1+10 (every 10th), 5..50+5"
-        )
-    };
-    let number = |s: &str| s.parse::<u64>().ok().filter(|n| *n >= 1);
-    let (range, step) = match value.trim().split_once('+') {
-        Some((range, step)) => (range, Some(number(step).ok_or_else(bad)?)),
-        None => (value.trim(), None),
-    };
-    let (first, last) = match range.split_once("..") {
-        Some((first, "")) => (number(first).ok_or_else(bad)?, None),
-        Some((first, last)) => (number(first).ok_or_else(bad)?, Some(number(last).ok_or_else(bad)?)),
-        // `N` alone is the N-th only; `N+S` runs on.
-        None => {
-            let first = number(range).ok_or_else(bad)?;
-            (first, if step.is_some() { None } else { Some(first) })
-        }
-    };
-    if last.is_some_and(|last| last < first) {
-        return Err(bad());
-    }
-    Ok(When { first, last, step: step.unwrap_or(1) })
 }
 
 #[cfg(test)]
@@ -437,41 +297,29 @@ spec:
     }
 
     #[test]
-    fn when_forms() {
-        let picks = |w: &str| (1..=30).filter(|n| parse_when(w).unwrap().selects(*n)).collect::<Vec<_>>();
-        assert_eq!(picks("3"), vec![3]);
-        assert_eq!(picks("2..4"), vec![2, 3, 4]);
-        assert_eq!(picks("28.."), vec![28, 29, 30]);
-        assert_eq!(picks("1+10"), vec![1, 11, 21]);
-        assert_eq!(picks("5..20+5"), vec![5, 10, 15, 20]);
-        for bad in ["", "0", "x", "3..2", "1+0", "..3", "1..2..3"] {
-            assert!(parse_when(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn signal_forms() {
-        assert_eq!(parse_signal("SIGUSR1"), Ok(libc::SIGUSR1));
-        assert_eq!(parse_signal("ill"), Ok(libc::SIGILL));
-        assert_eq!(parse_signal("10"), Ok(10));
-        assert!(parse_signal("SIGKILL").is_err());
-        assert!(parse_signal("9").is_err());
-        assert!(parse_signal("SIGFOO").is_err());
-        assert!(parse_signal("65").is_err());
-    }
-
-    #[test]
     fn errors_name_field_value_and_accepted() {
         let e = err(&SEED.replace("Manual", "Sometimes"));
         assert_eq!(e.field, "spec.runMode");
         assert!(e.message.contains("\"Sometimes\"") && e.message.contains("Auto, Manual"), "{e}");
         let e = err(&SEED.replace("  node: minikube\n", "  node: minikube\n  colour: red\n"));
+        assert_eq!(e.field, "spec.colour");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        let e = err(&SEED.replace("  gadget: signal\n", "  gadget:\n"));
         assert_eq!(e.field, "spec");
-        assert!(e.message.contains("colour"), "{e}");
+        assert!(e.message.contains("missing field `gadget`"), "{e}");
+        let (trace, _) =
+            parse(&SEED.replace("  node: minikube\n", "  node:\n"), Path::new("t.yaml")).unwrap();
+        assert_eq!(trace.spec.node, "");
         let e = err(&format!("{SEED}  parameters:\n    syscalls: close,nosuch\n"));
         assert_eq!(e.field, "spec.parameters.syscalls");
         let e = err(&format!("{SEED}  parameters:\n    syscalls: execve\n"));
         assert!(e.message.contains("cannot be trapped"), "{e}");
+        let e = err(&SEED.replace("runMode: Manual", "runMode: [Manual]"));
+        assert_eq!(e.field, "spec.runMode");
+        assert!(e.message.contains("expected a string"), "{e}");
+        let e = err("{{{{");
+        assert_eq!(e.field, "(document)");
+        assert!(e.message.contains(" at line "), "{e}");
         let e = err(&format!("{SEED}  parameters:\n    colour: red\n"));
         assert!(e.message.contains("accepted: signal, handler, syscalls, min-threads, comm, when"), "{e}");
     }

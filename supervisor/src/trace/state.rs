@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::trace::profile::{self, Policy, Trace, TraceStatus};
+use crate::trace::policy::Policy;
+use crate::trace::profile::{self, Trace, TraceStatus};
 
 pub struct StateDir {
     traces: PathBuf,
@@ -101,7 +102,7 @@ impl StateDir {
 }
 
 fn write_atomically(file: &Path, trace: &Trace) -> Result<()> {
-    let text = serde_yaml::to_string(trace)?;
+    let text = yaml_serde::to_string(trace)?;
     let temporary = file.with_extension("yaml.new");
     let written = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, file));
     if written.is_err() {
