@@ -196,6 +196,12 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// A second serve with this one's command line, run to its end: a
+    /// serve that is refused.
+    pub fn second(&self) -> Output {
+        output_bounded(Command::new(bin("sigvisor")).args(&self.args), "a second serve on the same sockets")
+    }
+
     /// `kill -9` of serve: nothing of it runs any more, its keeper does.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

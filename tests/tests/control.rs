@@ -286,6 +286,22 @@ fn peers_that_are_not_root_are_refused() {
     drop(server);
 }
 
+/// A second serve on the same sockets is refused, names the one running,
+/// and leaves it serving.
+#[test]
+fn a_second_serve_on_the_same_sockets_is_refused() {
+    let server = Server::start("twice", &[]);
+    let out = server.second();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    let named = format!("already serving on {} (pid {})", server.control.display(), server.pid());
+    assert!(stderr.contains(&named), "names the running serve ({named}): {stderr}");
+    assert!(stderr.contains("--socket, --control, --keeper and --state-dir of its own"), "{stderr}");
+    let (trace, _) = get(&server.control, "all");
+    assert_eq!(trace["status"]["state"], "Started", "the first serves on");
+    assert!(server.socket.exists() && server.control.exists(), "its sockets are left alone");
+}
+
 #[test]
 fn no_server_says_how_to_start_one() {
     let out =

@@ -1,5 +1,6 @@
 //! One listener the keeper holds: what its supervisor said of it, and
 //! what the keeper records while it answers the listener itself.
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::AtomicU64;
 

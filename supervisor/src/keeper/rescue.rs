@@ -4,6 +4,7 @@
 //! one of the two answers each call: they race for its slot in the shared
 //! region (keeper/mod.rs, `slot`), and the rules of that race (`take_slot`)
 //! and of "stuck" (`Watch::step`) are pure, tested here without a kernel.
+#![forbid(unsafe_code)]
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -44,11 +44,21 @@ fn identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
 /// Whether nothing listens at the socket file `path` any more: only a
 /// refused connection says so (a full backlog, EAGAIN, is a live socket).
 pub fn stale(path: &Path) -> Result<bool> {
+    Ok(listening(path)?.is_none())
+}
+
+/// Who listens at the socket file `path`: `Some` pid (0 where the kernel
+/// cannot say) while it is live, `None` once it is stale.
+fn listening(path: &Path) -> Result<Option<i32>> {
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(true),
+        // The listener's credentials are those of whoever called listen().
+        Ok(stream) => Ok(Some(
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_or(0, |c| c.pid()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(None),
         // A SOCK_SEQPACKET socket (the keeper's) refuses a stream connection.
-        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Ok(Some(0)),
         Err(e) => bail!("cannot tell whether {} is in use: {e}", path.display()),
     }
 }
@@ -97,8 +107,13 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
             .with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
-        if !stale(path)? {
-            bail!("another supervisor is already serving on {}", path.display());
+        if let Some(pid) = listening(path)? {
+            let by = if pid > 0 { format!(" (pid {pid})") } else { String::new() };
+            bail!(
+                "another supervisor is already serving on {}{by}: stop it, or give this one a \
+                 --socket, --control, --keeper and --state-dir of its own",
+                path.display()
+            );
         }
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
