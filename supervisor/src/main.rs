@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sigvisor::commands::instance::{self, Instance};
 use sigvisor::commands::{oci, run, serve};
 use sigvisor::control::verbs;
 use sigvisor::path::notify;
@@ -76,12 +77,18 @@ enum Command {
     Serve {
         /// Profiles, or directories of them (*.yaml, *.yml).
         profiles: Vec<PathBuf>,
-        /// The socket to listen on (created mode 0600, its directory if missing).
-        #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_SOCKET)]
+        /// The socket to listen on (created mode 0600, its directory if
+        /// missing). It names this serve instance: the paths below follow
+        /// from it unless given (for DIR/NAME.sock: DIR/NAME.control.sock,
+        /// DIR/NAME.keeper.sock, /var/lib/sigvisor/instances/ESCAPED, as
+        /// `systemd-escape --path` writes the socket's path; for the
+        /// default socket, the defaults shown).
+        #[arg(long, value_name = "PATH", default_value = instance::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// The control socket for apply, get, operation, stream and delete.
-        #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_CONTROL)]
-        control: PathBuf,
+        /// The control socket for apply, get, operation, stream and delete
+        /// [default: /run/sigvisor/control.sock].
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
         /// This node's name, matched against spec.node (default: the hostname).
         #[arg(long, value_name = "NAME")]
         node: Option<String>,
@@ -94,13 +101,14 @@ enum Command {
         /// The keeper's socket. The keeper holds a copy of every listener,
         /// so that when serve stops, restarts or dies, the containers' calls
         /// still complete (answered unsignalled) and a new serve takes them
-        /// back; serve starts one here if none listens.
-        #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_KEEPER)]
-        keeper: PathBuf,
+        /// back; serve starts one here if none listens
+        /// [default: /run/sigvisor/keeper.sock].
+        #[arg(long, value_name = "PATH")]
+        keeper: Option<PathBuf>,
         /// Where the Traces (and their states) are kept across restarts,
-        /// and the keeper's log.
-        #[arg(long, value_name = "DIR", default_value = serve::DEFAULT_STATE)]
-        state_dir: PathBuf,
+        /// and the keeper's log [default: /var/lib/sigvisor].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         /// The one directory File outputs are written in: a Trace's
         /// spec.output is a relative path inside it (no '..', no symbolic
         /// link), created 0600. Default: STATE_DIR/outputs.
@@ -197,15 +205,27 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ControlArg {
-    /// The control socket of the sigvisor to talk to.
-    #[arg(long = "control", value_name = "PATH", default_value = serve::DEFAULT_CONTROL)]
-    path: PathBuf,
+    /// The control socket of the sigvisor to talk to
+    /// [default: /run/sigvisor/control.sock].
+    #[arg(long = "control", value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Or: the serve instance listening on this agent socket (its control
+    /// socket follows from it, as `serve --socket` says).
+    #[arg(long, value_name = "PATH", conflicts_with = "control")]
+    socket: Option<PathBuf>,
+}
+
+impl ControlArg {
+    fn path(self) -> PathBuf {
+        let socket = self.socket.unwrap_or_else(|| instance::DEFAULT_SOCKET.into());
+        Instance::of(socket, self.control, None, None).control
+    }
 }
 
 #[derive(clap::Args)]
 struct OciArgs {
     /// The socket of the `sigvisor serve` that will supervise the container.
-    #[arg(long, value_name = "PATH", default_value = serve::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = instance::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Trap the syscalls this profile names, and watch the handler of its
     /// signal (default: close, SIGILL).
@@ -359,27 +379,26 @@ fn main() -> ExitCode {
                 }
             };
             let opts = serve::ServeOptions {
-                socket,
-                control,
+                instance: Instance::of(socket, control, keeper, state_dir),
                 node: node.unwrap_or_else(sigvisor::procfs::hostname),
                 traces,
                 status_file,
                 handoff_timeout: std::time::Duration::from_secs_f64(handoff_timeout.max(0.001)),
-                keeper,
-                state_dir,
                 output_dir,
                 answer_within: seconds(answer_within),
                 loop_mode,
             };
             block_on(serve::serve(opts))
         }
-        Command::Apply { file, control } => verbs::apply(&file, control.path),
+        Command::Apply { file, control } => verbs::apply(&file, control.path()),
         Command::Get { resource, name, output, control } => {
-            verbs::get(&resource, name, &output, control.path)
+            verbs::get(&resource, name, &output, control.path())
         }
-        Command::Operation { name, operation, control } => verbs::operation(&name, &operation, control.path),
-        Command::Stream { name, control } => verbs::stream(&name, control.path),
-        Command::Delete { name, control } => verbs::delete(&name, control.path),
+        Command::Operation { name, operation, control } => {
+            verbs::operation(&name, &operation, control.path())
+        }
+        Command::Stream { name, control } => verbs::stream(&name, control.path()),
+        Command::Delete { name, control } => verbs::delete(&name, control.path()),
         Command::Oci(OciCommand::Patch { bundle, common, runtime, container_id }) => {
             let mut opts = match patch_options(common, runtime, container_id) {
                 Ok(o) => o,

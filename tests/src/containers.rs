@@ -132,6 +132,40 @@ impl Server {
         Server::build_with(name, &[], &[("all.yaml", ALL)], &[], prepare)
     }
 
+    /// A serve given only its agent socket, `DIR/run/agent.sock`, and the
+    /// profiles in `DIR/profiles` (written there): every other path is the
+    /// one serve derives from the socket (docs/cli.md), and its state
+    /// directory is under /var/lib/sigvisor/instances.
+    pub fn instance(dir: &Path, profiles_given: &[(&str, &str)]) -> Server {
+        let profiles = dir.join("profiles");
+        std::fs::create_dir_all(&profiles).expect("profiles dir");
+        for (file, text) in profiles_given {
+            std::fs::write(profiles.join(file), text).expect("profile");
+        }
+        let socket = dir.join("run/agent.sock");
+        let status = dir.join("status.yaml");
+        let args = vec![
+            "serve".into(),
+            "--socket".into(),
+            socket.clone().into(),
+            "--status-file".into(),
+            status.clone().into(),
+            profiles.into(),
+        ];
+        let mut server = Server {
+            control: dir.join("run/agent.control.sock"),
+            keeper: dir.join("run/agent.keeper.sock"),
+            state: Path::new("/var/lib/sigvisor/instances").join(systemd_escape_path(&socket)),
+            socket,
+            status,
+            args,
+            env: Vec::new(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
     fn build(name: &str, extra: &[&str], profiles_given: &[(&str, &str)], env: &[(&str, &str)]) -> Server {
         Server::build_with(name, extra, profiles_given, env, |_| {})
     }
@@ -271,6 +305,26 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// A path as `systemd-escape --path` writes it (the name of a serve
+/// instance's state directory).
+pub fn systemd_escape_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::new();
+    for (i, part) in text.split('/').filter(|p| !p.is_empty()).enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, b) in part.bytes().enumerate() {
+            match b {
+                b'.' if (i, j) != (0, 0) => out.push('.'),
+                b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' => out.push(b as char),
+                b => out.push_str(&format!("\\x{b:02x}")),
+            }
+        }
+    }
+    out
 }
 
 /// The fixture under `sigvisor-launch` against a server's agent socket.

@@ -45,7 +45,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let name = opts.trace.metadata.name.clone();
     let mut trace = opts.trace;
     let annotated = trace.metadata.annotations.remove(OPERATION_ANNOTATION);
-    registry.apply(trace, opts.policy.clone());
+    registry.declare(trace, opts.policy.clone());
     // `run` performs the start operation itself; an annotated operation
     // comes after it (`stop` starts CMD with signals off, for `operation start`).
     let mut applied = registry.operation(&name, "start")?;

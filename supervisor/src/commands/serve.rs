@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::instance::Instance;
 use crate::control::registry::Registry;
 use crate::intake::attach::{self, Keeping};
 use crate::keeper::link::{Link, Taken};
@@ -24,22 +25,15 @@ use crate::path::notify::{Context, LoopMode};
 use crate::sys::socket;
 use crate::trace::policy::Policy;
 use crate::trace::profile::Trace;
-use crate::trace::state::{Saved, StateDir};
-
-pub const DEFAULT_SOCKET: &str = "/run/sigvisor/agent.sock";
-pub const DEFAULT_CONTROL: &str = "/run/sigvisor/control.sock";
-pub const DEFAULT_KEEPER: &str = "/run/sigvisor/keeper.sock";
-pub const DEFAULT_STATE: &str = "/var/lib/sigvisor";
+use crate::trace::state::{Saved, Source, StateDir};
 
 pub struct ServeOptions {
-    pub socket: PathBuf,
-    pub control: PathBuf,
+    /// Its sockets and state directory.
+    pub instance: Instance,
     pub node: String,
     pub traces: Vec<(Trace, Policy)>,
     pub status_file: Option<PathBuf>,
     pub handoff_timeout: Duration,
-    pub keeper: PathBuf,
-    pub state_dir: PathBuf,
     /// Where File outputs go; STATE_DIR/outputs by default.
     pub output_dir: Option<PathBuf>,
     /// The keeper serve starts answers a call serve leaves waiting this long.
@@ -51,14 +45,15 @@ pub struct ServeOptions {
 /// exits, leaving the listeners to the keeper.
 pub async fn serve(opts: ServeOptions) -> Result<i32> {
     let registry = Arc::new(Registry::new(opts.node.clone(), false));
-    let state = StateDir::open(&opts.state_dir)?;
-    let outputs = opts.output_dir.clone().unwrap_or_else(|| opts.state_dir.join("outputs"));
+    let Instance { socket: agent, control, keeper, state_dir } = &opts.instance;
+    let state = StateDir::open(state_dir)?;
+    let outputs = opts.output_dir.clone().unwrap_or_else(|| state_dir.join("outputs"));
     let outputs = crate::output::events::OutputDir::open(&outputs)
         .with_context(|| format!("opening the output directory {}", outputs.display()))?;
     registry.keep_outputs_in(outputs);
     let given: Vec<String> = opts.traces.iter().map(|(t, _)| t.metadata.name.clone()).collect();
     for (trace, policy) in opts.traces {
-        registry.apply(trace, policy);
+        registry.declare(trace, policy);
     }
     restore(&registry, state.load(), &given);
     for trace in registry.list() {
@@ -68,11 +63,11 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
         tracing::info!("trace {}: state {:?}{error}", trace.metadata.name, status.state);
     }
     registry.keep_state_in(state);
-    let (control, _control_file) = socket::bind(&opts.control)?;
-    let log = opts.state_dir.join("keeper.log");
-    let Taken { link: keeper, adopted, agent } = Link::connect(&opts.keeper, &log, opts.answer_within)?;
-    let listener = agent_socket(&opts.socket, agent, &keeper)?;
-    tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
+    let (control_socket, _control_file) = socket::bind(control)?;
+    let log = state_dir.join("keeper.log");
+    let Taken { link: keeper, adopted, agent: held_agent } = Link::connect(keeper, &log, opts.answer_within)?;
+    let listener = agent_socket(agent, held_agent, &keeper)?;
+    tokio::spawn(crate::control::serve(control_socket, Arc::clone(&registry)));
     let ctx = Context::new(opts.loop_mode);
     if !adopted.is_empty() {
         tracing::info!("took {} listeners back from the keeper", adopted.len());
@@ -88,10 +83,11 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     tracing::info!(
-        "serving on {} (node {}), control on {}",
-        opts.socket.display(),
+        "serving on {} (node {}), control on {}, state in {}",
+        agent.display(),
         opts.node,
-        opts.control.display()
+        control.display(),
+        state_dir.display()
     );
     loop {
         tokio::select! {
@@ -163,12 +159,19 @@ fn agent_socket(path: &Path, held: Option<(PathBuf, OwnedFd)>, keeper: &Link) ->
     Ok(listener)
 }
 
-/// Traces saved by an earlier serve: those given on the command line keep
-/// their given spec and take back their state; the others come back whole.
+/// Traces saved by an earlier serve of this instance. The declared ones
+/// (given on the command line now) keep their given spec and take back
+/// their state; applied ones (`sigvisor apply`) come back whole; a Trace
+/// that was declared then and is not now stays gone: the command line is
+/// the declared set.
 fn restore(registry: &Registry, saved: Vec<Saved>, given: &[String]) {
-    for Saved { trace, policy, state } in saved {
+    for Saved { trace, policy, state, source } in saved {
         let name = trace.metadata.name.clone();
         if !given.contains(&name) {
+            if source == Source::Declared {
+                tracing::info!("trace {name}: declared by an earlier serve and not by this one, left out");
+                continue;
+            }
             registry.apply(trace, policy);
         }
         let operations: &[&str] = match state.as_str() {

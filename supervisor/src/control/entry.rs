@@ -12,6 +12,7 @@ use crate::output::status::ContainerLine;
 use crate::trace::container::Origin;
 use crate::trace::policy::Policy;
 use crate::trace::profile::Trace;
+use crate::trace::state::Source;
 
 /// One listener's share of a Trace, kept for the status after it ends.
 pub struct ListenerRecord {
@@ -42,6 +43,8 @@ impl State {
 
 pub(super) struct Entry {
     pub(super) trace: Trace,
+    /// Declared (a profile on the command line) or applied through the API.
+    pub(super) source: Source,
     pub(super) handle: Arc<TraceHandle>,
     pub(super) state: State,
     pub(super) operation_error: String,
@@ -91,11 +94,12 @@ pub(super) fn count_container(
 }
 
 impl Entry {
-    pub(super) fn new(trace: Trace, policy: Policy) -> Entry {
+    pub(super) fn new(trace: Trace, policy: Policy, source: Source) -> Entry {
         let sink = Sink::prepare(policy.output_mode);
         let handle = TraceHandle::new(trace.metadata.name.clone(), Config { policy: Arc::new(policy), sink });
         Entry {
             trace,
+            source,
             handle: Arc::new(handle),
             state: State::NotStarted,
             operation_error: String::new(),

@@ -22,7 +22,7 @@ use crate::output::status::{self, ContainerLine};
 use crate::trace::container::{self, FilterFacts, Origin};
 use crate::trace::policy::{OutputMode, Policy, RunMode};
 use crate::trace::profile::Trace;
-use crate::trace::state::StateDir;
+use crate::trace::state::{Source, StateDir};
 
 pub const OPERATION_ANNOTATION: &str = "gadget.kinvolk.io/operation";
 pub const OPERATIONS: &[&str] = &["start", "stop"];
@@ -101,7 +101,9 @@ impl Registry {
     /// Saves the Traces as they are now, if they are kept anywhere.
     pub fn save_state(&self) {
         if let Some(dir) = self.state.get() {
-            let mut failed = dir.save(&self.list());
+            let traces: Vec<(Trace, Source)> =
+                self.lock().values().map(|e| (self.view(e), e.source)).collect();
+            let mut failed = dir.save(&traces);
             for (name, entry) in self.lock().iter_mut() {
                 entry.unsaved = failed.remove(name).map(|e| {
                     format!("not saved in the state directory ({e}): a restarted serve will not have it")
@@ -118,16 +120,27 @@ impl Registry {
         crate::shared::lock(&self.traces)
     }
 
-    /// Creates or updates a Trace, then performs (and removes) the operation
-    /// its annotation asks for. A new `Auto` Trace starts.
-    pub fn apply(&self, mut trace: Trace, policy: Policy) -> Trace {
+    /// Creates or updates a Trace through the API (`sigvisor apply`), then
+    /// performs (and removes) the operation its annotation asks for. A new
+    /// `Auto` Trace starts. Saved, it comes back to a restarted serve.
+    pub fn apply(&self, trace: Trace, policy: Policy) -> Trace {
+        self.put(trace, policy, Source::Applied)
+    }
+
+    /// The same for a Trace of the declared set (the profiles on serve's or
+    /// run's command line): saved, it comes back only while declared.
+    pub fn declare(&self, trace: Trace, policy: Policy) -> Trace {
+        self.put(trace, policy, Source::Declared)
+    }
+
+    fn put(&self, mut trace: Trace, policy: Policy, source: Source) -> Trace {
         let operation = trace.metadata.annotations.remove(OPERATION_ANNOTATION);
         trace.status = None;
         let mut traces = self.lock();
         let entry = match traces.entry(trace.metadata.name.clone()) {
             btree_map::Entry::Vacant(slot) => {
                 let auto = policy.run_mode == RunMode::Auto;
-                let entry = slot.insert(Entry::new(trace, policy));
+                let entry = slot.insert(Entry::new(trace, policy, source));
                 if auto {
                     self.start(entry);
                 }
@@ -135,6 +148,7 @@ impl Registry {
             }
             btree_map::Entry::Occupied(slot) => {
                 let entry = slot.into_mut();
+                entry.source = entry.source.max(source);
                 let output_changed = entry.handle.config().policy.output_mode != policy.output_mode
                     || entry.trace.spec.output != trace.spec.output;
                 let sink = if output_changed {

@@ -1,8 +1,11 @@
 //! `sigvisor serve`'s Traces across restarts, as an API server keeps its
-//! objects: `DIR/traces/NAME.yaml` holds each Trace as last applied, with
-//! its state (`status.state`: Started, Stopped or none). Written after every
-//! change through the control socket (write to a temporary file, then
-//! rename: a crash leaves the old file or the new one, never half of one).
+//! objects: `DIR/traces/NAME.yaml` holds each Trace applied through the
+//! API (`sigvisor apply`) as last applied, with its state (`status.state`:
+//! Started, Stopped or none); `DIR/declared/NAME.yaml` the same for each
+//! Trace of the declared set (serve's profiles), which comes back only
+//! while it is still declared. Written after every change (write to a
+//! temporary file, then rename: a crash leaves the old file or the new
+//! one, never half of one).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -14,7 +17,22 @@ use crate::trace::policy::Policy;
 use crate::trace::profile::{self, Trace, TraceStatus};
 
 pub struct StateDir {
-    traces: PathBuf,
+    /// By `Source`: declared, applied.
+    dirs: [PathBuf; 2],
+}
+
+/// Where a Trace came from, which decides whether it comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// A profile given to serve or run: the command line is the declared
+    /// set, so a restarted serve has it back only if it is still given.
+    Declared,
+    /// `sigvisor apply`: it lives until deleted, across restarts.
+    Applied,
+}
+
+impl Source {
+    const ALL: [Source; 2] = [Source::Declared, Source::Applied];
 }
 
 /// A Trace found in the state directory, and the state it was left in.
@@ -22,24 +40,35 @@ pub struct Saved {
     pub trace: Trace,
     pub policy: Policy,
     pub state: String,
+    pub source: Source,
 }
 
 impl StateDir {
     /// Opens `dir` (made 0700 if missing).
     pub fn open(dir: &Path) -> Result<StateDir> {
-        let traces = dir.join("traces");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&traces)
-            .with_context(|| format!("creating the state directory {}", traces.display()))?;
-        Ok(StateDir { traces })
+        let dirs = [dir.join("declared"), dir.join("traces")];
+        for dir in &dirs {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        }
+        Ok(StateDir { dirs })
+    }
+
+    fn dir(&self, source: Source) -> &Path {
+        &self.dirs[source as usize]
     }
 
     /// The Traces saved; one that no longer loads (a profile rule changed
     /// since it was saved) is reported, named, left out and kept aside.
     pub fn load(&self) -> Vec<Saved> {
-        let Ok(entries) = std::fs::read_dir(&self.traces) else { return Vec::new() };
+        Source::ALL.into_iter().flat_map(|source| self.load_from(source)).collect()
+    }
+
+    fn load_from(&self, source: Source) -> Vec<Saved> {
+        let Ok(entries) = std::fs::read_dir(self.dir(source)) else { return Vec::new() };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
@@ -50,7 +79,7 @@ impl StateDir {
             match profile::load(&file) {
                 Ok((mut trace, policy)) => {
                     let state = trace.status.take().map(|s| s.state).unwrap_or_default();
-                    saved.push(Saved { trace, policy, state });
+                    saved.push(Saved { trace, policy, state, source });
                 }
                 Err(e) => {
                     // Kept aside, not overwritten or removed by the next save.
@@ -69,10 +98,10 @@ impl StateDir {
     /// Saves `traces` (as the registry lists them) and removes the files of
     /// Traces that are gone. Failures are logged and returned (by Trace
     /// name): serving goes on.
-    pub fn save(&self, traces: &[Trace]) -> BTreeMap<String, String> {
+    pub fn save(&self, traces: &[(Trace, Source)]) -> BTreeMap<String, String> {
         let mut failed = BTreeMap::new();
         let mut names = Vec::new();
-        for trace in traces {
+        for (trace, source) in traces {
             let name = &trace.metadata.name;
             // Names come from profiles, which refuse path separators;
             // skip anything that would leave the directory anyway.
@@ -82,18 +111,20 @@ impl StateDir {
             let mut kept = trace.clone();
             let state = kept.status.take().map(|s| s.state).unwrap_or_default();
             kept.status = (!state.is_empty()).then(|| TraceStatus { state, ..TraceStatus::default() });
-            let file = self.traces.join(format!("{name}.yaml"));
+            let file = self.dir(*source).join(format!("{name}.yaml"));
             if let Err(e) = write_atomically(&file, &kept) {
                 tracing::error!("saving trace {name} to {}: {e:#}", file.display());
                 failed.insert(name.clone(), format!("{e:#}"));
             }
-            names.push(format!("{name}.yaml"));
+            names.push(file);
         }
-        if let Ok(entries) = std::fs::read_dir(&self.traces) {
+        // A Trace deleted, or gone from one source to the other.
+        for source in Source::ALL {
+            let Ok(entries) = std::fs::read_dir(self.dir(source)) else { continue };
             for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".yaml") && !names.contains(&name) {
-                    let _ = std::fs::remove_file(entry.path());
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "yaml") && !names.contains(&path) {
+                    let _ = std::fs::remove_file(path);
                 }
             }
         }
@@ -131,7 +162,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sigvisor-state-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let state = StateDir::open(&dir).expect("open");
-        state.save(&[trace("a", "Started"), trace("b", "Stopped"), trace("c", "")]);
+        let applied = |name, state| (trace(name, state), Source::Applied);
+        state.save(&[applied("a", "Started"), applied("b", "Stopped"), applied("c", "")]);
         let saved = state.load();
         let names: Vec<(&str, &str)> =
             saved.iter().map(|s| (s.trace.metadata.name.as_str(), s.state.as_str())).collect();
@@ -140,11 +172,17 @@ mod tests {
         // The status output is not state: only the state is kept.
         let text = std::fs::read_to_string(dir.join("traces/a.yaml")).expect("a.yaml");
         assert!(!text.contains("counts"), "{text}");
-        state.save(&[trace("b", "Started")]);
+        state.save(&[applied("b", "Started")]);
         let names: Vec<String> = state.load().into_iter().map(|s| s.trace.metadata.name).collect();
         assert_eq!(names, ["b"]);
+        // A Trace keeps its source, and moves when its source changes.
+        state.save(&[(trace("b", "Started"), Source::Declared), applied("d", "")]);
+        let sources: Vec<(String, Source)> =
+            state.load().into_iter().map(|s| (s.trace.metadata.name, s.source)).collect();
+        assert_eq!(sources, [("b".into(), Source::Declared), ("d".into(), Source::Applied)]);
+        assert!(dir.join("declared/b.yaml").exists() && !dir.join("traces/b.yaml").exists());
         std::fs::write(dir.join("traces/bad.yaml"), "kind: Nope").expect("write");
-        assert_eq!(state.load().len(), 1, "a file that no longer loads is left out");
+        assert_eq!(state.load().len(), 2, "a file that no longer loads is left out");
         assert!(dir.join("traces/bad.yaml.unloadable").exists(), "and kept aside");
         let _ = std::fs::remove_dir_all(&dir);
     }
