@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sigvisor::commands::instance::{self, Instance};
-use sigvisor::commands::{oci, run, serve};
+use sigvisor::commands::{oci, run, serve, shim};
 use sigvisor::control::verbs;
 use sigvisor::path::notify;
 use sigvisor::trace::profile;
@@ -406,8 +406,8 @@ fn main() -> ExitCode {
             };
             opts.bundle = bundle;
             match oci::patch(&opts) {
-                Ok(mode) => {
-                    println!("{}: patched ({mode:?})", opts.bundle.join("config.json").display());
+                Ok((mode, why)) => {
+                    println!("{}: patched ({mode:?}: {why})", opts.bundle.join("config.json").display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -421,9 +421,13 @@ fn main() -> ExitCode {
                 Ok(o) => o,
                 Err(code) => return code,
             };
-            match oci::runtime_shim(&runtime, opts, &args) {
+            match shim::run(&runtime, opts, &args) {
                 Ok(never) => match never {},
                 Err(e) => {
+                    // docker and containerd show a runtime's --log, not its stderr.
+                    if let Some(log) = shim::RuntimeLog::of(&args) {
+                        log.error(&format!("{e:#}"));
+                    }
                     eprintln!("sigvisor: {e:#}");
                     ExitCode::from(FAILED)
                 }

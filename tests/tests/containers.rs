@@ -231,9 +231,11 @@ fn faults_and_concurrency_leave_the_server_serving() {
     assert_eq!(server.open_fds(), fds_before, "the server's open fds before and after");
 
     let (traces, log) = server.stop();
+    // An empty connection is a runtime's aborted start, or the shim's
+    // check that serve listens: nothing to tell at info.
+    assert!(!log.contains("empty connection"), "{log}");
     for expected in [
         "no complete handoff within",
-        "empty connection",
         "not a ContainerProcessState",
         "does not name \"seccompFd\"",
         "message longer than",

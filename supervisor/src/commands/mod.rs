@@ -7,3 +7,4 @@ pub mod instance;
 pub mod oci;
 pub mod run;
 pub mod serve;
+pub mod shim;

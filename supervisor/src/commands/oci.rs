@@ -11,7 +11,6 @@
 //!   in front of `process.args`: it loads its own filter, with the flag,
 //!   inside the container.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -52,14 +51,14 @@ pub struct PatchOptions {
     pub container_id: Option<String>,
 }
 
-/// Patches `BUNDLE/config.json`; returns the mode used.
+/// Patches `BUNDLE/config.json`; returns the mode used, and why.
 ///
 /// Lossless: the document is validated with oci-spec, but edited and
 /// written as JSON, so every field oci-spec does not model (vendor
 /// extensions, fields newer than it) keeps its value and its place; only
 /// `linux.seccomp`, or in wrap mode `process.args` and `mounts`, and the
 /// `io.sigvisor.patched` annotation change.
-pub fn patch(opts: &PatchOptions) -> Result<Mode> {
+pub fn patch(opts: &PatchOptions) -> Result<(Mode, String)> {
     ensure_served(&opts.socket)?;
     let config = opts.bundle.join("config.json");
     let text = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
@@ -69,11 +68,12 @@ pub fn patch(opts: &PatchOptions) -> Result<Mode> {
         .with_context(|| format!("{} is not an OCI runtime configuration", config.display()))?;
     if let Some(done) = spec.annotations().as_ref().and_then(|a| a.get(PATCHED)) {
         tracing::info!("{} is already patched ({done}); unchanged", config.display());
-        return Ok(if done == "wrap" { Mode::Wrap } else { Mode::Listener });
+        let mode = if done == "wrap" { Mode::Wrap } else { Mode::Listener };
+        return Ok((mode, "already patched".into()));
     }
-    let mode = match opts.mode {
-        Mode::Auto => runtime_mode(&opts.runtime),
-        m => m,
+    let (mode, why) = match opts.mode {
+        Mode::Auto => runtime_mode(&runtime_version(&opts.runtime)),
+        m => (m, "as asked".into()),
     };
     match mode {
         Mode::Wrap => wrap_entrypoint(&mut doc, &spec, opts)?,
@@ -84,7 +84,7 @@ pub fn patch(opts: &PatchOptions) -> Result<Mode> {
     let mut bytes = serde_json::to_vec_pretty(&doc)?;
     bytes.push(b'\n');
     std::fs::write(&config, bytes).with_context(|| format!("writing {}", config.display()))?;
-    Ok(mode)
+    Ok((mode, why))
 }
 
 /// The object at `key` in `parent` (made empty if missing).
@@ -106,22 +106,39 @@ fn array<'a>(parent: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Ve
         .with_context(|| format!("config.json: {key} is not an array"))
 }
 
-/// runc before 1.5 refuses every seccomp flag; crun and youki take it.
-fn runtime_mode(runtime: &str) -> Mode {
+/// What `RUNTIME --version` prints (nothing if it cannot be run).
+fn runtime_version(runtime: &str) -> String {
     let version = std::process::Command::new(runtime).arg("--version").output();
-    let text = version.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let first = text.lines().next().unwrap_or_default();
+    version.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+/// Which mode a runtime's filter allows, from its `--version`, and why.
+/// crun and youki take `WAIT_KILLABLE_RECV`. runc does from 1.5, and only
+/// when built with libseccomp 2.6 or later (the first to set that flag):
+/// it prints the version it was built with.
+fn runtime_mode(version: &str) -> (Mode, String) {
+    let first = version.lines().next().unwrap_or_default();
     if first.starts_with("crun") || first.starts_with("youki") {
-        return Mode::Listener;
+        return (Mode::Listener, format!("{first} takes the filter's flags"));
     }
-    let runc = first.strip_prefix("runc version ").and_then(|v| {
+    let numbers = |v: &str| {
         let mut parts = v.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
         Some((parts.next()?, parts.next()?))
-    });
-    match runc {
-        Some(v) if v >= (1, 5) => Mode::Listener,
-        // Old runc, or a runtime we cannot tell: wrap works in all of them.
-        _ => Mode::Wrap,
+    };
+    let Some(runc) = first.strip_prefix("runc version ").and_then(numbers) else {
+        return (Mode::Wrap, "a runtime sigvisor cannot tell: wrap works in all".into());
+    };
+    if runc < (1, 5) {
+        return (Mode::Wrap, format!("runc {}.{} refuses every seccomp flag", runc.0, runc.1));
+    }
+    let libseccomp = version.lines().find_map(|l| l.strip_prefix("libseccomp: ")).and_then(numbers);
+    match libseccomp {
+        Some(v) if v >= (2, 6) => (Mode::Listener, format!("runc {}.{} with libseccomp {}.{}", runc.0, runc.1, v.0, v.1)),
+        Some(v) => (
+            Mode::Wrap,
+            format!("runc {}.{} is built with libseccomp {}.{}, which cannot make the filter wait killable (2.6 can)", runc.0, runc.1, v.0, v.1),
+        ),
+        None => (Mode::Wrap, format!("runc {}.{} does not say its libseccomp", runc.0, runc.1)),
     }
 }
 
@@ -388,46 +405,23 @@ fn static_launcher() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The runtime shim: patches the bundle on `create` (and `run`), then
-/// becomes the real runtime with the same arguments.
-pub fn runtime_shim(
-    runtime: &str,
-    mut opts: PatchOptions,
-    args: &[String],
-) -> Result<std::convert::Infallible> {
-    if let Some(at) = args.iter().position(|a| a == "create" || a == "run") {
-        let rest = &args[at + 1..];
-        let mut bundle = PathBuf::from(".");
-        // The container id is the last positional argument.
-        let mut id = None;
-        let mut i = 0;
-        while i < rest.len() {
-            let a = &rest[i];
-            if let Some(v) = a.strip_prefix("--bundle=") {
-                bundle = v.into();
-            } else if a == "--bundle" || a == "-b" {
-                bundle = rest.get(i + 1).context("--bundle needs a value")?.into();
-                i += 1;
-            } else if !a.starts_with('-') {
-                id = Some(a.clone());
-            }
-            i += 1;
-        }
-        opts.bundle = bundle;
-        opts.container_id = id;
-        let mode = patch(&opts)?;
-        tracing::info!("patched {} ({mode:?}) for {runtime}", opts.bundle.display());
-    }
-    Err(std::process::Command::new(runtime).args(args).exec()).with_context(|| format!("executing {runtime}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn auto_mode_by_runtime() {
-        assert_eq!(runtime_mode("/nonexistent-runtime"), Mode::Wrap);
+        let mode = |v: &str| runtime_mode(v).0;
+        assert_eq!(mode(&runtime_version("/nonexistent-runtime")), Mode::Wrap);
+        assert_eq!(mode("crun version 1.8.1\ncommit: x\n"), Mode::Listener);
+        let runc = |v: &str, lib: &str| {
+            format!("runc version {v}\ncommit: x\nspec: 1.2.0\ngo: go1.22\nlibseccomp: {lib}\n")
+        };
+        assert_eq!(mode(&runc("1.1.5+ds1", "2.5.4")), Mode::Wrap);
+        assert_eq!(mode(&runc("1.5.0", "2.6.0")), Mode::Listener);
+        assert_eq!(mode(&runc("1.5.0", "2.5.5")), Mode::Wrap);
+        assert!(runtime_mode(&runc("1.5.0", "2.5.5")).1.contains("libseccomp 2.5"));
+        assert_eq!(mode("runc version 1.6.0\n"), Mode::Wrap, "no libseccomp line");
     }
 
     fn profile(json: serde_json::Value) -> (LinuxSeccomp, Vec<LinuxSyscall>) {

@@ -132,7 +132,7 @@ async fn connection(
     match tokio::time::timeout(timeout, crate::intake::handoff::receive(fd)).await {
         Err(_) => tracing::warn!("{peer}: no complete handoff within {timeout:?}; dropped"),
         // A probe (`sigvisor oci patch` checks the socket) or an aborted start.
-        Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::info!("{peer}: {e}"),
+        Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::debug!("{peer}: {e}"),
         Ok(Err(e)) => tracing::warn!("{peer}: {e}; dropped"),
         Ok(Ok(handoff)) => {
             let keeping = Keeping::New(keeper);

@@ -1,0 +1,224 @@
+//! `sigvisor oci runtime`: the runtime shim that docker, containerd and
+//! podman call in place of runc or crun. On `create` (and `run`) it patches
+//! the bundle (`oci::patch`); then it becomes the real runtime with the
+//! same arguments.
+//!
+//! Two things a shim must get right that a runtime's caller never tells it:
+//! - **Which runtime is real.** The shim is installed behind a wrapper that
+//!   often bears the runtime's own name (`/usr/local/bin/runc`), so `runc`
+//!   on PATH may be the wrapper, which calls the shim again, for ever. Each
+//!   shim passes on, in `SIGVISOR_SHIM_SEEN`, the paths it resolved; a shim
+//!   called again skips them, so the second one finds the real runc.
+//! - **Where errors go.** docker and containerd read a failed runtime's
+//!   error from its `--log` file (in runc's JSON form with `--log-format
+//!   json`), not from its stderr: the shim writes its error there too.
+
+use std::io::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::oci::{self, PatchOptions};
+
+/// The runtimes earlier shims resolved, as a PATH-like list: each led back
+/// to a shim.
+const SEEN: &str = "SIGVISOR_SHIM_SEEN";
+
+/// Patches the bundle on `create` and `run`, then execs the real runtime.
+pub fn run(runtime: &str, mut opts: PatchOptions, args: &[String]) -> Result<std::convert::Infallible> {
+    if let Some(at) = args.iter().position(|a| a == "create" || a == "run") {
+        let (bundle, id) = bundle_and_id(&args[at + 1..])?;
+        opts.bundle = bundle;
+        opts.container_id = id;
+        let (mode, why) = oci::patch(&opts)?;
+        tracing::info!("patched {} ({mode:?}: {why}) for {runtime}", opts.bundle.display());
+    }
+    let seen: Vec<PathBuf> =
+        std::env::var_os(SEEN).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
+    let real = resolve(runtime, std::env::var_os("PATH").as_deref(), &seen)?;
+    let mut passed = seen;
+    passed.push(real.clone());
+    let passed = std::env::join_paths(passed).context("a runtime path holds ':'")?;
+    Err(std::process::Command::new(&real).args(args).env(SEEN, passed).exec())
+        .with_context(|| format!("executing {}", real.display()))
+}
+
+/// The bundle (`--bundle`, `-b`, default the working directory) and the
+/// container id (the last positional argument) of a `create` or `run`.
+fn bundle_and_id(rest: &[String]) -> Result<(PathBuf, Option<String>)> {
+    let mut bundle = PathBuf::from(".");
+    let mut id = None;
+    let mut i = 0;
+    while i < rest.len() {
+        let a = &rest[i];
+        if let Some(v) = a.strip_prefix("--bundle=") {
+            bundle = v.into();
+        } else if a == "--bundle" || a == "-b" {
+            bundle = rest.get(i + 1).context("--bundle needs a value")?.into();
+            i += 1;
+        } else if !a.starts_with('-') {
+            id = Some(a.clone());
+        }
+        i += 1;
+    }
+    Ok((bundle, id))
+}
+
+/// The runtime to exec: `runtime` itself if it is a path, else the first
+/// executable of that name on `path`; never one an earlier shim resolved
+/// (it led back to a shim).
+fn resolve(runtime: &str, path: Option<&std::ffi::OsStr>, seen: &[PathBuf]) -> Result<PathBuf> {
+    let led_back = |candidate: &Path| {
+        let real = std::fs::canonicalize(candidate).unwrap_or_else(|_| candidate.to_owned());
+        seen.iter().any(|s| s == candidate || std::fs::canonicalize(s).is_ok_and(|s| s == real))
+    };
+    if runtime.contains('/') {
+        let candidate = PathBuf::from(runtime);
+        if led_back(&candidate) {
+            bail!(
+                "{runtime} leads back to this shim (it is a wrapper that calls `sigvisor oci runtime`): \
+                 give --runtime the real runtime's path"
+            );
+        }
+        return Ok(candidate);
+    }
+    let dirs: Vec<PathBuf> = path.map(|p| std::env::split_paths(p).collect()).unwrap_or_default();
+    let found: Vec<PathBuf> = dirs.iter().map(|d| d.join(runtime)).filter(|c| executable(c)).collect();
+    match found.iter().find(|c| !led_back(c)) {
+        Some(real) => Ok(real.clone()),
+        None if found.is_empty() => bail!("no {runtime} on PATH: give --runtime the runtime's path"),
+        None => bail!(
+            "every {runtime} on PATH ({}) leads back to this shim: install the real {runtime} elsewhere on \
+             PATH, or give --runtime its path",
+            found.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Where the runtime's caller reads its errors: the global `--log FILE`
+/// and `--log-format` options before the command, as runc takes them.
+pub struct RuntimeLog {
+    file: PathBuf,
+    json: bool,
+}
+
+impl RuntimeLog {
+    pub fn of(args: &[String]) -> Option<RuntimeLog> {
+        let mut file = None;
+        let mut json = false;
+        let mut i = 0;
+        while let Some(a) = args.get(i) {
+            if !a.starts_with('-') {
+                break; // the command: global options come before it
+            }
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) => (f, Some(v.to_owned())),
+                None => (a.as_str(), None),
+            };
+            // runc's and crun's global options that take a value.
+            const VALUED: &[&str] = &[
+                "--log",
+                "--log-format",
+                "--log-level",
+                "--root",
+                "--criu",
+                "--rootless",
+                "--cgroup-manager",
+            ];
+            if VALUED.contains(&flag) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => {
+                        i += 1;
+                        args.get(i).cloned().unwrap_or_default()
+                    }
+                };
+                match flag {
+                    "--log" => file = Some(PathBuf::from(value)),
+                    "--log-format" => json = value == "json",
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        Some(RuntimeLog { file: file?, json })
+    }
+
+    /// Appends the error as runc would log it; best effort (the error also
+    /// goes to stderr).
+    pub fn error(&self, message: &str) {
+        let line = if self.json {
+            let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            let entry =
+                serde_json::json!({"level": "error", "msg": format!("sigvisor: {message}"), "time": time});
+            format!("{entry}\n")
+        } else {
+            format!("sigvisor: {message}\n")
+        };
+        let mut open = std::fs::OpenOptions::new();
+        open.create(true).append(true);
+        if let Ok(mut file) = open.open(&self.file) {
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn bundle_and_id_of_create() {
+        let (bundle, id) = bundle_and_id(&args(&["--bundle", "/b", "--pid-file", "/p", "c1"])).unwrap();
+        // An option's value looks positional; the id comes last.
+        assert_eq!((bundle, id.as_deref()), (PathBuf::from("/b"), Some("c1")));
+        let (bundle, _) = bundle_and_id(&args(&["--bundle=/x", "c2"])).unwrap();
+        assert_eq!(bundle, PathBuf::from("/x"));
+        assert!(bundle_and_id(&args(&["-b"])).is_err());
+    }
+
+    #[test]
+    fn the_log_options_before_the_command() {
+        let log =
+            RuntimeLog::of(&args(&["--root", "/r", "--log", "/l.json", "--log-format=json", "create", "x"]))
+                .expect("a log");
+        assert_eq!((log.file, log.json), (PathBuf::from("/l.json"), true));
+        let log = RuntimeLog::of(&args(&["--log=/l", "start", "x"])).expect("a log");
+        assert!(!log.json);
+        assert!(RuntimeLog::of(&args(&["create", "--log", "/not-global"])).is_none());
+    }
+
+    #[test]
+    fn a_runtime_that_led_back_is_skipped() {
+        let dir = std::env::temp_dir().join(format!("sigvisor-shim-resolve-{}", std::process::id()));
+        let (wrapper, real) = (dir.join("wrapper"), dir.join("real"));
+        for d in [&wrapper, &real] {
+            std::fs::create_dir_all(d).unwrap();
+            let file = d.join("rt");
+            std::fs::write(&file, "#!/bin/sh\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = std::env::join_paths([&wrapper, &real]).unwrap();
+        assert_eq!(resolve("rt", Some(&path), &[]).unwrap(), wrapper.join("rt"));
+        assert_eq!(resolve("rt", Some(&path), &[wrapper.join("rt")]).unwrap(), real.join("rt"));
+        let why = resolve("rt", Some(&path), &[wrapper.join("rt"), real.join("rt")]).unwrap_err().to_string();
+        assert!(why.contains("leads back to this shim"), "{why}");
+        let why = resolve(&wrapper.join("rt").to_string_lossy(), None, &[wrapper.join("rt")])
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("give --runtime the real runtime's path"), "{why}");
+        assert!(resolve("nonexistent-rt", Some(&path), &[]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
