@@ -41,7 +41,16 @@ static int install_sigill_handler(int notify, int done) {
 	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
 	// Nothing else (Go's preemption SIGURG included) interrupts the wait.
 	sigfillset(&sa.sa_mask);
-	return sigaction(SIGILL, &sa, NULL);
+	if (sigaction(SIGILL, &sa, NULL) != 0)
+		return -1;
+	// sigvisor takes a handler change as made once the thread that made it
+	// has slept since (it cannot see the kernel finish the call): until
+	// then a close on another thread goes unsignalled, to be safe. Sleep
+	// once here, so that the finalizer's close, on another thread, is
+	// signalled however soon it comes (docs/design.md, "A change is not
+	// made when it is answered").
+	usleep(1000);
+	return 0;
 }
 */
 import "C"

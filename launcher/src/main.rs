@@ -63,6 +63,10 @@ struct Args {
     /// The container's bundle, likewise.
     #[arg(long, value_name = "PATH", default_value = "")]
     bundle: String,
+    /// One of the container's annotations (the CRI's pod and container
+    /// names among them), likewise; repeat for each.
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = key_value)]
+    annotations: Vec<(String, String)>,
     /// Load the filter without WAIT_KILLABLE_RECV, as runc does (for tests
     /// of the supervisor's policy for such filters).
     #[arg(long, hide = true)]
@@ -74,6 +78,13 @@ struct Args {
     /// The program to run, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<OsString>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -195,7 +206,7 @@ fn main() -> ExitCode {
     let message = |wait_killable| {
         let metadata =
             Metadata { wait_killable, launcher: true, user: args.metadata.clone(), watched_signals: watched };
-        sigvisor_proto::encode(pid, &metadata, &args.container_id, &args.bundle)
+        sigvisor_proto::encode(pid, &metadata, &args.container_id, &args.bundle, &args.annotations)
     };
     let (killable_message, plain_message) = (message(true), message(false));
 

@@ -318,8 +318,17 @@ pub fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Handoff, HandoffErr
 /// Encodes the launcher's handoff: its own pid, the listener as `seccompFd`,
 /// the metadata, and the container it runs in when it was told
 /// (`sigvisor oci patch` wraps entrypoints with `--container-id`).
-pub fn encode(pid: i32, metadata: &Metadata, container_id: &str, bundle: &str) -> Vec<u8> {
+pub fn encode(
+    pid: i32,
+    metadata: &Metadata,
+    container_id: &str,
+    bundle: &str,
+    annotations: &[(String, String)],
+) -> Vec<u8> {
     let mut state = State::default();
+    if !annotations.is_empty() {
+        *state.annotations_mut() = Some(annotations.iter().cloned().collect());
+    }
     *state.version_mut() = oci_spec::runtime::VERSION.to_owned();
     *state.id_mut() = container_id.to_owned();
     *state.status_mut() = ContainerState::Creating;
@@ -445,11 +454,17 @@ mod tests {
     #[test]
     fn encode_decodes() {
         let m = Metadata { wait_killable: true, launcher: true, user: None, watched_signals: 0 };
-        let bytes = encode(1234, &m, "c1", "/b");
+        let annotations = [("io.kubernetes.cri.sandbox-name".to_owned(), "web-0".to_owned())];
+        let bytes = encode(1234, &m, "c1", "/b", &annotations);
         let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let h = decode(&bytes, vec![fd]).unwrap();
         assert_eq!(*h.state.pid(), 1234);
         assert_eq!(h.metadata, m);
         assert!(h.metadata_is_ours);
+        let got = h.state.state().annotations().clone().unwrap_or_default();
+        assert_eq!(got.get("io.kubernetes.cri.sandbox-name").map(String::as_str), Some("web-0"));
+        let bytes = encode(1, &m, "", "", &[]);
+        let h = decode(&bytes, vec![OwnedFd::from(std::fs::File::open("/dev/null").unwrap())]).unwrap();
+        assert!(h.state.state().annotations().is_none(), "none given, none sent");
     }
 }

@@ -13,7 +13,11 @@ const CRUN: &[u8] = b"{\n  \"ociVersion\": \"0.2.0\",\n  \"fds\": [\n    \"secco
 fn documents() -> Vec<Vec<u8>> {
     let ours =
         Metadata { wait_killable: true, launcher: true, user: Some("x".into()), watched_signals: 0x1f };
-    vec![RUNC.to_vec(), CRUN.to_vec(), encode(1234, &ours, "c3", "/bundle")]
+    vec![
+        RUNC.to_vec(),
+        CRUN.to_vec(),
+        encode(1234, &ours, "c3", "/bundle", &[("k".to_owned(), "v".to_owned())]),
+    ]
 }
 
 fn fds(n: usize) -> Vec<OwnedFd> {

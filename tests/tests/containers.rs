@@ -78,6 +78,59 @@ fn runc_through_the_shim_is_wrapped_and_precise() {
     assert_eq!(container_line(&traces, &id)["signals"], 400);
 }
 
+/// Wrap mode passes the bundle's annotations on, as a runtime passes them
+/// to a listener's supervisor: the CRI's pod names select and attribute.
+#[test]
+fn runc_wrapped_is_selected_by_its_cri_annotations() {
+    if !require_tools() {
+        return;
+    }
+    let filtered = |name: &str, namespace: &str| {
+        format!(
+            "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\nspec:\n  \
+             gadget: signal\n  runMode: Auto\n  filter:\n    namespace: {namespace}\n    podname: web-0\n"
+        )
+    };
+    let server = Server::with_profiles(
+        "runc-cri",
+        &[],
+        &[("a.yaml", &filtered("other-team", "team-b")), ("b.yaml", &filtered("this-pod", "team-a"))],
+    );
+    let bundle = bundle("runc-cri", CLOSER);
+    edit_config(&bundle, |c| {
+        c["annotations"] = serde_json::json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "closer",
+            "io.kubernetes.cri.sandbox-name": "web-0",
+            "io.kubernetes.cri.sandbox-namespace": "team-a",
+        });
+    });
+    let id = container_id("runc-cri");
+    let out = output_bounded(
+        sigvisor()
+            .args(["oci", "runtime", "--runtime", "runc", "--socket"])
+            .arg(&server.socket)
+            .args(["--", "run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+        "shim",
+    );
+    let _ = std::process::Command::new("runc").args(["delete", "-f", &id]).output();
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    assert_eq!(config(&bundle)["annotations"]["io.sigvisor.patched"], "wrap");
+    let selected = summary(&server.get("this-pod"));
+    let line = selected["containers"].as_sequence().and_then(|c| c.first()).cloned().unwrap_or_default();
+    assert_eq!(line["signals"], 400, "{selected:?}");
+    assert_eq!(
+        (line["pod"].as_str(), line["namespace"].as_str()),
+        (Some("web-0"), Some("team-a")),
+        "{line:?}"
+    );
+    assert_eq!(line["name"], "closer", "{line:?}");
+    assert_eq!(summary(&server.get("other-team"))["notifications"], 0);
+}
+
 #[test]
 fn crun_patched_listener_is_precise_and_spares_crun_init() {
     if !require_tools() {

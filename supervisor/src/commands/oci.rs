@@ -366,6 +366,15 @@ fn wrap_entrypoint(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<
     if let Some(id) = &opts.container_id {
         wrapped.extend(["--container-id".to_owned(), id.clone()]);
     }
+    // The runtime reports them to a listener's supervisor; the launcher
+    // does it here (the CRI's pod and container names select Traces).
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let mut annotations: Vec<(String, String)> =
+        annotations.into_iter().filter(|(k, _)| k != PATCHED).collect();
+    annotations.sort();
+    for (key, value) in annotations {
+        wrapped.extend(["--annotation".to_owned(), format!("{key}={value}")]);
+    }
     for syscall in &opts.syscalls {
         wrapped.extend(["--syscall".to_owned(), syscall.clone()]);
     }
