@@ -131,6 +131,59 @@ fn runc_wrapped_is_selected_by_its_cri_annotations() {
     assert_eq!(summary(&server.get("other-team"))["notifications"], 0);
 }
 
+/// `exec` into a wrapped container (`docker exec`, `kubectl exec`, exec
+/// probes) goes through the launcher too: with a `--process` file, as
+/// docker and containerd give it, and with the command after the id.
+#[test]
+fn exec_into_a_wrapped_runc_container_is_supervised() {
+    if !require_tools() {
+        return;
+    }
+    let server = Server::start("runc-exec", &[]);
+    let bundle = bundle("runc-exec", &["/bin/sleep", "30"]);
+    let id = container_id("runc-exec");
+    let shim = || {
+        let mut cmd = sigvisor();
+        cmd.args(["oci", "runtime", "--runtime", "runc", "--socket"]).arg(&server.socket).arg("--");
+        cmd
+    };
+    // Detached, its stdio is the container's: nothing to collect.
+    let started = shim()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the shim");
+    assert_eq!(exit_code(&wait_bounded(started, "runc run --detach")), 0);
+    let process = bundle.join("../exec.json");
+    std::fs::write(
+        &process,
+        json!({"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
+               "args": ["/bin/closer", "--closes", "100"]})
+        .to_string(),
+    )
+    .expect("process file");
+    let by_file =
+        output_bounded(shim().arg("exec").arg("--process").arg(&process).arg(&id), "exec --process");
+    let by_args = output_bounded(shim().args(["exec", &id, "/bin/closer", "--closes", "50"]), "exec CMD");
+    let _ = std::process::Command::new("runc").args(["delete", "-f", &id]).output();
+    for out in [&by_file, &by_args] {
+        assert_eq!(exit_code(out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+        assert_precise(&report(out));
+    }
+    // One line per process handed over: the container's own and each exec's.
+    let (traces, _) = server.stop();
+    let summary = summary(&traces[0]);
+    let lines: Vec<&yaml_serde::Value> =
+        summary["containers"].as_sequence().expect("containers").iter().filter(|c| c["id"] == id).collect();
+    let signals: Vec<u64> = lines.iter().map(|c| c["signals"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(signals.len(), 3, "{summary:?}");
+    assert_eq!(signals.iter().sum::<u64>(), 150, "{summary:?}");
+}
+
 #[test]
 fn crun_patched_listener_is_precise_and_spares_crun_init() {
     if !require_tools() {

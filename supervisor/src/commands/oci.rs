@@ -26,6 +26,8 @@ use sigvisor_proto::Metadata;
 pub const PATCHED: &str = "io.sigvisor.patched";
 /// Where wrap mode mounts the launcher and the socket's directory.
 const IN_CONTAINER: &str = "/.sigvisor";
+/// The launcher, as a wrapped container's processes see it.
+pub const LAUNCHER_INSIDE: &str = "/.sigvisor/sigvisor-launch";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -356,31 +358,7 @@ fn wrap_entrypoint(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<
         bail!("config.json's process.args is empty: nothing to wrap");
     }
     let inside = |rest: &str| format!("{IN_CONTAINER}/{rest}");
-    let mut wrapped = vec![
-        inside("sigvisor-launch"),
-        "--socket".to_owned(),
-        inside("agent.sock"),
-        "--bundle".to_owned(),
-        opts.bundle.canonicalize().unwrap_or_else(|_| opts.bundle.clone()).display().to_string(),
-    ];
-    if let Some(id) = &opts.container_id {
-        wrapped.extend(["--container-id".to_owned(), id.clone()]);
-    }
-    // The runtime reports them to a listener's supervisor; the launcher
-    // does it here (the CRI's pod and container names select Traces).
-    let annotations = spec.annotations().clone().unwrap_or_default();
-    let mut annotations: Vec<(String, String)> =
-        annotations.into_iter().filter(|(k, _)| k != PATCHED).collect();
-    annotations.sort();
-    for (key, value) in annotations {
-        wrapped.extend(["--annotation".to_owned(), format!("{key}={value}")]);
-    }
-    for syscall in &opts.syscalls {
-        wrapped.extend(["--syscall".to_owned(), syscall.clone()]);
-    }
-    wrapped.extend(["--signal".to_owned(), opts.signal.to_string()]);
-    wrapped.push("--".to_owned());
-    wrapped.extend(args);
+    let wrapped = launcher_in_front(spec, opts, args);
     object(doc, "process")?.insert("args".to_owned(), serde_json::to_value(wrapped)?);
     let root = doc.as_object_mut().context("config.json: expected an object")?;
     let mounts = array(root, "mounts")?;
@@ -398,6 +376,37 @@ fn wrap_entrypoint(doc: &mut Value, spec: &Spec, opts: &PatchOptions) -> Result<
         mounts.push(serde_json::to_value(mount)?);
     }
     Ok(())
+}
+
+/// `args` with the launcher mounted in wrap mode in front of them, told
+/// the container's id, bundle and annotations (a runtime reports them to
+/// a listener's supervisor; here the launcher does, and the CRI's pod and
+/// container names select Traces).
+pub fn launcher_in_front(spec: &Spec, opts: &PatchOptions, args: Vec<String>) -> Vec<String> {
+    let mut wrapped = vec![
+        LAUNCHER_INSIDE.to_owned(),
+        "--socket".to_owned(),
+        format!("{IN_CONTAINER}/agent.sock"),
+        "--bundle".to_owned(),
+        opts.bundle.canonicalize().unwrap_or_else(|_| opts.bundle.clone()).display().to_string(),
+    ];
+    if let Some(id) = &opts.container_id {
+        wrapped.extend(["--container-id".to_owned(), id.clone()]);
+    }
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let mut annotations: Vec<(String, String)> =
+        annotations.into_iter().filter(|(k, _)| k != PATCHED).collect();
+    annotations.sort();
+    for (key, value) in annotations {
+        wrapped.extend(["--annotation".to_owned(), format!("{key}={value}")]);
+    }
+    for syscall in &opts.syscalls {
+        wrapped.extend(["--syscall".to_owned(), syscall.clone()]);
+    }
+    wrapped.extend(["--signal".to_owned(), opts.signal.to_string()]);
+    wrapped.push("--".to_owned());
+    wrapped.extend(args);
+    wrapped
 }
 
 /// `sigvisor-launch-static` beside this binary (`make static-launcher`).

@@ -1,7 +1,8 @@
 //! `sigvisor oci runtime`: the runtime shim that docker, containerd and
 //! podman call in place of runc or crun. On `create` (and `run`) it patches
-//! the bundle (`oci::patch`); then it becomes the real runtime with the
-//! same arguments.
+//! the bundle (`oci::patch`); on `exec` into a wrapped container it puts
+//! the launcher in front of the new process too; then it becomes the real
+//! runtime with the same arguments.
 //!
 //! Two things a shim must get right that a runtime's caller never tells it:
 //! - **Which runtime is real.** The shim is installed behind a wrapper that
@@ -19,29 +20,148 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
+use oci_spec::runtime::Spec;
+
 use super::oci::{self, PatchOptions};
 
 /// The runtimes earlier shims resolved, as a PATH-like list: each led back
 /// to a shim.
 const SEEN: &str = "SIGVISOR_SHIM_SEEN";
 
-/// Patches the bundle on `create` and `run`, then execs the real runtime.
+/// Patches the bundle on `create` and `run`, and the process on `exec`
+/// into a wrapped container; then execs the real runtime.
 pub fn run(runtime: &str, mut opts: PatchOptions, args: &[String]) -> Result<std::convert::Infallible> {
+    let seen: Vec<PathBuf> =
+        std::env::var_os(SEEN).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
+    let real = resolve(runtime, std::env::var_os("PATH").as_deref(), &seen)?;
+    let mut args = args.to_vec();
     if let Some(at) = args.iter().position(|a| a == "create" || a == "run") {
         let (bundle, id) = bundle_and_id(&args[at + 1..])?;
         opts.bundle = bundle;
         opts.container_id = id;
         let (mode, why) = oci::patch(&opts)?;
         tracing::info!("patched {} ({mode:?}: {why}) for {runtime}", opts.bundle.display());
+    } else if let Some(at) = args.iter().position(|a| a == "exec") {
+        wrap_exec(&real, &mut args, at, opts)?;
     }
-    let seen: Vec<PathBuf> =
-        std::env::var_os(SEEN).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
-    let real = resolve(runtime, std::env::var_os("PATH").as_deref(), &seen)?;
     let mut passed = seen;
     passed.push(real.clone());
     let passed = std::env::join_paths(passed).context("a runtime path holds ':'")?;
-    Err(std::process::Command::new(&real).args(args).env(SEEN, passed).exec())
+    Err(std::process::Command::new(&real).args(&args).env(SEEN, passed).exec())
         .with_context(|| format!("executing {}", real.display()))
+}
+
+/// `exec` into a wrapped container: the new process goes through the
+/// launcher too, as the container's own did (`docker exec`, `kubectl
+/// exec`, exec probes). A listener-mode container needs nothing: the
+/// runtime gives every process of it the container's filter.
+fn wrap_exec(real: &Path, args: &mut Vec<String>, at: usize, mut opts: PatchOptions) -> Result<()> {
+    let Some(exec) = exec_args(&args[at + 1..]) else { bail!("exec: no container id") };
+    let bundle = bundle_of(real, &args[..at], &exec.id)?;
+    let config = bundle.join("config.json");
+    let spec = Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
+    let wrapped = spec.annotations().as_ref().and_then(|a| a.get(oci::PATCHED)).is_some_and(|m| m == "wrap");
+    if !wrapped {
+        return Ok(());
+    }
+    opts.bundle = bundle;
+    opts.container_id = Some(exec.id);
+    match exec.process {
+        Some(file) => {
+            let text = std::fs::read(&file).with_context(|| format!("reading the process {file}"))?;
+            let mut process: serde_json::Value =
+                serde_json::from_slice(&text).with_context(|| format!("{file} is not JSON"))?;
+            let command: Vec<String> = serde_json::from_value(process["args"].take())
+                .with_context(|| format!("{file}: args is not a list of strings"))?;
+            let command = if command.first().is_some_and(|c| c == oci::LAUNCHER_INSIDE) {
+                command
+            } else {
+                oci::launcher_in_front(&spec, &opts, command)
+            };
+            process["args"] = serde_json::to_value(command)?;
+            std::fs::write(&file, serde_json::to_vec(&process)?)
+                .with_context(|| format!("writing {file}"))?;
+        }
+        None => {
+            let command = args.split_off(at + 1 + exec.command_at);
+            args.extend(oci::launcher_in_front(&spec, &opts, command));
+        }
+    }
+    tracing::info!("exec into wrapped container {}: through the launcher", opts.bundle.display());
+    Ok(())
+}
+
+/// What an `exec`'s arguments say: the container, and the process as a
+/// `--process` file or as the arguments after the id.
+struct Exec {
+    id: String,
+    process: Option<String>,
+    /// Where the command starts, after the id.
+    command_at: usize,
+}
+
+fn exec_args(rest: &[String]) -> Option<Exec> {
+    // runc's and crun's exec options that take a value.
+    const VALUED: &[&str] = &[
+        "--console-socket",
+        "--cwd",
+        "--env",
+        "-e",
+        "--user",
+        "-u",
+        "--additional-gids",
+        "-g",
+        "--process",
+        "-p",
+        "--process-label",
+        "--apparmor",
+        "--pid-file",
+        "--cgroup",
+        "--preserve-fds",
+        "--cap",
+        "-c",
+    ];
+    let mut process = None;
+    let mut i = 0;
+    while let Some(a) = rest.get(i) {
+        if !a.starts_with('-') {
+            return Some(Exec { id: a.clone(), process, command_at: i + 1 });
+        }
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_owned())),
+            None => (a.as_str(), None),
+        };
+        if VALUED.contains(&flag) {
+            let value = match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    rest.get(i)?.clone()
+                }
+            };
+            if flag == "--process" || flag == "-p" {
+                process = Some(value);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The bundle of container `id`, from the runtime's own `state`.
+fn bundle_of(real: &Path, global: &[String], id: &str) -> Result<PathBuf> {
+    let out = std::process::Command::new(real)
+        .args(global)
+        .args(["state", id])
+        .output()
+        .with_context(|| format!("running {} state {id}", real.display()))?;
+    if !out.status.success() {
+        bail!("{} state {id}: {}", real.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("the runtime's state is not JSON")?;
+    let bundle = state["bundle"].as_str().context("the runtime's state names no bundle")?;
+    Ok(PathBuf::from(bundle))
 }
 
 /// The bundle (`--bundle`, `-b`, default the working directory) and the
@@ -185,6 +305,17 @@ mod tests {
         let (bundle, _) = bundle_and_id(&args(&["--bundle=/x", "c2"])).unwrap();
         assert_eq!(bundle, PathBuf::from("/x"));
         assert!(bundle_and_id(&args(&["-b"])).is_err());
+    }
+
+    #[test]
+    fn exec_s_container_and_process() {
+        let e = exec_args(&args(&["--process", "/p.json", "--detach", "--pid-file", "/pid", "c1"])).unwrap();
+        assert_eq!((e.id.as_str(), e.process.as_deref()), ("c1", Some("/p.json")));
+        let e = exec_args(&args(&["-e", "A=1", "--tty", "c2", "sh", "-c", "true"])).unwrap();
+        assert_eq!((e.id.as_str(), e.process, e.command_at), ("c2", None, 4));
+        let e = exec_args(&args(&["--process=/q.json", "c3"])).unwrap();
+        assert_eq!(e.process.as_deref(), Some("/q.json"));
+        assert!(exec_args(&args(&["--cwd"])).is_none());
     }
 
     #[test]
