@@ -34,6 +34,8 @@ pub fn run(runtime: &str, mut opts: PatchOptions, args: &[String]) -> Result<std
     let seen: Vec<PathBuf> =
         std::env::var_os(SEEN).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
     let real = resolve(runtime, std::env::var_os("PATH").as_deref(), &seen)?;
+    // Asked for its version by the patch: the real one, not a wrapper.
+    opts.runtime = real.display().to_string();
     let mut args = args.to_vec();
     if let Some(at) = args.iter().position(|a| a == "create" || a == "run") {
         let (bundle, id) = bundle_and_id(&args[at + 1..])?;
