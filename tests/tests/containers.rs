@@ -53,6 +53,23 @@ fn runc_listener_path_is_observed_and_warned_about() {
     );
 }
 
+/// `sigvisor oci runtime --runtime runc --socket S -- ARGS`, as docker's
+/// wrapper calls it.
+fn runc_shim(server: &Server) -> std::process::Command {
+    let mut cmd = sigvisor();
+    cmd.args(["oci", "runtime", "--runtime", "runc", "--socket"]).arg(&server.socket).arg("--");
+    cmd
+}
+
+/// `runc run` of the closer through the shim: wrapped, every close precise.
+fn runc_run_wrapped(server: &Server, bundle: &std::path::Path, id: &str) {
+    let out = output_bounded(runc_shim(server).args(["run", "--bundle"]).arg(bundle).arg(id), "shim");
+    let _ = std::process::Command::new("runc").args(["delete", "-f", id]).output();
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    assert_eq!(config(bundle)["annotations"]["io.sigvisor.patched"], "wrap");
+}
+
 #[test]
 fn runc_through_the_shim_is_wrapped_and_precise() {
     if !require_tools() {
@@ -61,19 +78,7 @@ fn runc_through_the_shim_is_wrapped_and_precise() {
     let server = Server::start("runc-shim", &[]);
     let bundle = bundle("runc-shim", CLOSER);
     let id = container_id("runc-shim");
-    let out = output_bounded(
-        sigvisor()
-            .args(["oci", "runtime", "--runtime", "runc", "--socket"])
-            .arg(&server.socket)
-            .args(["--", "run", "--bundle"])
-            .arg(&bundle)
-            .arg(&id),
-        "shim",
-    );
-    let _ = std::process::Command::new("runc").args(["delete", "-f", &id]).output();
-    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    assert_precise(&report(&out));
-    assert_eq!(config(&bundle)["annotations"]["io.sigvisor.patched"], "wrap");
+    runc_run_wrapped(&server, &bundle, &id);
     let (traces, _) = server.stop();
     assert_eq!(container_line(&traces, &id)["signals"], 400);
 }
@@ -106,19 +111,7 @@ fn runc_wrapped_is_selected_by_its_cri_annotations() {
         });
     });
     let id = container_id("runc-cri");
-    let out = output_bounded(
-        sigvisor()
-            .args(["oci", "runtime", "--runtime", "runc", "--socket"])
-            .arg(&server.socket)
-            .args(["--", "run", "--bundle"])
-            .arg(&bundle)
-            .arg(&id),
-        "shim",
-    );
-    let _ = std::process::Command::new("runc").args(["delete", "-f", &id]).output();
-    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    assert_precise(&report(&out));
-    assert_eq!(config(&bundle)["annotations"]["io.sigvisor.patched"], "wrap");
+    runc_run_wrapped(&server, &bundle, &id);
     let selected = summary(&server.get("this-pod"));
     let line = selected["containers"].as_sequence().and_then(|c| c.first()).cloned().unwrap_or_default();
     assert_eq!(line["signals"], 400, "{selected:?}");
@@ -142,11 +135,7 @@ fn exec_into_a_wrapped_runc_container_is_supervised() {
     let server = Server::start("runc-exec", &[]);
     let bundle = bundle("runc-exec", &["/bin/sleep", "30"]);
     let id = container_id("runc-exec");
-    let shim = || {
-        let mut cmd = sigvisor();
-        cmd.args(["oci", "runtime", "--runtime", "runc", "--socket"]).arg(&server.socket).arg("--");
-        cmd
-    };
+    let shim = || runc_shim(&server);
     // Detached, its stdio is the container's: nothing to collect.
     let started = shim()
         .args(["run", "--detach", "--bundle"])
