@@ -71,16 +71,17 @@ fn wrap_exec(real: &Path, args: &mut Vec<String>, at: usize, mut opts: PatchOpti
     match exec.process {
         Some(file) => {
             let text = std::fs::read(&file).with_context(|| format!("reading the process {file}"))?;
-            let mut process: serde_json::Value =
-                serde_json::from_slice(&text).with_context(|| format!("{file} is not JSON"))?;
-            let command: Vec<String> = serde_json::from_value(process["args"].take())
+            let mut process: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&text).with_context(|| format!("{file} is not a JSON object"))?;
+            let args = process.remove("args").unwrap_or_default();
+            let command: Vec<String> = serde_json::from_value(args)
                 .with_context(|| format!("{file}: args is not a list of strings"))?;
             let command = if command.first().is_some_and(|c| c == oci::LAUNCHER_INSIDE) {
                 command
             } else {
                 oci::launcher_in_front(&spec, &opts, command)
             };
-            process["args"] = serde_json::to_value(command)?;
+            process.insert("args".to_owned(), serde_json::to_value(command)?);
             std::fs::write(&file, serde_json::to_vec(&process)?)
                 .with_context(|| format!("writing {file}"))?;
         }
@@ -123,31 +124,46 @@ fn exec_args(rest: &[String]) -> Option<Exec> {
         "--cap",
         "-c",
     ];
-    let mut process = None;
+    let (options, at) = leading_options(rest, VALUED);
+    let at = at?;
+    let process = last_value(&options, &["--process", "-p"]);
+    Some(Exec { id: rest[at].clone(), process, command_at: at + 1 })
+}
+
+/// The options before the first positional argument, as runc reads them:
+/// a flag in `valued` takes a value (`--flag value` or `--flag=value`),
+/// the others stand alone. Each flag with its value, and where the first
+/// positional argument is, if there is one.
+fn leading_options<'a>(
+    args: &'a [String],
+    valued: &[&str],
+) -> (Vec<(&'a str, Option<String>)>, Option<usize>) {
+    let mut options = Vec::new();
     let mut i = 0;
-    while let Some(a) = rest.get(i) {
+    while let Some(a) = args.get(i) {
         if !a.starts_with('-') {
-            return Some(Exec { id: a.clone(), process, command_at: i + 1 });
+            return (options, Some(i));
         }
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) => (f, Some(v.to_owned())),
             None => (a.as_str(), None),
         };
-        if VALUED.contains(&flag) {
-            let value = match inline {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    rest.get(i)?.clone()
-                }
-            };
-            if flag == "--process" || flag == "-p" {
-                process = Some(value);
+        let value = match inline {
+            None if valued.contains(&flag) => {
+                i += 1;
+                args.get(i).cloned()
             }
-        }
+            inline => inline,
+        };
+        options.push((flag, value));
         i += 1;
     }
-    None
+    (options, None)
+}
+
+/// The value of the last of `flags` given (a later one overrides).
+fn last_value(options: &[(&str, Option<String>)], flags: &[&str]) -> Option<String> {
+    options.iter().rev().find(|(f, _)| flags.contains(f)).and_then(|(_, v)| v.clone())
 }
 
 /// The bundle of container `id`, from the runtime's own `state`.
@@ -232,44 +248,13 @@ pub struct RuntimeLog {
 
 impl RuntimeLog {
     pub fn of(args: &[String]) -> Option<RuntimeLog> {
-        let mut file = None;
-        let mut json = false;
-        let mut i = 0;
-        while let Some(a) = args.get(i) {
-            if !a.starts_with('-') {
-                break; // the command: global options come before it
-            }
-            let (flag, inline) = match a.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_owned())),
-                None => (a.as_str(), None),
-            };
-            // runc's and crun's global options that take a value.
-            const VALUED: &[&str] = &[
-                "--log",
-                "--log-format",
-                "--log-level",
-                "--root",
-                "--criu",
-                "--rootless",
-                "--cgroup-manager",
-            ];
-            if VALUED.contains(&flag) {
-                let value = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        args.get(i).cloned().unwrap_or_default()
-                    }
-                };
-                match flag {
-                    "--log" => file = Some(PathBuf::from(value)),
-                    "--log-format" => json = value == "json",
-                    _ => {}
-                }
-            }
-            i += 1;
-        }
-        Some(RuntimeLog { file: file?, json })
+        // runc's and crun's global options that take a value.
+        const VALUED: &[&str] =
+            &["--log", "--log-format", "--log-level", "--root", "--criu", "--rootless", "--cgroup-manager"];
+        let (options, _) = leading_options(args, VALUED);
+        let file = PathBuf::from(last_value(&options, &["--log"])?);
+        let json = last_value(&options, &["--log-format"]).is_some_and(|f| f == "json");
+        Some(RuntimeLog { file, json })
     }
 
     /// Appends the error as runc would log it; best effort (the error also

@@ -17,8 +17,7 @@ use crate::trace::policy::Policy;
 use crate::trace::profile::{self, Trace, TraceStatus};
 
 pub struct StateDir {
-    /// By `Source`: declared, applied.
-    dirs: [PathBuf; 2],
+    root: PathBuf,
 }
 
 /// Where a Trace came from, which decides whether it comes back.
@@ -33,6 +32,14 @@ pub enum Source {
 
 impl Source {
     const ALL: [Source; 2] = [Source::Declared, Source::Applied];
+
+    /// Its folder in the state directory.
+    fn folder(self) -> &'static str {
+        match self {
+            Source::Declared => "declared",
+            Source::Applied => "traces",
+        }
+    }
 }
 
 /// A Trace found in the state directory, and the state it was left in.
@@ -46,19 +53,20 @@ pub struct Saved {
 impl StateDir {
     /// Opens `dir` (made 0700 if missing).
     pub fn open(dir: &Path) -> Result<StateDir> {
-        let dirs = [dir.join("declared"), dir.join("traces")];
-        for dir in &dirs {
+        let state = StateDir { root: dir.to_owned() };
+        for source in Source::ALL {
+            let dir = state.dir(source);
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(dir)
+                .create(&dir)
                 .with_context(|| format!("creating the state directory {}", dir.display()))?;
         }
-        Ok(StateDir { dirs })
+        Ok(state)
     }
 
-    fn dir(&self, source: Source) -> &Path {
-        &self.dirs[source as usize]
+    fn dir(&self, source: Source) -> PathBuf {
+        self.root.join(source.folder())
     }
 
     /// The Traces saved; one that no longer loads (a profile rule changed
