@@ -11,6 +11,8 @@ PACKAGES += golang-go
 endif
 # Real programs the tests run under sigvisor (tests/tests/never_crash.rs).
 PACKAGES += python3 openjdk-17-jdk-headless podman
+# The engines the shim is registered with (tests/tests/engines.rs).
+PACKAGES += docker.io containerd
 BIN := target/debug
 GO_DEMO := examples/gosignal/gosignal
 # Go 1.19 or later, stdlib and cgo only: nothing is downloaded.

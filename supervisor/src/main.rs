@@ -266,6 +266,10 @@ enum OciCommand {
         runtime: String,
         #[command(flatten)]
         common: OciArgs,
+        /// The Docker Engine API, asked for the name and labels of each
+        /// container of docker's (`spec.filter.containerName`, `labels`).
+        #[arg(long, value_name = "URL", default_value = "unix:///var/run/docker.sock")]
+        docker_host: String,
         /// The runtime's arguments.
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
@@ -296,6 +300,7 @@ fn patch_options(
         runtime,
         launcher: common.launcher,
         container_id,
+        annotations: Vec::new(),
     })
 }
 
@@ -416,12 +421,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Oci(OciCommand::Runtime { runtime, common, args }) => {
+        Command::Oci(OciCommand::Runtime { runtime, common, docker_host, args }) => {
             let opts = match patch_options(common, runtime.clone(), None) {
                 Ok(o) => o,
                 Err(code) => return code,
             };
-            match shim::run(&runtime, opts, &args) {
+            match shim::run(&runtime, &docker_host, opts, &args) {
                 Ok(never) => match never {},
                 Err(e) => {
                     // docker and containerd show a runtime's --log, not its stderr.

@@ -91,6 +91,15 @@ pub fn notify_close(socket: &Path, wait_killable: bool) -> Value {
     s
 }
 
+/// An Auto Trace named `name` with `filter` (YAML lines under `spec:`,
+/// indented two spaces; empty for all).
+pub fn auto_trace(name: &str, filter: &str) -> String {
+    format!(
+        "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\nspec:\n  gadget: signal\n  \
+         runMode: Auto\n{filter}"
+    )
+}
+
 /// A `sigvisor serve` on its own sockets and state directory, with one
 /// Auto trace selecting all.
 pub struct Server {

@@ -2,6 +2,7 @@
 //! real kernel and parses what they print.
 
 pub mod containers;
+pub mod engines;
 pub mod hostile;
 
 use std::path::{Path, PathBuf};

@@ -84,17 +84,17 @@ fn runc_through_the_shim_is_wrapped_and_precise() {
 }
 
 /// Wrap mode passes the bundle's annotations on, as a runtime passes them
-/// to a listener's supervisor: the CRI's pod names select and attribute.
+/// to a listener's supervisor: the CRI's pod names select and attribute,
+/// for a container whose process is not root too (`runAsUser: 1000`): the
+/// agent socket lets it connect, and serve believes its claims because its
+/// bundle proves them.
 #[test]
 fn runc_wrapped_is_selected_by_its_cri_annotations() {
     if !require_tools() {
         return;
     }
     let filtered = |name: &str, namespace: &str| {
-        format!(
-            "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\nspec:\n  \
-             gadget: signal\n  runMode: Auto\n  filter:\n    namespace: {namespace}\n    podname: web-0\n"
-        )
+        auto_trace(name, &format!("  filter:\n    namespace: {namespace}\n    podname: web-0\n"))
     };
     let server = Server::with_profiles(
         "runc-cri",
@@ -109,6 +109,7 @@ fn runc_wrapped_is_selected_by_its_cri_annotations() {
             "io.kubernetes.cri.sandbox-name": "web-0",
             "io.kubernetes.cri.sandbox-namespace": "team-a",
         });
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
     });
     let id = container_id("runc-cri");
     runc_run_wrapped(&server, &bundle, &id);
@@ -120,8 +121,56 @@ fn runc_wrapped_is_selected_by_its_cri_annotations() {
         (Some("web-0"), Some("team-a")),
         "{line:?}"
     );
-    assert_eq!(line["name"], "closer", "{line:?}");
+    assert_eq!((line["name"].as_str(), line["id"].as_str()), (Some("closer"), Some(id.as_str())), "{line:?}");
     assert_eq!(summary(&server.get("other-team"))["notifications"], 0);
+}
+
+/// The agent socket lets a container process of any uid connect, but one
+/// that is not root cannot pass for another container: it claims another
+/// bundle, container id and pod, and is served as its own pid, by the
+/// Trace that selects what it truly is, never by the victim's.
+#[test]
+fn a_process_that_is_not_root_cannot_pass_for_another_container() {
+    if !require_tools() {
+        return;
+    }
+    let victim = auto_trace("victim", "  filter:\n    podname: victim-0\n");
+    let server = Server::with_profiles(
+        "spoof",
+        &[],
+        &[("a.yaml", &victim), ("b.yaml", &auto_trace("zz-everyone", ""))],
+    );
+    let theirs = bundle("spoof-victim", CLOSER);
+    edit_config(&theirs, |c| c["annotations"] = json!({"io.kubernetes.cri.sandbox-name": "victim-0"}));
+    let bundle = bundle("spoof", CLOSER);
+    patch(&bundle, &server.socket, &["--mode", "wrap", "--container-id", "honest"]);
+    let theirs = theirs.to_str().expect("path").to_owned();
+    // What the patch put in front, with every claim pointing at the victim.
+    let mut lying =
+        vec!["/.sigvisor/sigvisor-launch", "--socket", "/.sigvisor/agent.sock", "--bundle", &theirs];
+    lying.extend([
+        "--container-id",
+        "victim",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-name=victim-0",
+        "--",
+    ]);
+    lying.extend(CLOSER);
+    edit_config(&bundle, |c| {
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+        c["process"]["args"] = json!(lying);
+    });
+    let id = container_id("spoof");
+    let out = runc_run(&bundle, &id);
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    assert_eq!(summary(&server.get("victim"))["notifications"], 0);
+    let (traces, log) = server.stop();
+    let everyone = summary(traces.iter().find(|t| t["metadata"]["name"] == "zz-everyone").expect("trace"));
+    assert_eq!(everyone["signalsSent"], 400, "{everyone:?}");
+    // Served as a plain process: no container is named at all.
+    assert!(everyone["containers"].is_null(), "{everyone:?}");
+    assert!(log.contains("is not believed (its root directory is not the bundle's root"), "{log}");
 }
 
 /// `exec` into a wrapped container (`docker exec`, `kubectl exec`, exec

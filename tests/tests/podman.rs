@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sigvisor_tests::containers::*;
+use sigvisor_tests::engines::shim_script;
 use sigvisor_tests::*;
 
 /// podman, if installed; on CI its absence is a broken setup.
@@ -38,16 +39,7 @@ fn import_image(name: &str) -> String {
 /// The shim registered as podman's runtime: a script named after the real
 /// runtime (podman judges a runtime's abilities by its name).
 fn shim(dir: &Path, runtime: &str, socket: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(runtime);
-    let script = format!(
-        "#!/bin/sh\nexec '{}' oci runtime --runtime {runtime} --socket '{}' -- \"$@\"\n",
-        bin("sigvisor").display(),
-        socket.display()
-    );
-    std::fs::write(&path, script).expect("write the shim");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod the shim");
-    path
+    shim_script(&dir.join(runtime), runtime, socket, "")
 }
 
 const LIMITS: &str = "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024";

@@ -66,7 +66,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     });
     let _control_file = match &opts.control {
         Some(path) => {
-            let (control, file) = crate::sys::socket::bind(path)?;
+            let (control, file) = crate::sys::socket::bind(path, crate::sys::socket::Access::Owner)?;
             tokio::spawn(crate::control::serve(control, Arc::clone(&registry)));
             Some(file)
         }

@@ -23,6 +23,7 @@ use crate::intake::attach::{self, Keeping};
 use crate::keeper::link::{Link, Taken};
 use crate::path::notify::{Context, LoopMode};
 use crate::sys::socket;
+use crate::trace::peer::Peer;
 use crate::trace::policy::Policy;
 use crate::trace::profile::Trace;
 use crate::trace::state::{Saved, Source, StateDir};
@@ -63,7 +64,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
         tracing::info!("trace {}: state {:?}{error}", trace.metadata.name, status.state);
     }
     registry.keep_state_in(state);
-    let (control_socket, _control_file) = socket::bind(control)?;
+    let (control_socket, _control_file) = socket::bind(control, socket::Access::Owner)?;
     let log = state_dir.join("keeper.log");
     let Taken { link: keeper, adopted, agent: held_agent } = Link::connect(keeper, &log, opts.answer_within)?;
     let listener = agent_socket(agent, held_agent, &keeper)?;
@@ -94,12 +95,12 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let cred = stream.peer_cred().ok();
-                    let peer = cred.map(|c| format!("peer pid {} uid {}", c.pid().unwrap_or(0), c.uid()))
-                        .unwrap_or_else(|| "unknown peer".into());
-                    let runtime = cred.and_then(|c| c.pid()).and_then(crate::trace::container::runtime_name);
+                    let peer = cred.and_then(|c| Some(Peer { pid: c.pid()?, uid: c.uid() }));
+                    // Now: runc has exited by the time its handoff is read.
+                    let runtime = peer.and_then(|p| crate::trace::container::runtime_name(p.pid));
                     let fd = match stream.into_std() {
                         Ok(s) => OwnedFd::from(s),
-                        Err(e) => { tracing::warn!("{peer}: {e}"); continue }
+                        Err(e) => { tracing::warn!("{}: {e}", describe(peer)); continue }
                     };
                     let shared = (Arc::clone(&registry), Arc::clone(&ctx), Arc::clone(&keeper));
                     tokio::spawn(connection(fd, peer, runtime, shared, opts.handoff_timeout));
@@ -121,22 +122,30 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     Ok(0)
 }
 
+fn describe(peer: Option<Peer>) -> String {
+    peer.map_or_else(|| "unknown peer".into(), |p| format!("peer pid {} uid {}", p.pid, p.uid))
+}
+
 /// One client: receive its listener, then serve it to the end.
 async fn connection(
     fd: OwnedFd,
-    peer: String,
+    peer: Option<Peer>,
     runtime: Option<String>,
     (registry, ctx, keeper): (Arc<Registry>, Arc<Context>, Arc<Link>),
     timeout: Duration,
 ) {
+    let who = describe(peer);
     match tokio::time::timeout(timeout, crate::intake::handoff::receive(fd)).await {
-        Err(_) => tracing::warn!("{peer}: no complete handoff within {timeout:?}; dropped"),
+        Err(_) => tracing::warn!("{who}: no complete handoff within {timeout:?}; dropped"),
         // A probe (`sigvisor oci patch` checks the socket) or an aborted start.
-        Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::debug!("{peer}: {e}"),
-        Ok(Err(e)) => tracing::warn!("{peer}: {e}; dropped"),
-        Ok(Ok(handoff)) => {
+        Ok(Err(e @ sigvisor_proto::HandoffError::Empty)) => tracing::debug!("{who}: {e}"),
+        Ok(Err(e)) => tracing::warn!("{who}: {e}; dropped"),
+        Ok(Ok(mut handoff)) => {
+            if let Some(why) = crate::trace::peer::vet(&mut handoff, peer) {
+                tracing::warn!("{why}");
+            }
             let keeping = Keeping::New(keeper);
-            drop(attach::supervise(handoff, &peer, runtime.as_deref(), &registry, ctx, keeping).await)
+            drop(attach::supervise(handoff, &who, runtime.as_deref(), &registry, ctx, keeping).await)
         }
     }
 }
@@ -151,7 +160,7 @@ fn agent_socket(path: &Path, held: Option<(PathBuf, OwnedFd)>, keeper: &Link) ->
         tracing::info!("took the agent socket {} back from the keeper", path.display());
         return Ok(UnixListener::from_std(socket)?);
     }
-    let (listener, file) = socket::bind(path)?;
+    let (listener, file) = socket::bind(path, socket::Access::Mounted)?;
     if keeper.give_agent(path, listener.as_fd()) {
         // The keeper removes it when it exits.
         file.leave();

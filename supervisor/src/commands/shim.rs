@@ -30,7 +30,12 @@ const SEEN: &str = "SIGVISOR_SHIM_SEEN";
 
 /// Patches the bundle on `create` and `run`, and the process on `exec`
 /// into a wrapped container; then execs the real runtime.
-pub fn run(runtime: &str, mut opts: PatchOptions, args: &[String]) -> Result<std::convert::Infallible> {
+pub fn run(
+    runtime: &str,
+    docker: &str,
+    mut opts: PatchOptions,
+    args: &[String],
+) -> Result<std::convert::Infallible> {
     let seen: Vec<PathBuf> =
         std::env::var_os(SEEN).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
     let real = resolve(runtime, std::env::var_os("PATH").as_deref(), &seen)?;
@@ -39,6 +44,13 @@ pub fn run(runtime: &str, mut opts: PatchOptions, args: &[String]) -> Result<std
     let mut args = args.to_vec();
     if let Some(at) = args.iter().position(|a| a == "create" || a == "run") {
         let (bundle, id) = bundle_and_id(&args[at + 1..])?;
+        if let Some(id) = id.as_deref().filter(|id| super::docker::owns(&bundle, id)) {
+            // Without them the container is still supervised, by its id.
+            match super::docker::annotations(docker, id) {
+                Ok(found) => opts.annotations = found,
+                Err(e) => tracing::warn!("container {id}: no name or labels from docker: {e:#}"),
+            }
+        }
         opts.bundle = bundle;
         opts.container_id = id;
         let (mode, why) = oci::patch(&opts)?;

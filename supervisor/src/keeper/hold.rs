@@ -199,9 +199,7 @@ pub fn run(opts: Options) -> Result<i32> {
 
 /// Listens at `path`: a stale socket is replaced, a live keeper refused.
 fn listen(path: &Path) -> Result<(OwnedFd, BoundFile)> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    crate::sys::socket::make_dir(path)?;
     match fd::seqpacket_connect(path) {
         Ok(_) => anyhow::bail!("another keeper is already listening on {}", path.display()),
         // Refused: stale (a keeper that died). A full backlog is a live one.

@@ -16,6 +16,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use sigvisor_proto::{Handoff, HandoffError, MAX_FDS};
 
 use crate::sys::fd;
+use crate::trace::peer::Peer;
 
 /// The epoll data word of the agent socket, and the first of the
 /// connections being read.
@@ -37,6 +38,7 @@ struct Incoming {
     socket: OwnedFd,
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
+    peer: Option<Peer>,
     runtime: Option<String>,
     since: Instant,
 }
@@ -85,8 +87,8 @@ impl Intake {
                     return;
                 }
             };
-            let runtime =
-                fd::peer(socket.as_fd()).ok().and_then(|(pid, _)| crate::trace::container::runtime_name(pid));
+            let peer = fd::peer(socket.as_fd()).ok().map(|(pid, uid)| Peer { pid, uid });
+            let runtime = peer.and_then(|p| crate::trace::container::runtime_name(p.pid));
             let token = FIRST_HANDOFF + self.next;
             self.next += 1;
             if let Err(e) = epoll.add(&socket, EpollEvent::new(EpollFlags::EPOLLIN, token)) {
@@ -95,7 +97,7 @@ impl Intake {
             }
             self.incoming.insert(
                 token,
-                Incoming { socket, bytes: Vec::new(), fds: Vec::new(), runtime, since: Instant::now() },
+                Incoming { socket, bytes: Vec::new(), fds: Vec::new(), peer, runtime, since: Instant::now() },
             );
         }
     }
@@ -121,9 +123,15 @@ impl Intake {
         let received = whole.and_then(|()| sigvisor_proto::decode(&incoming.bytes, incoming.fds));
         crate::sys::socket::send_nowait(incoming.socket.as_fd(), &sigvisor_proto::reply_text(&received));
         match received {
-            Ok(handoff) => Some((handoff, incoming.runtime)),
+            Ok(mut handoff) => {
+                if let Some(why) = crate::trace::peer::vet(&mut handoff, incoming.peer) {
+                    tracing::warn!("agent socket: {why}");
+                }
+                Some((handoff, incoming.runtime))
+            }
+            // A probe (the shim checks the socket) or an aborted start.
             Err(e @ HandoffError::Empty) => {
-                tracing::info!("agent socket: {e}");
+                tracing::debug!("agent socket: {e}");
                 None
             }
             Err(e) => {

@@ -95,10 +95,8 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds the socket: its directory made if missing (0700), a stale socket
-/// replaced, a live one refused, the socket itself mode 0600. The file goes
-/// when the returned `SocketFile` is dropped.
-pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
+/// The directory of the socket file `path`, made 0700 if missing.
+pub fn make_dir(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -106,6 +104,28 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
+    Ok(())
+}
+
+/// Who may connect to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Its owner (root) only: mode 0600.
+    Owner,
+    /// Any uid that can reach the file: mode 0666, but only where its
+    /// directory is this user's alone, so that no other user on the host
+    /// gets past the directory and only bind mounts of the file itself
+    /// (wrap mode's, into containers that run as any user) reach it.
+    /// Elsewhere 0600, with a warning.
+    Mounted,
+}
+
+/// Binds the socket: its directory made if missing (0700), a stale socket
+/// replaced, a live one refused, the socket itself mode 0600 or, for
+/// `Access::Mounted`, 0666. The file goes when the returned `SocketFile`
+/// is dropped.
+pub fn bind(path: &Path, access: Access) -> Result<(UnixListener, SocketFile)> {
+    make_dir(path)?;
     if path.exists() {
         if let Some(pid) = listening(path)? {
             let by = if pid > 0 { format!(" (pid {pid})") } else { String::new() };
@@ -119,11 +139,37 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let chmod = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let mode = match access {
+        Access::Mounted if private_dir(path) => 0o666,
+        _ => 0o600,
+    };
+    let chmod = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
     // After the chmod, which changes the file's ctime.
     let file = SocketFile(Some(BoundFile::at(path)));
-    chmod.with_context(|| format!("chmod 0600 {}", path.display()))?;
+    chmod.with_context(|| format!("chmod {mode:o} {}", path.display()))?;
     Ok((listener, file))
+}
+
+/// Whether only this user can search the directory holding `path`; warns
+/// otherwise, since a container process that is not root then cannot
+/// connect through its mount.
+fn private_dir(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let meta = std::fs::metadata(dir);
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.as_ref().is_ok_and(|m| m.uid() == me && m.mode() & 0o077 == 0) {
+        return true;
+    }
+    let why =
+        meta.map_or_else(|e| e.to_string(), |m| format!("owner {}, mode {:o}", m.uid(), m.mode() & 0o7777));
+    tracing::warn!(
+        "{} stays mode 0600, so wrapped containers whose process is not root cannot connect: its directory \
+         {} is not this user's alone ({why}); give serve a --socket in a directory of mode 0700",
+        path.display(),
+        dir.display()
+    );
+    false
 }
 
 #[cfg(test)]

@@ -11,8 +11,12 @@ use sigvisor_proto::Handoff;
 
 use crate::trace::profile::{ContainerFilter, Trace};
 
-/// Annotation keys, containerd's first, then CRI-O's.
-const CONTAINER_NAME: &[&str] = &["io.kubernetes.cri.container-name", "io.kubernetes.container.name"];
+/// The annotation the shim writes with the name an engine without the CRI
+/// gives a container (docker's `--name`: commands/docker.rs).
+pub const ENGINE_NAME: &str = "io.sigvisor.container-name";
+/// Annotation keys, containerd's first, then CRI-O's, then the shim's.
+const CONTAINER_NAME: &[&str] =
+    &["io.kubernetes.cri.container-name", "io.kubernetes.container.name", ENGINE_NAME];
 const POD_NAME: &[&str] = &["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"];
 const POD_NAMESPACE: &[&str] = &["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"];
 
@@ -55,8 +59,10 @@ impl FilterFacts {
         }
         let bundle = handoff.state.state().bundle();
         let config = bundle.join("config.json");
-        let read = std::fs::read(&config)
-            .map_err(|e| e.to_string())
+        let read = Some(&config)
+            .filter(|_| bundle.is_absolute())
+            .ok_or_else(|| "no bundle is named".to_owned())
+            .and_then(|config| std::fs::read(config).map_err(|e| e.to_string()))
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string()));
         match read {
             Ok(config) => {
