@@ -102,3 +102,7 @@ done
 # hostile tenants (tests/benches/tenants.rs), in the same run.
 echo
 cargo bench -q -p sigvisor-tests --bench tenants 2>/dev/null
+
+# What the shim adds to a container's start under docker (bench/engines.sh).
+echo
+bench/engines.sh

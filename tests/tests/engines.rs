@@ -147,12 +147,22 @@ fn containerd_through_the_shim() {
          [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sigvisor.options]\n  BinaryName = \"{}\"\n",
         runc.display()
     );
+    // The CRI plugin's state with a config: "ok", or "error" when runc's
+    // stanza is left out (the default runtime must be declared).
+    let cri = |config: &str| {
+        let containerd = Daemon::containerd("containerd-cri", config);
+        let plugins = containerd.ctr(&["plugins", "ls"]);
+        let plugins = String::from_utf8_lossy(&plugins.stdout).into_owned();
+        let line = plugins
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|l| l.get(1) == Some(&"cri"));
+        line.and_then(|l| l.last().map(|s| s.to_string())).unwrap_or(plugins)
+    };
+    let without_runc: String = stanza.lines().skip(2).map(|l| format!("{l}\n")).collect();
+    assert_eq!(cri(&without_runc), "error");
+    assert_eq!(cri(&stanza), "ok");
     let containerd = Daemon::containerd("containerd", &stanza);
-    let plugins = containerd.ctr(&["plugins", "ls"]);
-    let plugins = String::from_utf8_lossy(&plugins.stdout);
-    let cri =
-        plugins.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|l| l.get(1) == Some(&"cri"));
-    assert_eq!(cri.and_then(|l| l.last().copied()), Some("ok"), "{plugins}\n{}", containerd.log());
 
     let rootfs = bundle("containerd-rootfs", &["/bin/true"]).join("rootfs");
     let annotations = [

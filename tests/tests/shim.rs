@@ -41,6 +41,18 @@ fn a_wrapper_named_like_the_runtime_never_runs_itself() {
     assert!(stderr.contains("leads back to this shim"), "{stderr}");
 }
 
+/// podman runs the runtime's `delete` with no PATH at all (a shell
+/// wrapper then has a PATH of its own that it does not export): the shim
+/// still finds the runtime where runtimes live.
+#[test]
+fn a_caller_without_path_still_reaches_the_runtime() {
+    let dir = scratch("shim-no-path");
+    let runc = wrapper(&dir, "runc");
+    let out = output_bounded(Command::new(&runc).arg("--version").env_clear(), "the shim with no PATH");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("runc version"));
+}
+
 /// docker and containerd show the runtime's `--log` (runc's JSON lines),
 /// not its stderr: the shim's error is there.
 #[test]

@@ -28,6 +28,11 @@ use super::oci::{self, PatchOptions};
 /// to a shim.
 const SEEN: &str = "SIGVISOR_SHIM_SEEN";
 
+/// Where a runtime is looked for when the caller gives no PATH at all, as
+/// podman does for `delete` (a shell wrapper then sees its own default
+/// PATH, which it does not export).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Patches the bundle on `create` and `run`, and the process on `exec`
 /// into a wrapped container; then execs the real runtime.
 pub fn run(
@@ -38,7 +43,8 @@ pub fn run(
 ) -> Result<std::convert::Infallible> {
     let seen: Vec<PathBuf> =
         std::env::var_os(SEEN).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
-    let real = resolve(runtime, std::env::var_os("PATH").as_deref(), &seen)?;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    let real = resolve(runtime, &path, &seen)?;
     // Asked for its version by the patch: the real one, not a wrapper.
     opts.runtime = real.display().to_string();
     let mut args = args.to_vec();
@@ -218,7 +224,7 @@ fn bundle_and_id(rest: &[String]) -> Result<(PathBuf, Option<String>)> {
 /// The runtime to exec: `runtime` itself if it is a path, else the first
 /// executable of that name on `path`; never one an earlier shim resolved
 /// (it led back to a shim).
-fn resolve(runtime: &str, path: Option<&std::ffi::OsStr>, seen: &[PathBuf]) -> Result<PathBuf> {
+fn resolve(runtime: &str, path: &std::ffi::OsStr, seen: &[PathBuf]) -> Result<PathBuf> {
     let led_back = |candidate: &Path| {
         let real = std::fs::canonicalize(candidate).unwrap_or_else(|_| candidate.to_owned());
         seen.iter().any(|s| s == candidate || std::fs::canonicalize(s).is_ok_and(|s| s == real))
@@ -233,7 +239,7 @@ fn resolve(runtime: &str, path: Option<&std::ffi::OsStr>, seen: &[PathBuf]) -> R
         }
         return Ok(candidate);
     }
-    let dirs: Vec<PathBuf> = path.map(|p| std::env::split_paths(p).collect()).unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(path).collect();
     let found: Vec<PathBuf> = dirs.iter().map(|d| d.join(runtime)).filter(|c| executable(c)).collect();
     match found.iter().find(|c| !led_back(c)) {
         Some(real) => Ok(real.clone()),
@@ -340,15 +346,15 @@ mod tests {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let path = std::env::join_paths([&wrapper, &real]).unwrap();
-        assert_eq!(resolve("rt", Some(&path), &[]).unwrap(), wrapper.join("rt"));
-        assert_eq!(resolve("rt", Some(&path), &[wrapper.join("rt")]).unwrap(), real.join("rt"));
-        let why = resolve("rt", Some(&path), &[wrapper.join("rt"), real.join("rt")]).unwrap_err().to_string();
+        assert_eq!(resolve("rt", &path, &[]).unwrap(), wrapper.join("rt"));
+        assert_eq!(resolve("rt", &path, &[wrapper.join("rt")]).unwrap(), real.join("rt"));
+        let why = resolve("rt", &path, &[wrapper.join("rt"), real.join("rt")]).unwrap_err().to_string();
         assert!(why.contains("leads back to this shim"), "{why}");
-        let why = resolve(&wrapper.join("rt").to_string_lossy(), None, &[wrapper.join("rt")])
+        let why = resolve(&wrapper.join("rt").to_string_lossy(), "".as_ref(), &[wrapper.join("rt")])
             .unwrap_err()
             .to_string();
         assert!(why.contains("give --runtime the real runtime's path"), "{why}");
-        assert!(resolve("nonexistent-rt", Some(&path), &[]).is_err());
+        assert!(resolve("nonexistent-rt", &path, &[]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
