@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-20}
 scripts/need-packages docker.io containerd busybox-static runc crun >&2
 cargo build --release -q -p sigvisor
-make -s static-launcher >/dev/null
+make -s static-launcher >/dev/null 2>&1
 out=$PWD/target/release
 cp target/debug/sigvisor-launch-static "$out/sigvisor-launch-static"
 dir=$(mktemp -d /tmp/sv-bench-XXXX)
