@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: runs the real binaries against the
 //! real kernel and parses what they print.
 
+pub mod cluster;
 pub mod containers;
 pub mod engines;
 pub mod hostile;

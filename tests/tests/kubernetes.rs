@@ -1,0 +1,153 @@
+//! The Trace resource on a real kube-apiserver (tests/cluster/up):
+//! deploy/crd.yaml is served, refuses what sigvisor refuses (the API server
+//! and `sigvisor check` agree on every case), lets each node's agent select
+//! its own Traces by `spec.node`, and has a status subresource.
+
+use std::process::Output;
+
+use sigvisor_tests::cluster::*;
+use sigvisor_tests::*;
+
+fn said(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn trace(name: &str, node: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata:\n  name: {name}\n  namespace: gadget\n\
+         spec:\n  node: {node}\n  gadget: signal\n{spec}"
+    )
+}
+
+#[test]
+fn the_trace_crd_refuses_what_sigvisor_refuses() {
+    let Some(cluster) = Cluster::with_traces("kubernetes-crd") else { return };
+    assert!(cluster.kubectl(&["create", "namespace", "gadget"]).status.success());
+
+    // Each case: the spec lines, whether sigvisor accepts it, and what the
+    // API server's refusal names.
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("good", "  runMode: Auto\n  outputMode: Stream\n  parameters:\n    signal: SIGUSR1\n    when: 2..5\n    min-threads: \"2\"\n    comm: go*\n    stacks: \"true\"\n    handler: any\n    syscalls: close,openat\n", None),
+        ("filtered", "  filter:\n    namespace: shop\n    podname: web-0\n    containerName: web\n    labels:\n      team: blue\n", None),
+        ("run-mode", "  runMode: Sometimes\n", Some("spec.runMode")),
+        ("output-mode", "  outputMode: ExternalResource\n", Some("spec.outputMode")),
+        ("unknown-parameter", "  parameters:\n    colour: blue\n", Some("unknown field \"spec.parameters.colour\"")),
+        ("stacks", "  parameters:\n    stacks: maybe\n", Some("spec.parameters.stacks")),
+        ("handler", "  parameters:\n    handler: mine\n", Some("spec.parameters.handler")),
+        ("min-threads", "  parameters:\n    min-threads: \"0\"\n", Some("spec.parameters.min-threads")),
+        ("when", "  parameters:\n    when: sometimes\n", Some("spec.parameters.when")),
+        ("signal", "  parameters:\n    signal: \"sig ill\"\n", Some("spec.parameters.signal")),
+        ("not-a-string", "  parameters:\n    min-threads: 2\n", None),
+    ];
+    let dir = scratch("kubernetes-crd-cases");
+    for (name, spec, refused) in cases {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, trace(name, "node-a", spec)).expect("write the case");
+        let ours = output_bounded(sigvisor().arg("check").arg(&file), "sigvisor check");
+        let theirs = cluster.kubectl(&["apply", "--dry-run=server", "-f", file.to_str().expect("path")]);
+        match refused {
+            None => {
+                assert!(ours.status.success(), "{name}: sigvisor refused it: {}", said(&ours));
+                // An integer where a string is due: the API server's
+                // refusal, and sigvisor's acceptance, are both right (a
+                // profile file may say 2; a resource is typed).
+                if *name != "not-a-string" {
+                    assert!(theirs.status.success(), "{name}: the API server refused it: {}", said(&theirs));
+                }
+            }
+            Some(field) => {
+                assert_eq!(exit_code(&ours), 2, "{name}: sigvisor accepted it");
+                assert!(!theirs.status.success(), "{name}: the API server accepted it");
+                assert!(said(&theirs).contains(field), "{name}: {}", said(&theirs));
+            }
+        }
+    }
+    // The seed document and the shipped profiles are accepted as they are.
+    for profile in ["profiles/signal.yaml", "profiles/gosignal.yaml"] {
+        let out = cluster.kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            "gadget",
+            "-f",
+            repo().join(profile).to_str().expect("path"),
+        ]);
+        assert!(out.status.success(), "{profile}: {}", said(&out));
+    }
+
+    // Each node's agent lists only its own Traces.
+    for (name, node) in [("on-a", "node-a"), ("on-b", "node-b")] {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, trace(name, node, "")).expect("write");
+        cluster.apply(&file);
+    }
+    let out = cluster.kubectl(&["get", "traces", "-A", "--field-selector", "spec.node=node-a", "-o", "name"]);
+    assert_eq!(said(&out).trim(), "trace.gadget.kinvolk.io/on-a", "{}", said(&out));
+
+    // The status is a subresource: its own patch, shown in the columns.
+    let patch = |body: &str, sub: &[&str]| {
+        let out = cluster.kubectl(
+            &[&["patch", "-n", "gadget", "trace", "on-a", "--type=merge", "-p", body], sub].concat(),
+        );
+        assert!(out.status.success(), "{}", said(&out));
+    };
+    patch(
+        r#"{"status":{"state":"Started","signals":3,"output":"signalsSent: 3\n"}}"#,
+        &["--subresource=status"],
+    );
+    let out = cluster.kubectl(&["get", "-n", "gadget", "trace", "on-a"]);
+    let table = said(&out);
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "NODE", "GADGET", "STATE", "SIGNALS", "AGE"], "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(&row[..5], ["on-a", "node-a", "signal", "Started", "3"], "{table}");
+    // A patch of the status through the main resource changes nothing.
+    patch(r#"{"status":{"state":"Stopped"}}"#, &[]);
+    let out = cluster.kubectl(&["get", "-n", "gadget", "trace", "on-a", "-o", "jsonpath={.status.state}"]);
+    assert_eq!(said(&out), "Started");
+
+    // down, then up again: the same data, the same Traces.
+    cluster.restart();
+    let out = cluster.kubectl(&["get", "-n", "gadget", "trace", "on-a", "-o", "jsonpath={.status.state}"]);
+    assert_eq!(said(&out), "Started");
+}
+
+/// deploy/rbac.yaml gives the agent's ServiceAccount what it needs and
+/// nothing else, as the API server's own authorizer answers it.
+#[test]
+fn the_agent_may_do_what_it_needs_and_no_more() {
+    let Some(cluster) = Cluster::with_traces("kubernetes-rbac") else { return };
+    cluster.apply(&repo().join("deploy/rbac.yaml"));
+    let agent = "system:serviceaccount:sigvisor:sigvisor";
+    // `RESOURCE/status` names the status subresource (kubectl reads a bare
+    // `a/b` as the object b of a).
+    let may = |verb: &str, resource: &str| {
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let out =
+            cluster.kubectl(&["auth", "can-i", verb, resource, "--subresource", sub, "--as", agent, "-A"]);
+        said(&out).trim() == "yes"
+    };
+    for (verb, resource) in [
+        ("get", "traces.gadget.kinvolk.io"),
+        ("list", "traces.gadget.kinvolk.io"),
+        ("watch", "traces.gadget.kinvolk.io"),
+        ("patch", "traces.gadget.kinvolk.io"),
+        ("patch", "traces.gadget.kinvolk.io/status"),
+        ("update", "traces.gadget.kinvolk.io/status"),
+        ("list", "pods"),
+        ("watch", "pods"),
+    ] {
+        assert!(may(verb, resource), "the agent may not {verb} {resource}");
+    }
+    for (verb, resource) in [
+        ("create", "traces.gadget.kinvolk.io"),
+        ("delete", "traces.gadget.kinvolk.io"),
+        ("delete", "traces.gadget.kinvolk.io/status"),
+        ("update", "traces.gadget.kinvolk.io"),
+        ("create", "pods"),
+        ("get", "secrets"),
+        ("patch", "pods"),
+    ] {
+        assert!(!may(verb, resource), "the agent may {verb} {resource}");
+    }
+}
