@@ -21,6 +21,8 @@
 //!   response (CONTINUE) → output.
 //! - `intake`: a listener arrives (handoff) and is put under its Trace
 //!   (attach).
+//! - `cluster`: the Kubernetes API as a source of Traces (`serve
+//!   --kubernetes`): their watch, and their status written back.
 //! - `commands`: `run`, `serve`, `oci`.
 //!
 //! The launcher (`sigvisor-launch`) loads the filter and hands the listener
@@ -30,6 +32,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod callers;
+pub mod cluster;
 pub mod commands;
 pub mod control;
 pub mod failpoint;

@@ -77,8 +77,10 @@ enum Command {
     Serve {
         /// Profiles, or directories of them (*.yaml, *.yml).
         profiles: Vec<PathBuf>,
-        /// The socket to listen on (created mode 0600, its directory if
-        /// missing). It names this serve instance: the paths below follow
+        /// The socket to listen on (its directory made 0700 if missing;
+        /// the socket 0666 when that directory is this user's alone, for
+        /// wrapped containers of any uid, else 0600). It names this serve
+        /// instance: the paths below follow
         /// from it unless given (for DIR/NAME.sock: DIR/NAME.control.sock,
         /// DIR/NAME.keeper.sock, /var/lib/sigvisor/instances/ESCAPED, as
         /// `systemd-escape --path` writes the socket's path; for the
@@ -89,9 +91,18 @@ enum Command {
         /// [default: /run/sigvisor/control.sock].
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
-        /// This node's name, matched against spec.node (default: the hostname).
-        #[arg(long, value_name = "NAME")]
+        /// This node's name, matched against spec.node (default: NODE_NAME,
+        /// as a DaemonSet sets it from spec.nodeName, then the hostname).
+        #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node: Option<String>,
+        /// Take Traces from the Kubernetes API too: those whose spec.node is
+        /// this node (docs/kubernetes.md).
+        #[arg(long)]
+        kubernetes: bool,
+        /// The API's configuration for --kubernetes (default: in-cluster,
+        /// then KUBECONFIG, then ~/.kube/config).
+        #[arg(long, value_name = "PATH", requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
         /// Write the Traces' statuses here at exit instead of stderr.
         #[arg(long, value_name = "PATH")]
         status_file: Option<PathBuf>,
@@ -368,6 +379,8 @@ fn main() -> ExitCode {
             socket,
             control,
             node,
+            kubernetes,
+            kubeconfig,
             status_file,
             handoff_timeout,
             keeper,
@@ -392,6 +405,7 @@ fn main() -> ExitCode {
                 output_dir,
                 answer_within: seconds(answer_within),
                 loop_mode,
+                kubernetes: kubernetes.then_some(kubeconfig),
             };
             block_on(serve::serve(opts))
         }

@@ -151,3 +151,59 @@ fn the_agent_may_do_what_it_needs_and_no_more() {
         assert!(!may(verb, resource), "the agent may {verb} {resource}");
     }
 }
+
+/// Polls `what` until it holds, for at most 20 s.
+fn eventually(what: &str, holds: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !holds() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `serve --kubernetes`: a Trace created in the cluster for this node is
+/// taken, started by the operation annotation (which the agent removes),
+/// signals a program precisely, and its status (state and counters) shows
+/// in the API; a Trace for another node is never acted on; a deleted one
+/// stops at once.
+#[test]
+fn serve_acts_on_the_traces_of_its_node() {
+    use sigvisor_tests::containers::{launch, report, Server};
+    let Some(cluster) = Cluster::with_traces("kubernetes-agent") else { return };
+    assert!(cluster.kubectl(&["create", "namespace", "gadget"]).status.success());
+    let kubeconfig = cluster.kubeconfig.to_str().expect("path").to_owned();
+    let agent = ["--kubernetes", "--kubeconfig", &kubeconfig, "--node", "node-a"];
+    let server = Server::with_profiles("kubernetes-agent", &agent, &[]);
+    let dir = scratch("kubernetes-agent-traces");
+    for (name, node) in [("who", "node-a"), ("elsewhere", "node-b")] {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, trace(name, node, "  runMode: Manual\n")).expect("write");
+        cluster.apply(&file);
+    }
+    let field = |name: &str, path: &str| {
+        let out =
+            cluster.kubectl(&["get", "-n", "gadget", "trace", name, "-o", &format!("jsonpath={{{path}}}")]);
+        said(&out)
+    };
+    eventually("the agent writes the status of its Trace", || !field("who", ".status.output").is_empty());
+    assert_eq!(field("who", ".status.state"), "");
+
+    let annotate = ["annotate", "-n", "gadget", "trace", "who", "gadget.kinvolk.io/operation=start"];
+    assert!(cluster.kubectl(&annotate).status.success());
+    eventually("started, the annotation consumed", || {
+        field("who", ".status.state") == "Started"
+            && field("who", r".metadata.annotations.gadget\.kinvolk\.io/operation").is_empty()
+    });
+
+    let out = wait_bounded(launch(&server, &["--closes", "50"]), "the closer under serve");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    eventually("the signals in the status", || field("who", ".status.signals") == "50");
+    assert_eq!(field("elsewhere", ".status"), "", "another node's Trace is never acted on");
+
+    assert!(cluster.kubectl(&["delete", "-n", "gadget", "trace", "who"]).status.success());
+    eventually("a deleted Trace is gone from serve", || {
+        let out = output_bounded(sigvisor().args(["get", "traces", "--control"]).arg(&server.control), "get");
+        !String::from_utf8_lossy(&out.stdout).contains("who")
+    });
+}

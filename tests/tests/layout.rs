@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["keeper"],
     &["path"],
     &["intake"],
+    &["cluster"],
     &["commands"],
 ];
 const ABOVE_ALL: &[&str] = &["fuzzing", "main", "lib"];

@@ -40,6 +40,9 @@ pub struct ServeOptions {
     /// The keeper serve starts answers a call serve leaves waiting this long.
     pub answer_within: Duration,
     pub loop_mode: LoopMode,
+    /// Traces from the Kubernetes API too, with this kubeconfig (None:
+    /// in-cluster or the user's).
+    pub kubernetes: Option<Option<PathBuf>>,
 }
 
 /// Serves until SIGINT or SIGTERM, then writes every Trace's status and
@@ -69,6 +72,10 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     let Taken { link: keeper, adopted, agent: held_agent } = Link::connect(keeper, &log, opts.answer_within)?;
     let listener = agent_socket(agent, held_agent, &keeper)?;
     tokio::spawn(crate::control::serve(control_socket, Arc::clone(&registry)));
+    if let Some(kubeconfig) = &opts.kubernetes {
+        let client = crate::cluster::client(kubeconfig.as_deref()).await?;
+        tokio::spawn(crate::cluster::run(client, Arc::clone(&registry), opts.node.clone()));
+    }
     let ctx = Context::new(opts.loop_mode);
     if !adopted.is_empty() {
         tracing::info!("took {} listeners back from the keeper", adopted.len());
