@@ -164,8 +164,9 @@ fn eventually(what: &str, holds: impl Fn() -> bool) {
 /// `serve --kubernetes`: a Trace created in the cluster for this node is
 /// taken, started by the operation annotation (which the agent removes),
 /// signals a program precisely, and its status (state and counters) shows
-/// in the API; a Trace for another node is never acted on; a deleted one
-/// stops at once.
+/// in the API, also after the API server was down meanwhile; a Trace for
+/// another node is never acted on, nor a File output outside the agent's
+/// directory; a deleted one stops at once.
 #[test]
 fn serve_acts_on_the_traces_of_its_node() {
     use sigvisor_tests::containers::{launch, report, Server};
@@ -201,9 +202,88 @@ fn serve_acts_on_the_traces_of_its_node() {
     eventually("the signals in the status", || field("who", ".status.signals") == "50");
     assert_eq!(field("elsewhere", ".status"), "", "another node's Trace is never acted on");
 
+    // The API server goes away: the program is supervised as before; back,
+    // the status catches up.
+    let down = std::process::Command::new(repo().join("tests/cluster/down")).arg(&cluster.dir).status();
+    assert!(down.is_ok_and(|s| s.success()));
+    let out = wait_bounded(launch(&server, &["--closes", "20"]), "the closer, the API server down");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    cluster.restart();
+    eventually("the status catches up", || field("who", ".status.signals") == "70");
+
+    // Whoever may create a Trace may not write files on the node: a File
+    // output outside the agent's output directory is refused, and said.
+    let file = dir.join("escape.yaml");
+    let escape = "  runMode: Auto\n  outputMode: File\n  output: ../../../tmp/sigvisor-escape.jsonl\n";
+    std::fs::write(&file, trace("escape", "node-a", escape)).expect("write");
+    cluster.apply(&file);
+    eventually("the escape refused", || {
+        field("escape", ".status.operationError").contains("must be a relative path inside")
+    });
+    assert!(!std::path::Path::new("/tmp/sigvisor-escape.jsonl").exists());
+
     assert!(cluster.kubectl(&["delete", "-n", "gadget", "trace", "who"]).status.success());
     eventually("a deleted Trace is gone from serve", || {
         let out = output_bounded(sigvisor().args(["get", "traces", "--control"]).arg(&server.control), "get");
         !String::from_utf8_lossy(&out.stdout).contains("who")
+    });
+}
+
+/// Pod labels never reach a runtime: the agent reads them from the Pods of
+/// its node, and `spec.filter.labels` selects the containers of the pods
+/// that have them (by the CRI's pod name and namespace annotations).
+#[test]
+fn pod_labels_select_containers() {
+    use sigvisor_tests::containers::{report, Server};
+    let Some(cluster) = Cluster::with_traces("kubernetes-pods") else { return };
+    let dir = scratch("kubernetes-pods-objects");
+    let objects = dir.join("objects.yaml");
+    let pod = |name: &str, team: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{team: {team}}}}}\n\
+             spec: {{nodeName: node-a, containers: [{{name: c, image: busybox}}]}}\n---\n"
+        )
+    };
+    let traces = [
+        trace("blue", "node-a", "  runMode: Auto\n  filter:\n    labels:\n      team: blue\n"),
+        trace("z-everyone", "node-a", "  runMode: Auto\n"),
+    ];
+    let text = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: gadget}}\n---\n{}{}{}", pod("web-0", "blue"), pod("web-1", "red"), traces.join("---\n"));
+    std::fs::write(&objects, text).expect("write");
+    cluster.apply(&objects);
+    let kubeconfig = cluster.kubeconfig.to_str().expect("path").to_owned();
+    let server = Server::with_profiles(
+        "kubernetes-pods",
+        &["--kubernetes", "--kubeconfig", &kubeconfig, "--node", "node-a"],
+        &[],
+    );
+    let signals = |name: &str| {
+        let out =
+            cluster.kubectl(&["get", "-n", "gadget", "trace", name, "-o", "jsonpath={.status.signals}"]);
+        said(&out)
+    };
+    eventually("the agent writes both statuses", || signals("blue") == "0" && signals("z-everyone") == "0");
+    // The pods were listed with the Traces; a moment more for the store.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for (pod, closes) in [("web-0", "30"), ("web-1", "20")] {
+        let child = std::process::Command::new(bin("sigvisor-launch"))
+            .arg("--socket")
+            .arg(&server.socket)
+            .args(["--container-id", pod, "--annotation", "io.kubernetes.cri.sandbox-namespace=shop"])
+            .arg("--annotation")
+            .arg(format!("io.kubernetes.cri.sandbox-name={pod}"))
+            .arg("--")
+            .args([closer(), "--closes", closes])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sigvisor-launch");
+        let out = wait_bounded(child, "the closer in a pod");
+        assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+        assert_precise(&report(&out));
+    }
+    eventually("each pod's closes under its Trace", || {
+        signals("blue") == "30" && signals("z-everyone") == "20"
     });
 }

@@ -339,7 +339,15 @@ fn kill_9_of_the_keeper_then_of_serve_loses_nothing() {
         thread::sleep(Duration::from_millis(20));
     };
     assert!(wait_gone(old, Duration::from_secs(2)), "the dead keeper {old} was reaped");
-    while holds_listeners(new) == 0 {
+    // A keeper that got them: not serve's child between fork and exec,
+    // which still has a copy of every fd of serve's (killing serve then
+    // leaves no one holding the listener: a double fault inside the
+    // replacement, which no keeper can cover).
+    let exec_d = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"keeper"))
+    };
+    while holds_listeners(new) == 0 || !exec_d(new) {
         assert!(Instant::now() < deadline, "the new keeper {new} got no listener");
         thread::sleep(Duration::from_millis(20));
     }

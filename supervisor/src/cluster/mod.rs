@@ -2,12 +2,14 @@
 //! node agent Inspektor Gadget was. It watches the Traces of its node (by
 //! the selectable field `spec.node`), applies and deletes them in the
 //! registry, performs their operation annotation and removes it, and writes
-//! their status back through the status subresource.
+//! their status back through the status subresource; and keeps the labels
+//! of its pods, which `spec.filter.labels` selects by.
 //!
 //! The API is never on the syscall path: every container stays supervised
 //! as before while the API server is down or slow; the watch starts again
 //! with a backoff, re-lists, and the status catches up.
 
+mod pods;
 mod status;
 mod traces;
 
@@ -46,8 +48,11 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 }
 
 /// Runs the agent for `node` until the process ends: the watch of its
-/// Traces and the writer of their status.
+/// Traces, the writer of their status, and the pods' labels.
 pub async fn run(client: kube::Client, registry: Arc<Registry>, node: String) {
+    let (labels, feed) = pods::watch(client.clone(), &node);
+    registry.pod_labels_from(labels);
+    tokio::spawn(feed);
     let known = Arc::new(traces::Known::default());
     let writer = status::Writer::new(client.clone(), Arc::clone(&registry), Arc::clone(&known));
     tokio::spawn(writer.run());

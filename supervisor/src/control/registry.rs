@@ -65,7 +65,12 @@ pub struct Registry {
     state: std::sync::OnceLock<StateDir>,
     /// The only place File outputs are written (`serve`).
     outputs: std::sync::OnceLock<crate::output::events::OutputDir>,
+    /// Where the pods' labels come from, if anywhere.
+    pod_labels: Mutex<Option<PodLabels>>,
 }
+
+/// A pod's labels by its namespace and name, as far as they are known.
+pub type PodLabels = Box<dyn Fn(&str, &str) -> Option<BTreeMap<String, String>> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -84,6 +89,7 @@ impl Registry {
             attached: Mutex::new(Vec::new()),
             state: std::sync::OnceLock::new(),
             outputs: std::sync::OnceLock::new(),
+            pod_labels: Mutex::new(None),
         }
     }
 
@@ -280,8 +286,19 @@ impl Registry {
         Some((Arc::clone(&entry.handle), stats))
     }
 
+    /// Where the pods' labels come from (`serve --kubernetes`: the API).
+    pub fn pod_labels_from(&self, lookup: PodLabels) {
+        *crate::shared::lock(&self.pod_labels) = Some(lookup);
+    }
+
     /// A new listener: selected now, and again whenever Traces come and go.
+    /// Its pod's labels are the ones its pod has as it arrives.
     pub fn attach(&self, origin: &Origin, facts: &FilterFacts) -> Arc<Selection> {
+        let mut origin = origin.clone();
+        if let Some(lookup) = crate::shared::lock(&self.pod_labels).as_ref() {
+            origin.pod_labels = lookup(origin.namespace(), origin.pod()).unwrap_or_default();
+        }
+        let origin = &origin;
         let mut traces = self.lock();
         let selection = Arc::new(Selection::default());
         selection.set(self.select_in(&mut traces, origin, facts));

@@ -5,7 +5,7 @@
 //! runtime (containerd and CRI-O spell them differently); `spec.filter`
 //! matches against those.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sigvisor_proto::Handoff;
 
@@ -94,6 +94,9 @@ pub struct Origin {
     /// The container's init pid as the runtime saw it (the launcher's own pid).
     pub pid: i32,
     pub annotations: HashMap<String, String>,
+    /// Its pod's labels, from the Kubernetes API (`serve --kubernetes`):
+    /// pod labels never reach the runtime.
+    pub pod_labels: BTreeMap<String, String>,
     /// Where what sigvisor knows of the filter came from (`FilterFacts::source`).
     pub filter: &'static str,
     /// What the status says once about this container (e.g. how to get
@@ -109,6 +112,7 @@ impl Origin {
             bundle: state.bundle().display().to_string(),
             pid: state.pid().unwrap_or(*handoff.state.pid()),
             annotations: state.annotations().clone().unwrap_or_default(),
+            pod_labels: BTreeMap::new(),
             filter: "",
             note: String::new(),
         }
@@ -143,14 +147,15 @@ impl Origin {
     }
 
     /// Whether `filter` selects this container; empty fields match anything,
-    /// `labels` must all be present among the annotations.
+    /// `labels` must all be present among its pod's labels or its
+    /// annotations (docker's labels are there).
     pub fn matches(&self, filter: Option<&ContainerFilter>) -> bool {
         let Some(f) = filter else { return true };
         let field = |want: &str, keys: &[&str]| want.is_empty() || self.annotation(keys) == Some(want);
         (f.container_name.is_empty() || f.container_name == self.name() || f.container_name == self.id)
             && field(&f.podname, POD_NAME)
             && field(&f.namespace, POD_NAMESPACE)
-            && f.labels.iter().all(|(k, v)| self.annotations.get(k) == Some(v))
+            && f.labels.iter().all(|(k, v)| self.pod_labels.get(k).or(self.annotations.get(k)) == Some(v))
     }
 }
 
