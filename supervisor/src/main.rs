@@ -320,7 +320,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The long-running commands say what they do; the others only warn.
     let level = match cli.command {
-        Command::Serve { .. } | Command::Keeper { .. } => "warn,sigvisor=info",
+        // The client's own error per failed request would repeat what the
+        // agent says once per retry (cluster/).
+        Command::Serve { .. } | Command::Keeper { .. } => "warn,sigvisor=info,kube_client=off",
         _ => "warn",
     };
     if !matches!(cli.command, Command::Serve { .. } | Command::Keeper { .. } | Command::Run { .. }) {

@@ -174,7 +174,7 @@ fn serve_acts_on_the_traces_of_its_node() {
     assert!(cluster.kubectl(&["create", "namespace", "gadget"]).status.success());
     let kubeconfig = cluster.kubeconfig.to_str().expect("path").to_owned();
     let agent = ["--kubernetes", "--kubeconfig", &kubeconfig, "--node", "node-a"];
-    let server = Server::with_profiles("kubernetes-agent", &agent, &[]);
+    let mut server = Server::with_profiles("kubernetes-agent", &agent, &[]);
     let dir = scratch("kubernetes-agent-traces");
     for (name, node) in [("who", "node-a"), ("elsewhere", "node-b")] {
         let file = dir.join(format!("{name}.yaml"));
@@ -214,16 +214,38 @@ fn serve_acts_on_the_traces_of_its_node() {
 
     // Whoever may create a Trace may not write files on the node: a File
     // output outside the agent's output directory is refused, and said.
-    let file = dir.join("escape.yaml");
+    let file = dir.join("z-escape.yaml");
     let escape = "  runMode: Auto\n  outputMode: File\n  output: ../../../tmp/sigvisor-escape.jsonl\n";
-    std::fs::write(&file, trace("escape", "node-a", escape)).expect("write");
+    std::fs::write(&file, trace("z-escape", "node-a", escape)).expect("write");
     cluster.apply(&file);
     eventually("the escape refused", || {
-        field("escape", ".status.operationError").contains("must be a relative path inside")
+        field("z-escape", ".status.operationError").contains("must be a relative path inside")
     });
     assert!(!std::path::Path::new("/tmp/sigvisor-escape.jsonl").exists());
 
+    // serve restarted while the API server is away: the Trace comes back
+    // from serve's state, started, and the program is signalled.
+    server.kill();
+    let down = std::process::Command::new(repo().join("tests/cluster/down")).arg(&cluster.dir).status();
+    assert!(down.is_ok_and(|s| s.success()));
+    server.restart();
+    // Until serve has taken the agent socket back, its keeper answers.
+    let keeper_log = server.state.join("keeper.log");
+    eventually("serve took everything back from its keeper", || {
+        std::fs::read_to_string(&keeper_log).is_ok_and(|l| l.matches("supervisor attached").count() >= 2)
+    });
+    let out = wait_bounded(launch(&server, &["--closes", "10"]), "the closer, serve restarted, no API");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_precise(&report(&out));
+    cluster.restart();
+    eventually("the status catches up again", || {
+        field("who", ".status.signals").parse().is_ok_and(|n: u64| n >= 10)
+    });
+
+    // Deleted in the cluster while serve is down: gone when serve is back.
+    server.kill();
     assert!(cluster.kubectl(&["delete", "-n", "gadget", "trace", "who"]).status.success());
+    server.restart();
     eventually("a deleted Trace is gone from serve", || {
         let out = output_bounded(sigvisor().args(["get", "traces", "--control"]).arg(&server.control), "get");
         !String::from_utf8_lossy(&out.stdout).contains("who")

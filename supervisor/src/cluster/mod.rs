@@ -53,7 +53,7 @@ pub async fn run(client: kube::Client, registry: Arc<Registry>, node: String) {
     let (labels, feed) = pods::watch(client.clone(), &node);
     registry.pod_labels_from(labels);
     tokio::spawn(feed);
-    let known = Arc::new(traces::Known::default());
+    let known = Arc::new(traces::Known::restored(&registry));
     let writer = status::Writer::new(client.clone(), Arc::clone(&registry), Arc::clone(&known));
     tokio::spawn(writer.run());
     traces::watch(client, registry, known, node).await;

@@ -29,10 +29,16 @@ pub struct Place {
 
 /// The Traces this agent took from the cluster, by name (the registry's
 /// key): it owns their status.
-#[derive(Default)]
 pub struct Known(Mutex<BTreeMap<String, Place>>);
 
 impl Known {
+    /// Those an earlier serve kept (restored from the state directory): a
+    /// re-list that lacks them deletes them.
+    pub fn restored(registry: &Registry) -> Known {
+        let places = registry.from_cluster().into_iter();
+        Known(Mutex::new(places.map(|(name, namespace)| (name, Place { namespace, error: None })).collect()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Place>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -98,7 +104,7 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
     let text = profile_text(&object);
     let place = match crate::trace::profile::parse(&text, Path::new(&format!("trace {namespace}/{name}"))) {
         Ok((trace, policy)) => {
-            let trace = registry.apply(trace, policy);
+            let trace = registry.apply_from_cluster(trace, policy);
             let state = trace.status.unwrap_or_default().state;
             if let Some(op) = &operation {
                 tracing::info!("trace {namespace}/{name}: operation {op}: state {state:?}");
@@ -113,6 +119,7 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
         }
     };
     known.lock().insert(name.clone(), place);
+    registry.save_state();
     if operation.is_some() {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &namespace, &super::trace_resource());
@@ -126,6 +133,7 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
 fn delete(registry: &Registry, known: &Known, name: &str) {
     if known.lock().remove(name).is_some() {
         let _ = registry.delete(name);
+        registry.save_state();
         tracing::info!("trace {name}: deleted in the cluster, stopped");
     }
 }

@@ -59,7 +59,7 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
     for (trace, policy) in opts.traces {
         registry.declare(trace, policy);
     }
-    restore(&registry, state.load(), &given);
+    restore(&registry, state.load(), &given, opts.kubernetes.is_some());
     for trace in registry.list() {
         let status = trace.status.unwrap_or_default();
         let error = status.operation_error;
@@ -179,16 +179,28 @@ fn agent_socket(path: &Path, held: Option<(PathBuf, OwnedFd)>, keeper: &Link) ->
 /// (given on the command line now) keep their given spec and take back
 /// their state; applied ones (`sigvisor apply`) come back whole; a Trace
 /// that was declared then and is not now stays gone: the command line is
-/// the declared set.
-fn restore(registry: &Registry, saved: Vec<Saved>, given: &[String]) {
+/// the declared set. The Kubernetes API's come back to a serve that takes
+/// Traces from it, until it says otherwise.
+fn restore(registry: &Registry, saved: Vec<Saved>, given: &[String], kubernetes: bool) {
     for Saved { trace, policy, state, source } in saved {
         let name = trace.metadata.name.clone();
         if !given.contains(&name) {
-            if source == Source::Declared {
-                tracing::info!("trace {name}: declared by an earlier serve and not by this one, left out");
-                continue;
-            }
-            registry.apply(trace, policy);
+            match source {
+                Source::Declared => {
+                    tracing::info!(
+                        "trace {name}: declared by an earlier serve and not by this one, left out"
+                    );
+                    continue;
+                }
+                Source::Cluster if !kubernetes => {
+                    tracing::info!(
+                        "trace {name}: from the Kubernetes API, and this serve has no --kubernetes: left out"
+                    );
+                    continue;
+                }
+                Source::Cluster => registry.apply_from_cluster(trace, policy),
+                Source::Applied => registry.apply(trace, policy),
+            };
         }
         let operations: &[&str] = match state.as_str() {
             "Started" => &["start"],

@@ -133,6 +133,20 @@ impl Registry {
         self.put(trace, policy, Source::Applied)
     }
 
+    /// The same for a Trace of the Kubernetes API (`serve --kubernetes`).
+    pub fn apply_from_cluster(&self, trace: Trace, policy: Policy) -> Trace {
+        self.put(trace, policy, Source::Cluster)
+    }
+
+    /// The Traces of the Kubernetes API: name and namespace.
+    pub fn from_cluster(&self) -> Vec<(String, String)> {
+        let traces = self.lock();
+        let cluster = traces.values().filter(|e| e.source == Source::Cluster);
+        cluster
+            .map(|e| (e.trace.metadata.name.clone(), e.trace.metadata.namespace.clone().unwrap_or_default()))
+            .collect()
+    }
+
     /// The same for a Trace of the declared set (the profiles on serve's or
     /// run's command line): saved, it comes back only while declared.
     pub fn declare(&self, trace: Trace, policy: Policy) -> Trace {

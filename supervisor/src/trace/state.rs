@@ -28,16 +28,21 @@ pub enum Source {
     Declared,
     /// `sigvisor apply`: it lives until deleted, across restarts.
     Applied,
+    /// The Kubernetes API (`serve --kubernetes`): it comes back to a serve
+    /// that takes Traces from the API, which keeps its containers under it
+    /// while the API server is away, until the API says it is gone.
+    Cluster,
 }
 
 impl Source {
-    const ALL: [Source; 2] = [Source::Declared, Source::Applied];
+    const ALL: [Source; 3] = [Source::Declared, Source::Applied, Source::Cluster];
 
     /// Its folder in the state directory.
     fn folder(self) -> &'static str {
         match self {
             Source::Declared => "declared",
             Source::Applied => "traces",
+            Source::Cluster => "cluster",
         }
     }
 }
