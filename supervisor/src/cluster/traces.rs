@@ -25,6 +25,9 @@ pub struct Place {
     pub namespace: String,
     /// The Trace could not be read: its status says so.
     pub error: Option<String>,
+    /// The spec's generation applied: the agent's own status writes come
+    /// back as watch events of the same generation, and change nothing.
+    pub generation: Option<i64>,
 }
 
 /// The Traces this agent took from the cluster, by name (the registry's
@@ -36,7 +39,11 @@ impl Known {
     /// re-list that lacks them deletes them.
     pub fn restored(registry: &Registry) -> Known {
         let places = registry.from_cluster().into_iter();
-        Known(Mutex::new(places.map(|(name, namespace)| (name, Place { namespace, error: None })).collect()))
+        Known(Mutex::new(
+            places
+                .map(|(name, namespace)| (name, Place { namespace, error: None, generation: None }))
+                .collect(),
+        ))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Place>> {
@@ -89,9 +96,14 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
     else {
         return;
     };
+    let operation = object.metadata.annotations.as_ref().and_then(|a| a.get(OPERATION_ANNOTATION)).cloned();
+    let generation = object.metadata.generation;
     {
         let known = known.lock();
         let ours = known.get(&name);
+        if operation.is_none() && generation.is_some() && ours.is_some_and(|p| p.generation == generation) {
+            return;
+        }
         if ours.is_some_and(|p| p.namespace != namespace) || (ours.is_none() && registry.get(&name).is_ok()) {
             tracing::warn!(
                 "trace {namespace}/{name}: a Trace named {name} is already on this node (from another namespace \
@@ -100,7 +112,6 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
             return;
         }
     }
-    let operation = object.metadata.annotations.as_ref().and_then(|a| a.get(OPERATION_ANNOTATION)).cloned();
     let text = profile_text(&object);
     let place = match crate::trace::profile::parse(&text, Path::new(&format!("trace {namespace}/{name}"))) {
         Ok((trace, policy)) => {
@@ -109,13 +120,13 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
             if let Some(op) = &operation {
                 tracing::info!("trace {namespace}/{name}: operation {op}: state {state:?}");
             }
-            Place { namespace: namespace.clone(), error: None }
+            Place { namespace: namespace.clone(), error: None, generation }
         }
         Err(e) => {
             // It acts no more: what it asks cannot be done.
             let _ = registry.delete(&name);
             tracing::warn!("{e}");
-            Place { namespace: namespace.clone(), error: Some(e.to_string()) }
+            Place { namespace: namespace.clone(), error: Some(e.to_string()), generation }
         }
     };
     known.lock().insert(name.clone(), place);
