@@ -65,6 +65,16 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Whether what a test needs is `present`: on CI its absence fails the
+/// test (`make test` provides it: `how`); elsewhere the test is skipped.
+pub fn needed(present: bool, what: &str, how: &str) -> bool {
+    assert!(present || std::env::var_os("CI").is_none(), "{what} is missing on CI: {how}");
+    if !present {
+        eprintln!("SKIPPED: {what} is missing ({how})");
+    }
+    present
+}
+
 /// Waits for a child, killing it and failing the test if it hangs.
 pub fn wait_bounded(mut child: Child, what: &str) -> Output {
     let deadline = Instant::now() + HANG;
