@@ -75,24 +75,111 @@ pub fn needed(present: bool, what: &str, how: &str) -> bool {
     present
 }
 
-/// Waits for a child, killing it and failing the test if it hangs.
+/// Waits for a child, killing it and failing the test if it hangs. Its
+/// pipes are read meanwhile: a chatty child must not block on a full pipe
+/// and look hung.
 pub fn wait_bounded(mut child: Child, what: &str) -> Output {
+    use std::sync::{Arc, Mutex};
+    type Sink = Arc<Mutex<Vec<u8>>>;
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> (Sink, std::thread::JoinHandle<()>) {
+        let sink = Sink::default();
+        let filled = Arc::clone(&sink);
+        let reader = std::thread::spawn(move || {
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                filled.lock().expect("sink").extend_from_slice(&chunk[..n]);
+            }
+        });
+        (sink, reader)
+    }
+    let taken = |sink: &Sink| std::mem::take(&mut *sink.lock().expect("sink"));
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let deadline = Instant::now() + HANG;
     loop {
         match child.try_wait().expect("try_wait") {
-            Some(_) => return child.wait_with_output().expect("collect output"),
+            Some(status) => {
+                // Until every writer is gone, a keeper sharing the pipes too.
+                let _ = (stdout.1.join(), stderr.1.join());
+                return Output { status, stdout: taken(&stdout.0), stderr: taken(&stderr.0) };
+            }
             None if Instant::now() > deadline => {
+                let tree = process_tree(child.id() as i32);
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("collect output");
+                let _ = child.wait();
+                // What its descendants still write is not waited for long.
+                let until = Instant::now() + Duration::from_secs(5);
+                while !(stdout.1.is_finished() && stderr.1.is_finished()) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 panic!(
-                    "{what} hung for {HANG:?}\nstdout:\n{}\nstderr:\n{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
+                    "{what} hung for {HANG:?}\nstdout:\n{}\nstderr:\n{}\nprocesses when it hung:\n{tree}",
+                    String::from_utf8_lossy(&taken(&stdout.0)),
+                    String::from_utf8_lossy(&taken(&stderr.0))
                 );
             }
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     }
+}
+
+/// What a hung process and its descendants were doing: each thread's
+/// state, where it sleeps in the kernel, and each process's open files.
+/// A hang seen once on CI is then explained by its own report.
+pub fn process_tree(root: i32) -> String {
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = read(format!("/proc/{pid}/stat"));
+        stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+    };
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let descends = |mut pid: i32| {
+        for _ in 0..64 {
+            if pid == root {
+                return true;
+            }
+            match parent(pid) {
+                Some(p) if p > 1 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut report = String::new();
+    for pid in pids.into_iter().filter(|&p| descends(p)) {
+        let cmdline = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
+        report += &format!("pid {pid} (ppid {:?}): {}\n", parent(pid), cmdline.trim_end());
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        for task in tasks {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            let dir = format!("/proc/{pid}/task/{tid}");
+            let state = read(format!("{dir}/status"))
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or_default()
+                .to_owned();
+            let stack = read(format!("{dir}/stack")).lines().take(6).collect::<Vec<_>>().join(" < ");
+            report += &format!(
+                "  tid {tid} {} {state} wchan {} {stack}\n",
+                read(format!("{dir}/comm")).trim_end(),
+                read(format!("{dir}/wchan"))
+            );
+        }
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+        let fds: Vec<String> = fds
+            .filter_map(|e| {
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some(format!("{}->{}", e.file_name().to_string_lossy(), target.display()))
+            })
+            .collect();
+        report += &format!("  fds: {}\n", fds.join(" "));
+    }
+    report
 }
 
 pub fn output_bounded(cmd: &mut Command, what: &str) -> Output {
@@ -278,4 +365,27 @@ pub fn launcher_with(name: &str, flag: &str) -> PathBuf {
     std::fs::write(&path, script).expect("write launcher wrapper");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hang_report_shows_each_descendant_and_where_it_sleeps() {
+        use std::os::unix::process::CommandExt as _;
+        let mut shell =
+            Command::new("sh").args(["-c", "sleep 30 & exec sleep 31"]).process_group(0).spawn().expect("sh");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut report = String::new();
+        while Instant::now() < deadline && report.matches("sleep 3").count() < 2 {
+            std::thread::sleep(Duration::from_millis(20));
+            report = process_tree(shell.id() as i32);
+        }
+        let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", shell.id())]).status();
+        let _ = shell.wait();
+        assert!(report.contains("sleep 31") && report.contains("sleep 30"), "{report}");
+        assert!(report.contains("State:\tS (sleeping)") && report.contains("wchan "), "{report}");
+        assert!(report.contains("fds: 0->"), "{report}");
+    }
 }

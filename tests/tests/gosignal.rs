@@ -6,9 +6,16 @@ use std::process::Command;
 
 use sigvisor_tests::*;
 
-/// Builds examples/gosignal. On CI a missing Go fails the test: `make test`
+/// Builds examples/gosignal, once for the tests of this file, which run in
+/// parallel: each building into the same place would remove the binary
+/// the other runs. On CI a missing Go fails the test: `make test`
 /// installs it, so its absence is a broken setup, not a reason to skip.
 fn build_demo() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_once).clone()
+}
+
+fn build_once() -> Option<PathBuf> {
     if Command::new("go").arg("version").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -41,7 +48,8 @@ fn closing_goroutine(dump: &str) -> Option<&str> {
 fn run_demo(demo: &Path, profile: &Path, env: &[(&str, &str)], name: &str) -> (Run, String) {
     let status = scratch(name).join("status.yaml");
     let mut cmd = run_command(&status, profile, &[]);
-    cmd.arg(demo).envs(env.iter().copied());
+    // Its log, should a round ever hang: which listener attached, and when.
+    cmd.arg(demo).envs(env.iter().copied()).env("RUST_LOG", "sigvisor=info");
     let out = wait_bounded(cmd.spawn().expect("spawn sigvisor"), name);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     (Run::from_output(out, &status), stdout)
