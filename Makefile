@@ -25,7 +25,7 @@ ifeq ($(ARCH),x86_64)
 PACKAGES += gcc-multilib
 endif
 
-.PHONY: demo test build deps bench clean static-launcher cluster
+.PHONY: demo test build deps bench clean static-launcher static image cluster
 
 deps:
 	@scripts/need-packages $(PACKAGES)
@@ -42,6 +42,17 @@ static-launcher: deps
 	mkdir -p $(BIN)
 	cp target/$(ARCH)-unknown-linux-gnu/release/sigvisor-launch $(BIN)/sigvisor-launch-static
 
+# sigvisor linked statically too, and the agent's image from
+# deploy/Containerfile (localhost/sigvisor:latest, offline; docs/kubernetes.md).
+static: static-launcher
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/$(MULTIARCH) \
+	RUSTFLAGS="-C target-feature=+crt-static" \
+	$(CARGO) build --release -p sigvisor --target $(ARCH)-unknown-linux-gnu
+	cp target/$(ARCH)-unknown-linux-gnu/release/sigvisor $(BIN)/sigvisor-static
+
+image: static
+	deploy/build-image
+
 $(GO_DEMO): examples/gosignal/main.go examples/gosignal/go.mod | deps
 	cd examples/gosignal && $(GO_ENV) go build -o gosignal .
 
@@ -56,7 +67,7 @@ cluster:
 	@if go version 2>/dev/null | grep -qE 'go1\.(2[6-9]|[3-9][0-9])'; then tests/cluster/build >/dev/null; \
 	else echo "no Go 1.26 or later: the Kubernetes tests are skipped"; fi
 
-test: build static-launcher cluster
+test: build static cluster
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sigvisor::commands::instance::{self, Instance};
-use sigvisor::commands::{oci, run, serve, shim};
+use sigvisor::commands::{self, oci, run, serve, shim};
 use sigvisor::control::verbs;
 use sigvisor::path::notify;
 use sigvisor::trace::profile;
@@ -99,8 +99,8 @@ enum Command {
         /// this node (docs/kubernetes.md).
         #[arg(long)]
         kubernetes: bool,
-        /// The API's configuration for --kubernetes (default: in-cluster,
-        /// then KUBECONFIG, then ~/.kube/config).
+        /// The API's configuration for --kubernetes (default: KUBECONFIG or
+        /// ~/.kube/config, else the pod's in-cluster configuration).
         #[arg(long, value_name = "PATH", requires = "kubernetes")]
         kubeconfig: Option<PathBuf>,
         /// Write the Traces' statuses here at exit instead of stderr.
@@ -174,6 +174,12 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         control: ControlArg,
+    },
+    /// Exit 0 when something listens on each socket PATH (a keeper's, serve's
+    /// control socket), else 1 naming the first that none does: for probes.
+    Probe {
+        #[arg(required = true, value_name = "PATH")]
+        sockets: Vec<PathBuf>,
     },
     /// List the Traces (`get traces`), or show one (`get trace NAME -o yaml|json`).
     Get {
@@ -351,6 +357,15 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Probe { sockets } => {
+            match sockets.iter().find(|p| sigvisor::sys::socket::stale(p).unwrap_or(true)) {
+                Some(path) => {
+                    eprintln!("sigvisor probe: nothing listens on {}", path.display());
+                    ExitCode::FAILURE
+                }
+                None => ExitCode::SUCCESS,
+            }
+        }
         Command::Keeper { socket, fd, exit_when_idle, answer_within } => {
             // SAFETY: the number comes from this process's own command
             // line, put there by the supervisor that started it for exactly
@@ -409,7 +424,7 @@ fn main() -> ExitCode {
                 loop_mode,
                 kubernetes: kubernetes.then_some(kubeconfig),
             };
-            block_on(serve::serve(opts))
+            commands::block_on(serve::serve(opts))
         }
         Command::Apply { file, control } => verbs::apply(&file, control.path()),
         Command::Get { resource, name, output, control } => {
@@ -463,7 +478,7 @@ fn main() -> ExitCode {
                 }
             };
             let opts = run::RunOptions { trace, policy, cmd, status_file, launcher, control, loop_mode };
-            block_on(run::run(opts))
+            commands::block_on(run::run(opts))
         }
     }
 }
@@ -472,25 +487,4 @@ fn main() -> ExitCode {
 /// A duration given in seconds on the command line, clamped to sense.
 fn seconds(s: f64) -> std::time::Duration {
     std::time::Duration::from_secs_f64(if s.is_finite() { s.clamp(0.01, 86_400.0) } else { 2.0 })
-}
-
-fn block_on(future: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sigvisor: cannot start the async runtime: {e}");
-            return ExitCode::from(FAILED);
-        }
-    };
-    let result = runtime.block_on(future);
-    // A listener's thread may be blocked in RECV: do not wait for it (the
-    // keeper answers whatever it leaves unanswered).
-    runtime.shutdown_background();
-    match result {
-        Ok(code) => ExitCode::from(code as u8),
-        Err(e) => {
-            eprintln!("sigvisor: {e:#}");
-            ExitCode::from(FAILED)
-        }
-    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::{needed, output_bounded, repo, scratch};
+use crate::{bin, closer, exit_code, needed, output_bounded, repo, scratch, wait_bounded};
 
 /// Whether the control plane's binaries are built (`make test` builds them
 /// with Go 1.26 or later); on CI their absence fails.
@@ -97,4 +97,34 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("tests/cluster/down")).arg(&self.dir).status();
     }
+}
+
+/// A container of pod NAMESPACE/POD named NAME, handed over on `socket` as
+/// a kubelet's containerd hands it (the CRI annotations): the C closer
+/// closing `closes` times. Its report, once it exited 0.
+pub fn pod_container(
+    socket: &Path,
+    (namespace, pod, name): (&str, &str, &str),
+    closes: &str,
+) -> serde_json::Value {
+    let mut cmd = Command::new(bin("sigvisor-launch"));
+    cmd.arg("--socket").arg(socket).args(["--container-id", &format!("{pod}-{name}")]);
+    for (key, value) in [
+        ("sandbox-namespace", namespace),
+        ("sandbox-name", pod),
+        ("container-name", name),
+        ("container-type", "container"),
+    ] {
+        cmd.arg("--annotation").arg(format!("io.kubernetes.cri.{key}={value}"));
+    }
+    let child = cmd
+        .arg("--")
+        .args([closer(), "--closes", closes])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sigvisor-launch");
+    let out = wait_bounded(child, "a pod's container");
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    crate::containers::report(&out)
 }

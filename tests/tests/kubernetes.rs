@@ -257,7 +257,7 @@ fn serve_acts_on_the_traces_of_its_node() {
 /// that have them (by the CRI's pod name and namespace annotations).
 #[test]
 fn pod_labels_select_containers() {
-    use sigvisor_tests::containers::{report, Server};
+    use sigvisor_tests::containers::Server;
     let Some(cluster) = Cluster::with_traces("kubernetes-pods") else { return };
     let dir = scratch("kubernetes-pods-objects");
     let objects = dir.join("objects.yaml");
@@ -289,23 +289,70 @@ fn pod_labels_select_containers() {
     // The pods were listed with the Traces; a moment more for the store.
     std::thread::sleep(std::time::Duration::from_secs(1));
     for (pod, closes) in [("web-0", "30"), ("web-1", "20")] {
-        let child = std::process::Command::new(bin("sigvisor-launch"))
-            .arg("--socket")
-            .arg(&server.socket)
-            .args(["--container-id", pod, "--annotation", "io.kubernetes.cri.sandbox-namespace=shop"])
-            .arg("--annotation")
-            .arg(format!("io.kubernetes.cri.sandbox-name={pod}"))
-            .arg("--")
-            .args([closer(), "--closes", closes])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("sigvisor-launch");
-        let out = wait_bounded(child, "the closer in a pod");
-        assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-        assert_precise(&report(&out));
+        assert_precise(&pod_container(&server.socket, ("shop", pod, "c"), closes));
     }
     eventually("each pod's closes under its Trace", || {
         signals("blue") == "30" && signals("z-everyone") == "20"
     });
+}
+
+/// Two agents on one API server, as two nodes: each acts on its own
+/// Traces only and writes only their status; `filter.namespace`,
+/// `podname` and `containerName` select by the CRI annotations a kubelet's
+/// runtime gives each container.
+#[test]
+fn two_nodes_each_act_on_their_own_traces() {
+    use sigvisor_tests::containers::Server;
+    let Some(cluster) = Cluster::with_traces("kubernetes-nodes") else { return };
+    assert!(cluster.kubectl(&["create", "namespace", "gadget"]).status.success());
+    let kubeconfig = cluster.kubeconfig.to_str().expect("path").to_owned();
+    let agent = |node: &str| {
+        let args = ["--kubernetes", "--kubeconfig", kubeconfig.as_str(), "--node", node];
+        Server::with_profiles(&format!("kubernetes-node-{node}"), &args, &[])
+    };
+    let (a, b) = (agent("a"), agent("b"));
+    let dir = scratch("kubernetes-nodes-traces");
+    let cases = [
+        ("a-shop", "a", "  filter:\n    namespace: shop\n"),
+        ("a-web-0", "a", "  filter:\n    podname: web-0\n"),
+        ("b-cart", "b", "  filter:\n    containerName: cart\n"),
+        ("b-all", "b", ""),
+    ];
+    for (name, node, filter) in cases {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, trace(name, node, &format!("  runMode: Auto\n{filter}"))).expect("write");
+        cluster.apply(&file);
+    }
+    let signals = |name: &str| {
+        let out =
+            cluster.kubectl(&["get", "-n", "gadget", "trace", name, "-o", "jsonpath={.status.signals}"]);
+        said(&out)
+    };
+    eventually("each agent writes its Traces' status", || cases.iter().all(|(n, ..)| signals(n) == "0"));
+    let container = |server: &Server, pod, closes| pod_container(&server.socket, pod, closes);
+    // Each container is signalled by the first Trace (by name) of its agent
+    // that selects it, or not at all.
+    assert_precise(&container(&a, ("shop", "web-0", "web"), "10")); // a-shop
+    assert_precise(&container(&a, ("other", "web-0", "web"), "20")); // a-web-0
+    assert_eq!(container(&a, ("other", "web-1", "cart"), "5")["signals"], 0, "no Trace of a selects it");
+    assert_precise(&container(&b, ("shop", "web-1", "cart"), "30")); // b-all comes first by name
+    eventually("each Trace counts its own node's containers", || {
+        signals("a-shop") == "10"
+            && signals("a-web-0") == "20"
+            && signals("b-all") == "30"
+            && signals("b-cart") == "0"
+    });
+    // Each agent has exactly its node's Traces.
+    for (server, own) in [(&a, ["a-shop", "a-web-0"]), (&b, ["b-all", "b-cart"])] {
+        let out = output_bounded(sigvisor().args(["get", "traces", "--control"]).arg(&server.control), "get");
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        for (name, ..) in cases {
+            assert_eq!(
+                listed.contains(name),
+                own.contains(&name),
+                "{name} on {:?}:\n{listed}",
+                server.socket
+            );
+        }
+    }
 }

@@ -29,8 +29,8 @@ pub fn trace_resource() -> ApiResource {
     )
 }
 
-/// A client from `kubeconfig`, else in-cluster configuration, else the
-/// user's (`KUBECONFIG`, `~/.kube/config`).
+/// A client from `kubeconfig`, else the user's (`KUBECONFIG`,
+/// `~/.kube/config`), else the pod's in-cluster configuration.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {

@@ -41,7 +41,7 @@ pub struct ServeOptions {
     pub answer_within: Duration,
     pub loop_mode: LoopMode,
     /// Traces from the Kubernetes API too, with this kubeconfig (None:
-    /// in-cluster or the user's).
+    /// the user's, else in-cluster).
     pub kubernetes: Option<Option<PathBuf>>,
 }
 
@@ -67,6 +67,10 @@ pub async fn serve(opts: ServeOptions) -> Result<i32> {
         tracing::info!("trace {}: state {:?}{error}", trace.metadata.name, status.state);
     }
     registry.keep_state_in(state);
+    // sigvisor's own directory, whoever made it (a DaemonSet's host path).
+    if let Some(dir) = Path::new(super::instance::DEFAULT_SOCKET).parent().filter(|d| agent.starts_with(d)) {
+        socket::claim_dir(dir)?;
+    }
     let (control_socket, _control_file) = socket::bind(control, socket::Access::Owner)?;
     let log = state_dir.join("keeper.log");
     let Taken { link: keeper, adopted, agent: held_agent } = Link::connect(keeper, &log, opts.answer_within)?;

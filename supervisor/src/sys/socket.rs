@@ -107,6 +107,22 @@ pub fn make_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes `dir` this user's alone (0700) when it is this user's directory
+/// but others may enter it: a kubelet's `hostPath: DirectoryOrCreate`
+/// makes /run/sigvisor 0755, and wrapped containers of any uid need the
+/// socket in it 0666, which is safe only behind a private directory.
+pub fn claim_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else { return Ok(()) };
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 700 {}", dir.display()))?;
+    tracing::info!("made {} mode 0700 (it was {:o}): it is sigvisor's", dir.display(), meta.mode() & 0o7777);
+    Ok(())
+}
+
 /// Who may connect to a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
