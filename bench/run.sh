@@ -106,3 +106,11 @@ cargo bench -q -p sigvisor-tests --bench tenants 2>/dev/null
 # What the shim adds to a container's start under docker (bench/engines.sh).
 echo
 bench/engines.sh
+
+# The node agent on a real API server (bench/kubernetes.sh), where Go 1.26
+# can build the control plane.
+if PATH=/usr/local/go/bin:$PATH go version 2>/dev/null | grep -qE 'go1\.(2[6-9]|[3-9][0-9])'; then
+  bench/kubernetes.sh
+else
+  echo "(bench/kubernetes.sh skipped: no Go 1.26 or later for the control plane)"
+fi
