@@ -254,10 +254,14 @@ fn serve_acts_on_the_traces_of_its_node() {
 
 /// Pod labels never reach a runtime: the agent reads them from the Pods of
 /// its node, and `spec.filter.labels` selects the containers of the pods
-/// that have them (by the CRI's pod name and namespace annotations).
+/// that have them (by the CRI's pod name and namespace annotations), crun's
+/// and runc's alike.
 #[test]
 fn pod_labels_select_containers() {
-    use sigvisor_tests::containers::Server;
+    use sigvisor_tests::containers::*;
+    if !require_tools() {
+        return;
+    }
     let Some(cluster) = Cluster::with_traces("kubernetes-pods") else { return };
     let dir = scratch("kubernetes-pods-objects");
     let objects = dir.join("objects.yaml");
@@ -288,8 +292,23 @@ fn pod_labels_select_containers() {
     eventually("the agent writes both statuses", || signals("blue") == "0" && signals("z-everyone") == "0");
     // The pods were listed with the Traces; a moment more for the store.
     std::thread::sleep(std::time::Duration::from_secs(1));
-    for (pod, closes) in [("web-0", "30"), ("web-1", "20")] {
-        assert_precise(&pod_container(&server.socket, ("shop", pod, "c"), closes));
+    // Real containers with a kubelet's CRI annotations: crun hands its
+    // listener over itself, runc's entrypoint is wrapped (runc 1.1).
+    for (pod, closes, runtime) in [("web-0", "30", "crun"), ("web-1", "20", "runc")] {
+        let bundle = bundle(&format!("kubernetes-pods-{pod}"), &["/bin/closer", "--closes", closes]);
+        edit_config(&bundle, |c| {
+            c["annotations"] = serde_json::json!({
+                "io.kubernetes.cri.sandbox-namespace": "shop",
+                "io.kubernetes.cri.sandbox-name": pod,
+                "io.kubernetes.cri.container-name": "c",
+                "io.kubernetes.cri.container-type": "container",
+            })
+        });
+        patch(&bundle, &server.socket, &["--runtime", runtime]);
+        let id = container_id(pod);
+        let out = if runtime == "crun" { crun_run(&bundle, &id) } else { runc_run(&bundle, &id) };
+        assert_eq!(exit_code(&out), 0, "{runtime}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_precise(&report(&out));
     }
     eventually("each pod's closes under its Trace", || {
         signals("blue") == "30" && signals("z-everyone") == "20"
