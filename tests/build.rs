@@ -12,6 +12,8 @@ fn main() {
     println!("cargo:rerun-if-changed=fixtures/stacks.c");
     println!("cargo:rerun-if-changed=fixtures/rustcloser.rs");
     println!("cargo:rerun-if-changed=fixtures/hostile.c");
+    println!("cargo:rerun-if-changed=fixtures/alloca.c");
+    println!("cargo:rerun-if-changed=fixtures/handler.c");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let compiler = cc::Build::new().get_compiler();
     // A dynamic build for the host, a static one for busybox container rootfs.
@@ -24,6 +26,11 @@ fn main() {
         ("hostile", "SIGVISOR_FIXTURE_HOSTILE", Some("-static"), "fixtures/hostile.c"),
         // With DWARF (-g): its frames have file:line.
         ("stacks", "SIGVISOR_FIXTURE_STACKS", Some("-g"), "fixtures/stacks.c"),
+        // A caller whose stack pointer moves after its prologue (stacks.rs).
+        // -O0: the plain frame-pointer prologue, then the alloca.
+        ("alloca", "SIGVISOR_FIXTURE_ALLOCA", Some("-O0"), "fixtures/alloca.c"),
+        // A close in a signal handler (stacks.rs).
+        ("handler", "SIGVISOR_FIXTURE_HANDLER", None, "fixtures/handler.c"),
         // With frame pointers, whose frames need RBP to unwind (stacks.rs).
         ("closer-fp", "SIGVISOR_FIXTURE_CLOSER_FP", Some("-fno-omit-frame-pointer"), src),
         (

@@ -136,6 +136,42 @@ fn c_program_with_and_without_frame_pointers_dynamic_and_static() {
     }
 }
 
+/// A caller whose stack pointer moved after its plain prologue (an
+/// alloca'd table of function pointers below its frame): a caller guessed
+/// from the prologue lands in the table, on `decoy`'s address, and was
+/// shown as `frame_dummy` (the function before it), which never called
+/// anything. Every caller is checked (its return address follows a call
+/// instruction), so the stack ends at `dispatcher`, saying why.
+#[test]
+fn a_moved_stack_pointer_never_yields_a_caller_that_did_not_call() {
+    let (_, stacks) = stacks_of("c-stacks-alloca", &[env!("SIGVISOR_FIXTURE_ALLOCA")]);
+    let closing = stacks
+        .iter()
+        .find(|s| s.len() >= 2 && s[1].starts_with("dispatcher "))
+        .unwrap_or_else(|| panic!("no close <- dispatcher stack:\n{}", show(&stacks)));
+    for frame in &closing[2..] {
+        assert!(
+            frame.starts_with("outer ")
+                || frame.starts_with("main ")
+                || frame.starts_with("... (unwinding stopped"),
+            "{frame}: not a caller of dispatcher:\n{}",
+            show(&stacks)
+        );
+    }
+}
+
+/// A close in a signal handler: the stack goes through the kernel's
+/// signal frame (its saved registers) on to the code the signal
+/// interrupted, as strace -k shows it, where it used to end at the
+/// sigreturn trampoline.
+#[test]
+fn a_close_in_a_signal_handler_goes_on_to_the_interrupted_code() {
+    let (_, stacks) = stacks_of("c-stacks-handler", &[env!("SIGVISOR_FIXTURE_HANDLER")]);
+    // raise is named gsignal in Debian's libc (an alias at the same address).
+    let chain = ["on_usr1", "__pthread_kill_implementation", "busy_victim", "main", "_start"];
+    assert!(has_chain(&stacks, &chain), "{}", show(&stacks));
+}
+
 /// Eight threads closing at once, each from a function of its own: every
 /// stack is its own thread's. The process then execs itself (its mappings
 /// change under sigvisor) and closes ten more times from close_from_0.

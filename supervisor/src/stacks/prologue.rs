@@ -8,6 +8,11 @@
 //! arguments in registers). So RBP = RSP at the call + that distance. Any
 //! other shape (stack realignment, `alloca`) is refused: no guess.
 //! Pure decoding, unit-tested as it is.
+//!
+//! And the check every recovered caller passes: a return address is only
+//! ever pushed by a call, so the bytes just before it decode as one
+//! (`follows_call`). A guess that lands elsewhere on the stack (a table of
+//! function pointers, saved data) almost never does.
 
 /// The distance from RSP at the function's call sites up to its RBP, from
 /// the function's first bytes; None if the prologue is not the plain one.
@@ -96,6 +101,51 @@ pub fn frame_pointer_distance(code: &[u8]) -> Option<u64> {
     None
 }
 
+/// Bytes before a return address that `follows_call` looks at: the
+/// longest call form is 9 (`3e 41 ff 94 24` and a disp32).
+pub const CALL_WINDOW: usize = 10;
+
+/// Whether `before` (the bytes that end just before a return address) ends
+/// with a call instruction: `call rel32`, or `call r/m64` (`ff /2`, any
+/// addressing form) after optional prefixes (REX, `notrack`, segment,
+/// operand and address size).
+pub fn follows_call(before: &[u8]) -> bool {
+    let n = before.len();
+    if n >= 5 && before[n - 5] == 0xe8 {
+        return true;
+    }
+    (2..=n).any(|len| {
+        let insn = &before[n - len..];
+        let prefixes = insn
+            .iter()
+            .take_while(|b| matches!(b, 0x40..=0x4f | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67))
+            .count();
+        let rest = &insn[prefixes..];
+        match rest {
+            [0xff, modrm, ..] if (modrm >> 3) & 7 == 2 => {
+                rm_length(*modrm, rest.get(2).copied()) == Some(rest.len() - 1)
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Length of a ModRM operand: the ModRM byte, its SIB byte and displacement.
+fn rm_length(modrm: u8, sib: Option<u8>) -> Option<usize> {
+    let (mode, rm) = (modrm >> 6, modrm & 7);
+    let sib_len = usize::from(mode != 3 && rm == 4);
+    Some(
+        1 + sib_len
+            + match mode {
+                0 if rm == 5 => 4,
+                0 if rm == 4 && sib? & 7 == 5 => 4,
+                0 | 3 => 0,
+                1 => 1,
+                _ => 4,
+            },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +189,39 @@ mod tests {
         let realigned = [0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xe4, 0xf0];
         assert_eq!(frame_pointer_distance(&realigned), None);
         assert_eq!(frame_pointer_distance(&[0x55]), None);
+    }
+
+    #[test]
+    fn calls_are_recognised_before_their_return_address() {
+        let calls: &[&[u8]] = &[
+            &[0xe8, 0x5d, 0xf2, 0xff, 0xff],             // call rel32
+            &[0xff, 0xd0],                               // call *%rax
+            &[0x41, 0xff, 0xd4],                         // call *%r12
+            &[0x3e, 0xff, 0xd2],                         // notrack call *%rdx
+            &[0xff, 0x15, 0x10, 0x20, 0x30, 0x00],       // call *disp32(%rip)
+            &[0xff, 0x50, 0x18],                         // call *0x18(%rax)
+            &[0xff, 0x14, 0x24],                         // call *(%rsp)
+            &[0x41, 0xff, 0x54, 0x24, 0x08],             // call *0x8(%r12)
+            &[0xff, 0x94, 0xc8, 0x00, 0x01, 0x00, 0x00], // call *0x100(%rax,%rcx,8)
+            &[0xff, 0x14, 0xc5, 0x00, 0x10, 0x00, 0x00], // call *0x1000(,%rax,8)
+        ];
+        for call in calls {
+            // Whatever precedes it in the window.
+            let before = [&[0x90u8, 0x48, 0x89, 0xc7][..], call].concat();
+            assert!(follows_call(&before), "{call:x?}");
+        }
+    }
+
+    #[test]
+    fn other_code_before_an_address_is_no_call() {
+        // The end of a function and padding (what precedes the next
+        // function's start, a function pointer's value).
+        assert!(!follows_call(&[0x5d, 0xc3, 0x0f, 0x1f, 0x44, 0x00, 0x00]));
+        assert!(!follows_call(&[0xc3, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0]));
+        assert!(!follows_call(&[0xcc, 0xcc, 0xcc, 0xcc]));
+        // jmp *%rax (ff /4), and a push: not calls.
+        assert!(!follows_call(&[0x90, 0xff, 0xe0]));
+        assert!(!follows_call(&[0x90, 0x55]));
+        assert!(!follows_call(&[]));
     }
 }

@@ -141,6 +141,28 @@ fn native_unwind(
             }
         }
         match step {
+            // A signal handler returns into the kernel's sigreturn
+            // trampoline; the frame above it holds every register of the
+            // code the signal interrupted: unwinding goes on there.
+            Ok(Some(ret)) if code_at(view, ret, SIGRETURN.len()) == Some(SIGRETURN) => {
+                match interrupted(regs.sp(), memory) {
+                    Some((pc, sp, bp)) => {
+                        regs = UnwindRegsX86_64::new(pc, sp, bp);
+                        address = FrameAddress::InstructionPointer(pc);
+                        addresses.push((pc, pc));
+                    }
+                    None => break Some(("a signal frame that is not readable".into(), Some(regs.sp()))),
+                }
+            }
+            Ok(Some(ret)) if !after_call(view, ret) => {
+                break Some((
+                    format!(
+                        "the caller found next is no caller: no call instruction precedes its return \
+                         address {ret:#x} (a frame pointer guessed wrong: alloca, or a realigned stack?)"
+                    ),
+                    None,
+                ))
+            }
             Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
                 Some(next) => {
                     address = next;
@@ -157,6 +179,48 @@ fn native_unwind(
         }
     };
     (addresses, stop)
+}
+
+/// x86_64's `__restore_rt`: `mov $15,%rax` (rt_sigreturn); `syscall`.
+const SIGRETURN: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+
+/// Where the kernel's `rt_sigframe` saved the interrupted code's RIP, RSP
+/// and RBP, given the SP just above the handler's return address (its
+/// `pretcode`): then `struct ucontext` (flags, link, a 24-byte stack_t),
+/// whose `sigcontext` keeps r8-r15, rdi, rsi, rbp, rbx, rdx, rax, rcx,
+/// rsp, rip in that order.
+fn interrupted(sp: u64, memory: &Memory) -> Option<(u64, u64, u64)> {
+    let context = sp.checked_add(8 + 8 + 24)?;
+    let register = |i: u64| memory.word(context.checked_add(8 * i)?).ok();
+    Some((register(16)?, register(15)?, register(10)?))
+}
+
+/// `len` bytes of code at `at`, from its binary's text.
+fn code_at(view: &View, at: u64, len: usize) -> Option<&[u8]> {
+    let (offset, code) = text_offset(view, at)?;
+    code.get(offset..offset.checked_add(len)?)
+}
+
+/// Where `at` lies in its binary's text: the offset, and the text.
+fn text_offset(view: &View, at: u64) -> Option<(usize, &[u8])> {
+    let mapping = view.map.find(at)?;
+    let binary = mapping.loaded()?;
+    let linked = at.checked_sub(binary.bias(mapping)?)?;
+    let (text, code) = binary.unwind.text.as_ref()?;
+    Some((usize::try_from(linked.checked_sub(text.start)?).ok()?, code))
+}
+
+/// Whether `ret` can be a return address: the bytes before it, in its
+/// binary's text, end with a call. An address outside any text known here
+/// (a binary not loaded, JIT code) cannot be checked and is let through:
+/// framehop finds no unwind information there, so its walk ends at it.
+fn after_call(view: &View, ret: u64) -> bool {
+    let check = || -> Option<bool> {
+        let (end, code) = text_offset(view, ret)?;
+        let start = end.saturating_sub(prologue::CALL_WINDOW);
+        Some(prologue::follows_call(code.get(start..end)?))
+    };
+    check().unwrap_or(true)
 }
 
 /// Whether framehop failed for want of RBP (it started unreadable).
