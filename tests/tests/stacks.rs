@@ -133,6 +133,16 @@ fn c_program_with_and_without_frame_pointers_dynamic_and_static() {
         );
         // The threads' stack goes on under closer, to the thread's start.
         assert!(closing.len() >= 3, "{name}: the thread's start under closer:\n{}", show(&stacks));
+        // The dynamic loader's closes at start-up end at its entry point,
+        // unnamed in Debian's stripped ld.so: `_start`, a whole stack.
+        for loader in stacks.iter().filter(|s| s.iter().any(|f| f.starts_with("_dl_start "))) {
+            let last = loader.last().map(String::as_str).unwrap_or_default();
+            assert!(
+                last.starts_with("_start ("),
+                "{name}: ld.so's stack ends at _start:\n{}",
+                loader.join("\n")
+            );
+        }
     }
 }
 

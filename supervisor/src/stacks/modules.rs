@@ -60,6 +60,8 @@ pub struct Binary {
     segments: Vec<(u64, u64, u64)>,
     /// The bytes it keeps, for the cache's limit.
     pub kept: u64,
+    /// Its ELF entry point (as linked): `_start`, which nobody calls.
+    entry: u64,
 }
 
 /// Reads a binary's sections within its limits.
@@ -186,7 +188,8 @@ impl Binary {
             },
         };
         let kept = reader.kept;
-        Ok(Binary { path, go, symbols, lines: lines.map(Mutex::new), unwind, segments, kept })
+        let entry = reader.elf.entry();
+        Ok(Binary { path, go, symbols, lines: lines.map(Mutex::new), unwind, segments, kept, entry })
     }
 
     /// The source file and line of `linked`, from DWARF.
@@ -218,6 +221,17 @@ impl Binary {
             self.symbols.get(i + 1).map_or(u64::MAX, |s| s.0)
         };
         (linked < end).then_some(name)
+    }
+
+    /// Whether `linked` is in the function at the binary's entry point, the
+    /// first a thread of a process runs (`_start`): nothing called it, so
+    /// a stack ends there. Without a symbol for it (ld.so's is stripped),
+    /// its first bytes: every `_start` calls on within a few instructions.
+    pub fn in_entry(&self, linked: u64) -> bool {
+        match self.symbol_start(linked) {
+            Some(start) => start == self.entry,
+            None => linked.checked_sub(self.entry).is_some_and(|into| into < 64),
+        }
     }
 
     /// How far the binary is loaded from its linked addresses, given one of

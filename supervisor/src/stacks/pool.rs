@@ -227,7 +227,10 @@ fn frame(view: &View, address: u64, lookup: u64, budget: &mut Budget) -> Frame {
             return Frame { function, file, line, module, address, offset };
         }
     }
-    let function = linked.and_then(|l| binary.symbol(l)).cloned();
+    let function = linked.and_then(|l| binary.symbol(l)).cloned().or_else(|| {
+        // ld.so's entry has no symbol left; it is its `_start` all the same.
+        linked.filter(|&l| binary.in_entry(l)).map(|_| Arc::from("_start"))
+    });
     let (file, line) = linked.and_then(|l| binary.line(l)).map_or((None, None), |(f, l)| (Some(f), Some(l)));
     Frame { function, file, line, module, address, offset }
 }

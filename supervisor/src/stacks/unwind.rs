@@ -164,6 +164,11 @@ fn native_unwind(
                 ))
             }
             Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                // The program's (or ld.so's) entry: the stack is whole.
+                Some(_) if in_entry(view, ret - 1) => {
+                    addresses.push((ret, ret - 1));
+                    break None;
+                }
                 Some(next) => {
                     address = next;
                     addresses.push((ret, ret - 1));
@@ -208,6 +213,13 @@ fn text_offset(view: &View, at: u64) -> Option<(usize, &[u8])> {
     let linked = at.checked_sub(binary.bias(mapping)?)?;
     let (text, code) = binary.unwind.text.as_ref()?;
     Some((usize::try_from(linked.checked_sub(text.start)?).ok()?, code))
+}
+
+/// Whether `at` is in its binary's entry function (`_start`).
+pub fn in_entry(view: &View, at: u64) -> bool {
+    let Some(mapping) = view.map.find(at) else { return false };
+    let Some(binary) = mapping.loaded() else { return false };
+    binary.bias(mapping).and_then(|bias| at.checked_sub(bias)).is_some_and(|linked| binary.in_entry(linked))
 }
 
 /// Whether `ret` can be a return address: the bytes before it, in its
