@@ -63,7 +63,7 @@ fn the_trace_crd_refuses_what_sigvisor_refuses() {
         }
     }
     // The seed document and the shipped profiles are accepted as they are.
-    for profile in ["profiles/signal.yaml", "profiles/gosignal.yaml"] {
+    for profile in ["profiles/signal.yaml", "profiles/gosignal.yaml", "profiles/who-closed.yaml"] {
         let out = cluster.kubectl(&[
             "apply",
             "--dry-run=server",

@@ -18,8 +18,12 @@ fn stacks_of(name: &str, cmd: &[&str]) -> (Run, Vec<Vec<String>>) {
 /// or is counted as missed.
 fn stacks_of_any(name: &str, cmd: &[&str]) -> (Run, Vec<Vec<String>>) {
     let profile = profile_with(name, &[("signal", "none"), ("stacks", "true")]);
+    stacks_under(&profile, name, cmd)
+}
+
+fn stacks_under(profile: &Path, name: &str, cmd: &[&str]) -> (Run, Vec<Vec<String>>) {
     let status = scratch(name).join("status.yaml");
-    let child = run_command(&status, &profile, &[]).args(cmd).spawn().expect("spawn sigvisor run");
+    let child = run_command(&status, profile, &[]).args(cmd).spawn().expect("spawn sigvisor run");
     let run = Run::from_output(wait_bounded(child, name), &status);
     assert_eq!(run.count("signalsSent"), 0, "signal: none sends nothing");
     assert_eq!(run.count("errors"), 0, "{}", run.stderr);
@@ -180,6 +184,19 @@ fn a_close_in_a_signal_handler_goes_on_to_the_interrupted_code() {
     // raise is named gsignal in Debian's libc (an alias at the same address).
     let chain = ["on_usr1", "__pthread_kill_implementation", "busy_victim", "main", "_start"];
     assert!(has_chain(&stacks, &chain), "{}", show(&stacks));
+}
+
+/// The shipped profile, as the README gives it, on a program nobody here
+/// wrote: Debian's tar, every close with its stack, none signalled.
+#[test]
+fn the_who_closed_profile_on_debians_tar() {
+    let profile = repo().join("profiles/who-closed.yaml");
+    let docs = repo().join("docs");
+    let cmd = ["tar", "cf", "/dev/null", docs.to_str().expect("path")];
+    let (run, stacks) = stacks_under(&profile, "who-closed-tar", &cmd);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.skipped("signal-none") >= 3, "{}", run.stderr);
+    assert!(has_chain(&stacks, &["__close", "_start"]), "{}", show(&stacks));
 }
 
 /// Eight threads closing at once, each from a function of its own: every

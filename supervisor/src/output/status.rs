@@ -39,8 +39,18 @@ struct Summary<'a> {
     /// Who made the calls: the distinct stacks, most frequent first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     stacks: Vec<StackLine<'a>>,
+    /// The distinct stacks beyond the most frequent, and their calls (a
+    /// Stream or File output carries every call's stack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stacks_omitted: Option<StacksOmitted>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stacks_missed: Option<StacksMissed<'a>>,
+}
+
+#[derive(Serialize)]
+struct StacksOmitted {
+    stacks: u64,
+    calls: u64,
 }
 
 #[derive(Serialize)]
@@ -135,6 +145,7 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
         .collect();
     threads.sort_by(|a, b| b.notifications.cmp(&a.notifications).then(a.tid.cmp(&b.tid)));
     threads.truncate(TOP_THREADS);
+    let (stacks, stacks_omitted) = top_stacks(stats);
     let summary = Summary {
         signal: if policy.send_signal { sigvisor_proto::signal_name(policy.signal) } else { "none".into() },
         syscalls: &policy.syscalls,
@@ -152,22 +163,26 @@ pub fn summary(policy: &Policy, stats: &Stats, containers: &[ContainerLine]) -> 
         },
         containers,
         threads,
-        stacks: top_stacks(stats),
+        stacks,
+        stacks_omitted,
         stacks_missed: (stats.stacks_missed > 0)
             .then_some(StacksMissed { count: stats.stacks_missed, reasons: &stats.stack_misses }),
     };
     yaml_serde::to_string(&summary).unwrap_or_else(|e| format!("unrenderable summary: {e}\n"))
 }
 
-fn top_stacks(stats: &Stats) -> Vec<StackLine<'_>> {
+/// The most frequent stacks, and what the rest add up to.
+fn top_stacks(stats: &Stats) -> (Vec<StackLine<'_>>, Option<StacksOmitted>) {
     let mut stacks: Vec<StackLine> = stats
         .stacks
         .iter()
         .map(|(frames, n)| StackLine { count: n.count, paths: &n.paths, frames })
         .collect();
     stacks.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.frames.cmp(b.frames)));
-    stacks.truncate(TOP_STACKS);
-    stacks
+    let rest = stacks.split_off(stacks.len().min(TOP_STACKS));
+    let omitted = (!rest.is_empty())
+        .then(|| StacksOmitted { stacks: rest.len() as u64, calls: rest.iter().map(|s| s.count).sum() });
+    (stacks, omitted)
 }
 
 /// The warning a trace carries when its filter cannot wait killable.
@@ -224,5 +239,36 @@ pub fn write_status(traces: &[Trace], file: Option<&Path>) -> Result<()> {
             eprint!("{yaml}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing is left out silently: beyond the 20 most frequent stacks,
+    /// the status counts the stacks and calls it does not list.
+    use std::sync::Arc;
+
+    #[test]
+    fn the_stacks_left_out_are_counted() {
+        let mut stats = Stats::default();
+        for i in 0..25u64 {
+            let frames: Arc<[String]> = Arc::from(vec![format!("close_from_{i}")]);
+            for _ in 0..=i {
+                stats.stack(Arc::clone(&frames), None);
+            }
+        }
+        let text = "apiVersion: gadget.kinvolk.io/v1alpha1\nkind: Trace\nmetadata: {name: t}\nspec: {gadget: signal}\n";
+        let (_, policy) = crate::trace::profile::parse(text, Path::new("t.yaml")).expect("a profile");
+        let text = summary(&policy, &stats, &[]);
+        let parsed: yaml_serde::Value = yaml_serde::from_str(&text).expect("YAML");
+        assert_eq!(parsed["stacks"].as_sequence().map(Vec::len), Some(20), "{text}");
+        // The five least frequent: 1 + 2 + 3 + 4 + 5 calls.
+        assert_eq!(parsed["stacksOmitted"]["stacks"].as_u64(), Some(5), "{text}");
+        assert_eq!(parsed["stacksOmitted"]["calls"].as_u64(), Some(15), "{text}");
+        assert!(!text.contains("close_from_4\n"), "{text}");
+        let few = Stats::default();
+        assert!(!summary(&policy, &few, &[]).contains("stacksOmitted"));
     }
 }
