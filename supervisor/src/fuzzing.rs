@@ -103,6 +103,7 @@ pub fn unwind(data: &[u8]) {
 /// A function's first bytes, decoded for its frame pointer.
 pub fn prologue(data: &[u8]) {
     let _ = prologue::frame_pointer_distance(data);
+    let _ = prologue::follows_call(data);
 }
 
 /// A bookkeeping call's arguments and the sigaction its caller's memory

@@ -245,11 +245,10 @@ pub fn write_status(traces: &[Trace], file: Option<&Path>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Nothing is left out silently: beyond the 20 most frequent stacks,
     /// the status counts the stacks and calls it does not list.
-    use std::sync::Arc;
-
     #[test]
     fn the_stacks_left_out_are_counted() {
         let mut stats = Stats::default();

@@ -228,6 +228,10 @@ impl Binary {
     /// a stack ends there. Without a symbol for it (ld.so's is stripped),
     /// its first bytes: every `_start` calls on within a few instructions.
     pub fn in_entry(&self, linked: u64) -> bool {
+        // A library's entry is 0: it has none.
+        if self.entry == 0 {
+            return false;
+        }
         match self.symbol_start(linked) {
             Some(start) => start == self.entry,
             None => linked.checked_sub(self.entry).is_some_and(|into| into < 64),

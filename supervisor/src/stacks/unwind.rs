@@ -216,7 +216,7 @@ fn text_offset(view: &View, at: u64) -> Option<(usize, &[u8])> {
 }
 
 /// Whether `at` is in its binary's entry function (`_start`).
-pub fn in_entry(view: &View, at: u64) -> bool {
+fn in_entry(view: &View, at: u64) -> bool {
     let Some(mapping) = view.map.find(at) else { return false };
     let Some(binary) = mapping.loaded() else { return false };
     binary.bias(mapping).and_then(|bias| at.checked_sub(bias)).is_some_and(|linked| binary.in_entry(linked))
