@@ -46,12 +46,8 @@ impl Known {
         ))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Place>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     pub fn snapshot(&self) -> BTreeMap<String, Place> {
-        self.lock().clone()
+        crate::shared::lock(&self.0).clone()
     }
 }
 
@@ -99,7 +95,7 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
     let operation = object.metadata.annotations.as_ref().and_then(|a| a.get(OPERATION_ANNOTATION)).cloned();
     let generation = object.metadata.generation;
     {
-        let known = known.lock();
+        let known = crate::shared::lock(&known.0);
         let ours = known.get(&name);
         if operation.is_none() && generation.is_some() && ours.is_some_and(|p| p.generation == generation) {
             return;
@@ -129,7 +125,7 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
             Place { namespace: namespace.clone(), error: Some(e.to_string()), generation }
         }
     };
-    known.lock().insert(name.clone(), place);
+    crate::shared::lock(&known.0).insert(name.clone(), place);
     registry.save_state();
     if operation.is_some() {
         let api: Api<DynamicObject> =
@@ -142,7 +138,7 @@ async fn apply(client: &kube::Client, registry: &Registry, known: &Known, object
 }
 
 fn delete(registry: &Registry, known: &Known, name: &str) {
-    if known.lock().remove(name).is_some() {
+    if crate::shared::lock(&known.0).remove(name).is_some() {
         let _ = registry.delete(name);
         registry.save_state();
         tracing::info!("trace {name}: deleted in the cluster, stopped");

@@ -223,6 +223,14 @@ impl Binary {
         (linked < end).then_some(name)
     }
 
+    /// Its text's bytes before `linked` and from it, where `linked` is in
+    /// its text.
+    pub fn code(&self, linked: u64) -> Option<(&[u8], &[u8])> {
+        let (text, code) = self.unwind.text.as_ref()?;
+        let at = usize::try_from(linked.checked_sub(text.start)?).ok()?;
+        (at <= code.len()).then(|| code.split_at(at))
+    }
+
     /// Whether `linked` is in the function at the binary's entry point, the
     /// first a thread of a process runs (`_start`): nothing called it, so
     /// a stack ends there. Without a symbol for it (ld.so's is stripped),

@@ -10,7 +10,7 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
 use super::gopclntab::Budget;
-use super::modules::ProcessMap;
+use super::modules::{Binary, ProcessMap};
 use super::prologue;
 use super::snapshot::Memory;
 
@@ -141,40 +141,46 @@ fn native_unwind(
             }
         }
         match step {
-            // A signal handler returns into the kernel's sigreturn
-            // trampoline; the frame above it holds every register of the
-            // code the signal interrupted: unwinding goes on there.
-            Ok(Some(ret)) if code_at(view, ret, SIGRETURN.len()) == Some(SIGRETURN) => {
-                match interrupted(regs.sp(), memory) {
-                    Some((pc, sp, bp)) => {
-                        regs = UnwindRegsX86_64::new(pc, sp, bp);
-                        address = FrameAddress::InstructionPointer(pc);
-                        addresses.push((pc, pc));
-                    }
-                    None => break Some(("a signal frame that is not readable".into(), Some(regs.sp()))),
+            Ok(Some(ret)) => {
+                let at = locate(view, ret);
+                let code = at.and_then(|(binary, linked)| binary.code(linked));
+                // A signal handler returns into the kernel's sigreturn
+                // trampoline; the frame above it holds every register of
+                // the code the signal interrupted: unwinding goes on there.
+                if code.is_some_and(|(_, from)| from.starts_with(SIGRETURN)) {
+                    let Some((pc, sp, bp)) = interrupted(regs.sp(), memory) else {
+                        break Some(("a signal frame that is not readable".into(), Some(regs.sp())));
+                    };
+                    regs = UnwindRegsX86_64::new(pc, sp, bp);
+                    address = FrameAddress::InstructionPointer(pc);
+                    addresses.push((pc, pc));
+                    continue;
                 }
-            }
-            Ok(Some(ret)) if !after_call(view, ret) => {
-                break Some((
-                    format!(
-                        "the caller found next is no caller: no call instruction precedes its return \
-                         address {ret:#x} (a frame pointer guessed wrong: alloca, or a realigned stack?)"
-                    ),
-                    None,
-                ))
-            }
-            Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                // A return address follows a call. One outside any text
+                // known here (a binary not loaded, JIT code) cannot be
+                // checked: framehop has no unwind information there either,
+                // so the walk ends at it.
+                let before =
+                    code.map(|(before, _)| &before[before.len().saturating_sub(prologue::CALL_WINDOW)..]);
+                if before.is_some_and(|b| !prologue::follows_call(b)) {
+                    break Some((
+                        format!(
+                            "the caller found next is no caller: no call instruction precedes its return \
+                             address {ret:#x} (a frame pointer guessed wrong: alloca, or a realigned stack?)"
+                        ),
+                        None,
+                    ));
+                }
+                let Some(next) = FrameAddress::from_return_address(ret) else { break None };
+                addresses.push((ret, ret - 1));
                 // The program's (or ld.so's) entry: the stack is whole.
-                Some(_) if in_entry(view, ret - 1) => {
-                    addresses.push((ret, ret - 1));
+                if at
+                    .is_some_and(|(binary, linked)| linked.checked_sub(1).is_some_and(|l| binary.in_entry(l)))
+                {
                     break None;
                 }
-                Some(next) => {
-                    address = next;
-                    addresses.push((ret, ret - 1));
-                }
-                None => break None,
-            },
+                address = next;
+            }
             Ok(None) => break None,
             Err(e) if needs_rbp(&e) => break Some((view.stop_at(lookup, NEEDS_RBP.into()), None)),
             Err(framehop::Error::CouldNotReadStack(at)) => {
@@ -200,39 +206,11 @@ fn interrupted(sp: u64, memory: &Memory) -> Option<(u64, u64, u64)> {
     Some((register(16)?, register(15)?, register(10)?))
 }
 
-/// `len` bytes of code at `at`, from its binary's text.
-fn code_at(view: &View, at: u64, len: usize) -> Option<&[u8]> {
-    let (offset, code) = text_offset(view, at)?;
-    code.get(offset..offset.checked_add(len)?)
-}
-
-/// Where `at` lies in its binary's text: the offset, and the text.
-fn text_offset(view: &View, at: u64) -> Option<(usize, &[u8])> {
+/// `at`'s binary, and `at` there as linked.
+fn locate(view: &View, at: u64) -> Option<(&Binary, u64)> {
     let mapping = view.map.find(at)?;
     let binary = mapping.loaded()?;
-    let linked = at.checked_sub(binary.bias(mapping)?)?;
-    let (text, code) = binary.unwind.text.as_ref()?;
-    Some((usize::try_from(linked.checked_sub(text.start)?).ok()?, code))
-}
-
-/// Whether `at` is in its binary's entry function (`_start`).
-fn in_entry(view: &View, at: u64) -> bool {
-    let Some(mapping) = view.map.find(at) else { return false };
-    let Some(binary) = mapping.loaded() else { return false };
-    binary.bias(mapping).and_then(|bias| at.checked_sub(bias)).is_some_and(|linked| binary.in_entry(linked))
-}
-
-/// Whether `ret` can be a return address: the bytes before it, in its
-/// binary's text, end with a call. An address outside any text known here
-/// (a binary not loaded, JIT code) cannot be checked and is let through:
-/// framehop finds no unwind information there, so its walk ends at it.
-fn after_call(view: &View, ret: u64) -> bool {
-    let check = || -> Option<bool> {
-        let (end, code) = text_offset(view, ret)?;
-        let start = end.saturating_sub(prologue::CALL_WINDOW);
-        Some(prologue::follows_call(code.get(start..end)?))
-    };
-    check().unwrap_or(true)
+    Some((binary, at.checked_sub(binary.bias(mapping)?)?))
 }
 
 /// Whether framehop failed for want of RBP (it started unreadable).
@@ -247,13 +225,9 @@ fn needs_rbp(e: &framehop::Error) -> bool {
 /// is `sp`: from its prologue, then checked against the stack: RBP is
 /// 16-aligned, and just above it lies a return address into mapped code.
 fn frame_pointer(view: &View, lookup: u64, sp: u64, memory: &Memory) -> Option<u64> {
-    let mapping = view.map.find(lookup)?;
-    let binary = mapping.loaded()?;
-    let bias = binary.bias(mapping)?;
-    let entry = binary.symbol_start(lookup.wrapping_sub(bias))?;
-    let (text, code) = binary.unwind.text.as_ref()?;
-    let from = usize::try_from(entry.checked_sub(text.start)?).ok()?;
-    let rbp = sp.checked_add(prologue::frame_pointer_distance(code.get(from..)?)?)?;
+    let (binary, linked) = locate(view, lookup)?;
+    let (_, function) = binary.code(binary.symbol_start(linked)?)?;
+    let rbp = sp.checked_add(prologue::frame_pointer_distance(function)?)?;
     let ret = memory.word(rbp.checked_add(8)?).ok()?;
     let into_code = view.map.find(ret).is_some_and(|m| m.loaded().is_some());
     (rbp.is_multiple_of(16) && into_code).then_some(rbp)

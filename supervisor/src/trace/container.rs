@@ -6,6 +6,7 @@
 //! matches against those.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use sigvisor_proto::Handoff;
 
@@ -62,10 +63,9 @@ impl FilterFacts {
         let read = Some(&config)
             .filter(|_| bundle.is_absolute())
             .ok_or_else(|| "no bundle is named".to_owned())
-            .and_then(|config| std::fs::read(config).map_err(|e| e.to_string()))
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string()));
+            .and_then(|config| read_config(config));
         match read {
-            Ok(config) => {
+            Ok((config, _)) => {
                 let flags = config.pointer("/linux/seccomp/flags").and_then(|f| f.as_array());
                 let killable = flags
                     .is_some_and(|f| f.iter().any(|f| f.as_str() == Some("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")));
@@ -83,6 +83,30 @@ impl FilterFacts {
             },
         }
     }
+}
+
+/// Runtimes write a few kilobytes; CRI annotations add a few more.
+const MAX_CONFIG: u64 = 1 << 20;
+
+/// A bundle's `config.json`, and who may write it (its metadata), read
+/// within bounds: never through a link, never waiting on a FIFO, a regular
+/// file of at most `MAX_CONFIG` bytes.
+pub fn read_config(path: &Path) -> Result<(serde_json::Value, std::fs::Metadata), String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() || meta.len() > MAX_CONFIG {
+        return Err(format!("{} is not a regular file of at most {MAX_CONFIG} bytes", path.display()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let config = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((config, meta))
 }
 
 /// The origin of one listener.

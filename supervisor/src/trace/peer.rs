@@ -19,8 +19,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sigvisor_proto::Handoff;
@@ -31,8 +30,6 @@ pub const CONTAINER_ID: &str = "io.sigvisor.container-id";
 /// Annotation marking a patched bundle (commands/oci/mod.rs; its value: the
 /// mode), which says nothing of the container.
 pub const PATCHED: &str = "io.sigvisor.patched";
-/// Runtimes write a few kilobytes; CRI annotations add a few more.
-const MAX_CONFIG: u64 = 1 << 20;
 
 /// The kernel's word on who is connected (SO_PEERCRED at connect time).
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +103,8 @@ fn proof(bundle: &Path, pid: i32) -> Result<Bundle, String> {
     if !dir.is_dir() {
         return Err("it is not a directory".into());
     }
-    let config = read_config(&bundle.join("config.json"))?;
+    let (config, meta) = super::container::read_config(&bundle.join("config.json"))?;
+    root_only(&meta, "config.json")?;
     let rootfs = config.pointer("/root/path").and_then(|p| p.as_str()).unwrap_or("rootfs");
     let rootfs = bundle.join(rootfs);
     let theirs = std::fs::metadata(format!("/proc/{pid}/root")).map_err(|e| format!("its root: {e}"))?;
@@ -122,24 +120,6 @@ fn proof(bundle: &Path, pid: i32) -> Result<Bundle, String> {
     annotations.remove(PATCHED);
     let id = annotations.remove(CONTAINER_ID).unwrap_or_default();
     Ok(Bundle { id, annotations })
-}
-
-/// A bundle's `config.json`, read only if root's alone: never a link, a
-/// FIFO or a file any other user could have written.
-fn read_config(path: &Path) -> Result<serde_json::Value, String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    root_only(&meta, "config.json")?;
-    if !meta.is_file() || meta.len() > MAX_CONFIG {
-        return Err(format!("{} is not a regular file of at most {MAX_CONFIG} bytes", path.display()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn root_only(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
